@@ -1,0 +1,1 @@
+"""HTTP layer: thin Litestar controllers, one module per resource, msgspec schemas in ``schemas``."""

@@ -1,0 +1,29 @@
+"""``GET /health``: is the database reachable and the storage usable? No token needed."""
+
+from __future__ import annotations
+
+from litestar import Request, Response, get
+
+from server import __version__
+from server.api import schemas
+from server.context import AppParts
+from server.storage.base import StorageError
+
+
+@get("/health", sync_to_thread=True, tags=["health"], summary="Database and storage health")
+def health(request: Request) -> Response[schemas.Health]:
+    parts: AppParts = request.app.state.parts
+    database = storage = "ok"
+    try:
+        parts.db.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means unhealthy, said in the body
+        database = f"error: {type(exc).__name__}"
+    try:
+        parts.storage.check()
+    except StorageError as exc:
+        storage = f"error: {exc}"
+    ok = database == "ok" and storage == "ok"
+    body = schemas.Health(
+        status="ok" if ok else "degraded", database=database, storage=storage, version=__version__
+    )
+    return Response(body, status_code=200 if ok else 503)

@@ -1,0 +1,171 @@
+"""``create_app(settings)``: the Litestar application, wired from settings passed in.
+
+Nothing here reads the environment: the entry points build :class:`server.settings.Settings` and pass it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from litestar import Litestar, Request, Response
+from litestar.config.cors import CORSConfig
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.middleware.base import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from server import __version__
+from server.api.admin import AuditController, TokenController
+from server.api.annotations import AnnotationController
+from server.api.deps import provide_call
+from server.api.health import health
+from server.api.mask_groups import MaskController, MaskGroupController
+from server.api.storage_routes import get_object, put_object
+from server.context import AppParts
+from server.db.session import Database
+from server.errors import ApiError
+from server.metrics import Metrics
+from server.security import TokenAuthMiddleware
+from server.settings import Settings
+from server.storage import Storage, create_storage
+
+log = logging.getLogger("pacs_mask.server")
+
+SIGNING_KEY_FILE = "signing.key"
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8765"
+
+
+def load_signing_key(settings: Settings) -> bytes:
+    """The HMAC key for local signed URLs: from settings, else a random one kept in the data dir.
+
+    Several workers sharing a data dir share the file; whoever creates it first wins (O_EXCL).
+    """
+    if settings.signing_key:
+        return settings.signing_key.encode("utf-8")
+    path: Path = settings.data_dir / SIGNING_KEY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text(encoding="ascii").strip().encode("ascii")
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(secrets.token_hex(32))
+    return path.read_text(encoding="ascii").strip().encode("ascii")
+
+
+def _api_error(_request: Request, exc: ApiError) -> Response:
+    return Response(exc.body(), status_code=exc.status_code)
+
+
+def _validation_error(_request: Request, exc: ValidationException) -> Response:
+    details = {"errors": exc.extra} if exc.extra else {}
+    message = exc.detail or "The request is not valid."
+    if "JSON" in message or "decode" in message.lower():
+        code, message = "malformed_json", f"The request body is not valid JSON: {message}"
+    else:
+        code, message = "invalid_request", f"The request is not valid: {message}"
+    return Response({"error": code, "message": message, "details": details}, status_code=400)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "entity_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _http_error(_request: Request, exc: HTTPException) -> Response:
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    if exc.status_code == 404:
+        message = "There is no such route. See /schema for the API."
+    elif exc.status_code == 405:
+        message = "This route does not accept that method."
+    elif exc.status_code == 400 and "JSON" in (exc.detail or ""):
+        code, message = "malformed_json", f"The request body is not valid JSON: {exc.detail}"
+    else:
+        message = exc.detail
+    return Response({"error": code, "message": message, "details": {}}, status_code=exc.status_code)
+
+
+def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return Response(
+        {
+            "error": "internal_error",
+            "message": "The server hit an unexpected error; it has been logged. Please report it.",
+            "details": {},
+        },
+        status_code=500,
+    )
+
+
+def create_app(
+    settings: Settings, *, storage: Storage | None = None, public_url: str | None = None
+) -> Litestar:
+    """Build the application. ``storage`` lets tests inject a backend (e.g. one that fails on purpose)."""
+    db = Database(settings.resolved_database_url)
+    base_url = settings.public_url or public_url or DEFAULT_PUBLIC_URL
+    if storage is None:
+        storage = create_storage(settings, public_url=base_url, signing_key=load_signing_key(settings))
+    parts = AppParts(settings=settings, db=db, storage=storage, metrics=Metrics())
+
+    def shutdown() -> None:
+        parts.storage.close()
+        parts.db.close()
+
+    cors = (
+        CORSConfig(
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Content-MD5"],
+            expose_headers=["ETag"],
+            allow_credentials=False,
+        )
+        if settings.cors_origins
+        else None
+    )
+    openapi = OpenAPIConfig(
+        title="PACS Mask Upload API",
+        version=__version__,
+        path="/schema",
+        render_plugins=[SwaggerRenderPlugin()],
+        components=Components(
+            security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer")}
+        ),
+        security=[{"BearerToken": []}],
+    )
+    app = Litestar(
+        route_handlers=[
+            AnnotationController,
+            MaskGroupController,
+            MaskController,
+            AuditController,
+            TokenController,
+            health,
+            put_object,
+            get_object,
+        ],
+        dependencies={"call": Provide(provide_call, sync_to_thread=False)},
+        middleware=[DefineMiddleware(TokenAuthMiddleware, exclude=[r"^/health$", r"^/storage/", r"^/schema", r"^/metrics$"])],
+        exception_handlers={
+            ApiError: _api_error,
+            ValidationException: _validation_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        cors_config=cors,
+        openapi_config=openapi,
+        on_shutdown=[shutdown],
+        logging_config=None,
+    )
+    app.state.parts = parts
+    return app

@@ -1,0 +1,146 @@
+"""``pacs-mask-server``: serve, migrate, create-token (and the operations jobs)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from server.settings import Settings, SettingsError
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"pacs-mask-server: bad setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def prepare_database(settings: Settings) -> None:
+    """Migrate the embedded SQLite database; refuse to serve a PostgreSQL one that is behind.
+
+    A clinic's PostgreSQL is migrated on purpose (``pacs-mask-server migrate``) by whoever runs the
+    upgrade, never implicitly by one of several workers starting up.
+    """
+    from server.db.migrate import current_revision, head_revision, upgrade
+
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        upgrade(url)
+        return
+    current, head = current_revision(url), head_revision()
+    if current != head:
+        print(
+            f"pacs-mask-server: the database is at revision {current or 'none'} but this server needs {head}; "
+            "run 'pacs-mask-server migrate' first.",
+            file=sys.stderr,
+        )
+        raise SystemExit(3)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the API with uvicorn (several workers share nothing but the database and storage)."""
+    import uvicorn
+
+    from server.db.session import Database
+    from server.logs import configure_logging
+    from server.services.tokens import ensure_local_admin_token
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    prepare_database(settings)
+    if settings.database_url is None:
+        db = Database(settings.resolved_database_url)
+        try:
+            ensure_local_admin_token(db, settings.data_dir)
+        finally:
+            db.close()
+    if settings.public_url is None:
+        os.environ["PACS_MASK_PUBLIC_URL"] = f"http://{args.host}:{args.port}"
+    uvicorn.run(
+        "server.asgi:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Upgrade (or downgrade) the configured database."""
+    from server.db.migrate import current_revision, downgrade, upgrade
+
+    settings = _settings()
+    url = settings.resolved_database_url
+    if args.downgrade:
+        downgrade(url, args.downgrade)
+    else:
+        upgrade(url, args.revision)
+    print(f"database is at revision {current_revision(url) or 'base'}")
+    return 0
+
+
+def cmd_create_token(args: argparse.Namespace) -> int:
+    """Create an API user and print its token alone on stdout, once."""
+    from server.db.session import Database
+    from server.errors import ApiError
+    from server.services.tokens import issue_token
+
+    settings = _settings()
+    prepare_database(settings)
+    db = Database(settings.resolved_database_url)
+    try:
+        token = issue_token(db, args.name, args.role)
+    except ApiError as exc:
+        print(f"pacs-mask-server: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        db.close()
+    print(token)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(
+        prog="pacs-mask-server",
+        description="The PACS mask upload server. Settings come from PACS_MASK_* environment variables.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="upgrade the database schema")
+    migrate.add_argument("--revision", default="head")
+    migrate.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION ('base' drops all)")
+    migrate.set_defaults(func=cmd_migrate)
+
+    token = sub.add_parser("create-token", help="create an API token and print it once")
+    token.add_argument("--name", required=True)
+    token.add_argument("--role", required=True, choices=["uploader", "reviewer", "admin"])
+    token.set_defaults(func=cmd_create_token)
+
+    from server.jobs.cli import add_job_commands
+
+    add_job_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``pacs-mask-server``."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

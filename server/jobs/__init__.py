@@ -1,0 +1,1 @@
+"""Operations jobs: validation and cleanup of stored groups, storage setup."""

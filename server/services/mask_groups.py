@@ -1,0 +1,512 @@
+"""Mask groups: create, sign uploads, complete, list, view, review and delete.
+
+Data-safety rules this module keeps:
+- ``complete`` verifies every object in storage first, then writes all slice rows and flips the group
+  to ``complete`` in one transaction. A repeat with the same body returns the same answer; two racing
+  completes end with one set of rows (unique constraints plus a conditional status update).
+- A completed group is immutable: no signing, no second complete with other content. Signed URLs bind
+  the MD5 of the bytes, so a URL still valid after completion can only write the same bytes again.
+- ``delete`` marks the group ``deleting`` first, removes objects, then rows. A storage failure midway
+  leaves it ``deleting`` (listed, not usable); repeating the delete finishes it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from server import audit
+from server.api import schemas
+from server.context import Call
+from server.db.models import Annotation, Mask, MaskGroup, utcnow
+from server.errors import Conflict, InvalidRequest, NotFound, StorageUnavailable, TooLarge, Unprocessable
+from server.naming import content_type_problem, filename_problem, group_prefix, mask_key
+from server.services.serialize import group_out, mask_out
+from server.storage.base import ObjectInfo, StorageError, md5_b64_to_hex
+
+_STAT_THREADS = 16
+
+
+def parse_group_id(value: str) -> uuid.UUID:
+    """The UUID in a path, or a 404 that says the id is not a group id."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound(f"'{value}' is not a mask group id.", code="group_not_found") from None
+
+
+def _load_group(session: Session, group_id: uuid.UUID, *, for_update: bool = False) -> MaskGroup:
+    query = select(MaskGroup).where(MaskGroup.id == group_id)
+    if for_update:
+        query = query.with_for_update()
+    group = session.scalar(query)
+    if group is None:
+        raise NotFound(f"Mask group {group_id} does not exist.", code="group_not_found")
+    return group
+
+
+def _slice_count(session: Session, group_id: uuid.UUID) -> int:
+    return session.scalar(select(func.count()).where(Mask.group_id == group_id)) or 0
+
+
+# --- create ------------------------------------------------------------------------------------------
+
+
+def create_group(call: Call, data: schemas.GroupCreate) -> schemas.GroupOut:
+    """Create a pending group; 409 naming the existing group when (annotation, model, version) is taken."""
+    with call.db.session() as session:
+        if session.get(Annotation, data.annotation_id) is None:
+            raise NotFound(f"Annotation {data.annotation_id} does not exist.", code="annotation_not_found")
+        existing = _find_existing(session, data)
+        if existing is not None:
+            raise _duplicate(existing)
+    try:
+        with call.db.session() as session:
+            group = MaskGroup(
+                annotation_id=data.annotation_id,
+                model_name=data.model_name,
+                version=data.version,
+                source=data.source,
+                status="pending",
+                expected_slices=data.expected_slices,
+                confidence=data.confidence,
+                params=data.params,
+                created_by=call.actor.name,
+            )
+            session.add(group)
+            session.flush()
+            audit.record(
+                session,
+                call,
+                "group.create",
+                annotation_id=group.annotation_id,
+                group_id=group.id,
+                detail={"model_name": data.model_name, "version": data.version, "source": data.source},
+            )
+            return group_out(group, 0)
+    except IntegrityError:
+        with call.db.session() as session:
+            existing = _find_existing(session, data)
+        if existing is None:
+            raise
+        raise _duplicate(existing) from None
+
+
+def _find_existing(session: Session, data: schemas.GroupCreate) -> MaskGroup | None:
+    return session.scalar(
+        select(MaskGroup).where(
+            MaskGroup.annotation_id == data.annotation_id,
+            MaskGroup.model_name == data.model_name,
+            MaskGroup.version == data.version,
+        )
+    )
+
+
+def _duplicate(existing: MaskGroup) -> Conflict:
+    return Conflict(
+        f"Annotation {existing.annotation_id} already has a mask group for {existing.model_name} "
+        f"version {existing.version} ({existing.id}, {existing.status}).",
+        code="duplicate_group",
+        details={"group_id": str(existing.id), "status": existing.status},
+    )
+
+
+# --- sign --------------------------------------------------------------------------------------------
+
+
+def sign_urls(call: Call, group_ref: str, data: schemas.SignRequest) -> schemas.SignResponse:
+    """Signed PUT URLs for a batch of slices of a pending group, every problem listed at once."""
+    started = time.perf_counter()
+    group_id = parse_group_id(group_ref)
+    limit = call.settings.max_slice_bytes
+    problems: list[dict[str, str]] = []
+    oversize: list[dict[str, object]] = []
+    seen: set[str] = set()
+    for item in data.slices:
+        reason = filename_problem(item.filename) or content_type_problem(item.filename, item.content_type)
+        if reason is None and item.filename in seen:
+            reason = "the same filename appears twice in this request"
+        if reason is None:
+            try:
+                md5_b64_to_hex(item.content_md5)
+            except ValueError as exc:
+                reason = str(exc)
+        if reason is not None:
+            problems.append({"filename": item.filename, "reason": reason})
+        if item.size > limit:
+            oversize.append({"filename": item.filename, "size": item.size, "limit": limit})
+        seen.add(item.filename)
+    if oversize:
+        call.metrics.failure("oversize", len(oversize))
+        raise TooLarge(
+            f"{len(oversize)} slice(s) exceed the limit of {limit} bytes per slice.",
+            details={"slices": oversize},
+        )
+    if problems:
+        raise Unprocessable(
+            f"{len(problems)} slice(s) cannot be signed; nothing was signed.",
+            code="invalid_slices",
+            details={"slices": problems},
+        )
+    with call.db.session() as session:
+        group = _load_group(session, group_id)
+        if group.status != "pending":
+            raise Conflict(
+                f"Mask group {group_id} is {group.status}; only pending groups accept uploads.",
+                code="group_not_pending",
+                details={"status": group.status},
+            )
+        ttl = call.settings.url_ttl_seconds
+        storage = call.storage
+        urls = []
+        for item in data.slices:
+            key = mask_key(group.annotation_id, group.id, item.filename)
+            signed = storage.presign_put(
+                key, size=item.size, content_md5=item.content_md5, content_type=item.content_type, ttl_seconds=ttl
+            )
+            urls.append(
+                schemas.SignedUrl(
+                    filename=item.filename,
+                    key=key,
+                    url=signed.url,
+                    method=signed.method,
+                    headers=signed.headers,
+                    expires_at=signed.expires_at,
+                )
+            )
+        audit.record(
+            session,
+            call,
+            "group.sign",
+            annotation_id=group.annotation_id,
+            group_id=group.id,
+            detail={"count": len(urls), "ttl_seconds": ttl},
+        )
+    call.metrics.urls_signed.inc(len(urls))
+    call.metrics.sign_seconds.observe(time.perf_counter() - started)
+    return schemas.SignResponse(urls=urls)
+
+
+# --- complete ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    item: schemas.SliceToComplete
+    key: str
+    info: ObjectInfo | None
+
+
+def complete_group(call: Call, group_ref: str, data: schemas.CompleteRequest) -> schemas.GroupOut:
+    """Verify every object, then register all slices and mark the group complete, atomically."""
+    started = time.perf_counter()
+    group_id = parse_group_id(group_ref)
+    _check_complete_body(data)
+    with call.db.session() as session:
+        group = _load_group(session, group_id)
+        annotation_id, status, expected = group.annotation_id, group.status, group.expected_slices
+    if status == "complete":
+        return _repeat_complete(call, group_id, data)
+    if status != "pending":
+        raise Conflict(f"Mask group {group_id} is {status}.", code="group_not_pending", details={"status": status})
+    if expected is not None and len(data.slices) != expected:
+        raise Unprocessable(
+            f"The group expects {expected} slices but the request lists {len(data.slices)}; nothing was "
+            "registered.",
+            code="slice_count_mismatch",
+            details={"expected_slices": expected, "received": len(data.slices)},
+        )
+    checked = _verify_objects(call, annotation_id, group_id, data)
+    with call.db.session() as session:
+        now = utcnow()
+        session.add_all(
+            Mask(
+                group_id=group_id,
+                filename=c.item.filename,
+                storage_key=c.key,
+                slice_index=c.item.slice_index,
+                sop_instance_uid=c.item.sop_instance_uid,
+                width=c.item.width,
+                height=c.item.height,
+                label=c.item.label,
+                checksum=c.item.checksum.lower(),
+                size_bytes=c.info.size,  # type: ignore[union-attr]
+                content_type="image/png",
+                created_at=now,
+            )
+            for c in checked
+        )
+        try:
+            session.flush()
+        except IntegrityError:
+            session.rollback()
+            return _repeat_complete(call, group_id, data)
+        flipped = session.execute(
+            update(MaskGroup)
+            .where(MaskGroup.id == group_id, MaskGroup.status == "pending")
+            .values(status="complete", completed_at=now)
+        ).rowcount
+        if flipped != 1:
+            session.rollback()
+            return _repeat_complete(call, group_id, data)
+        total_bytes = sum(c.info.size for c in checked)  # type: ignore[union-attr]
+        audit.record(
+            session,
+            call,
+            "group.complete",
+            annotation_id=annotation_id,
+            group_id=group_id,
+            detail={"slices": len(checked), "bytes": total_bytes},
+        )
+        group = _load_group(session, group_id)
+        result = group_out(group, len(checked))
+    call.metrics.completes.inc()
+    call.metrics.slices_uploaded.inc(len(checked))
+    call.metrics.bytes_uploaded.inc(total_bytes)
+    call.metrics.complete_seconds.observe(time.perf_counter() - started)
+    return result
+
+
+def _check_complete_body(data: schemas.CompleteRequest) -> None:
+    problems = []
+    names: set[str] = set()
+    indexes: set[int] = set()
+    for item in data.slices:
+        reason = filename_problem(item.filename)
+        if reason is None and item.filename in names:
+            reason = "the same filename appears twice"
+        if reason is None and item.slice_index in indexes:
+            reason = f"slice_index {item.slice_index} appears twice"
+        if reason:
+            problems.append({"filename": item.filename, "reason": reason})
+        names.add(item.filename)
+        indexes.add(item.slice_index)
+    if problems:
+        raise Unprocessable(
+            f"{len(problems)} slice(s) are invalid; nothing was registered.",
+            code="invalid_slices",
+            details={"slices": problems},
+        )
+
+
+def _verify_objects(
+    call: Call, annotation_id: int, group_id: uuid.UUID, data: schemas.CompleteRequest
+) -> list[_Checked]:
+    """Stat every object (in parallel: S3 HEADs are network round trips) and compare with the claims."""
+    keys = [mask_key(annotation_id, group_id, item.filename) for item in data.slices]
+    try:
+        with ThreadPoolExecutor(max_workers=_STAT_THREADS) as pool:
+            infos = list(pool.map(call.storage.stat, keys))
+    except StorageError as exc:
+        call.metrics.failure("storage")
+        raise StorageUnavailable(f"Storage could not be checked: {exc}") from exc
+    checked = [_Checked(item, key, info) for item, key, info in zip(data.slices, keys, infos, strict=True)]
+    missing = [c.item.filename for c in checked if c.info is None]
+    corrupt = [
+        {
+            "filename": c.item.filename,
+            "expected_md5": c.item.checksum.lower(),
+            "stored_md5": c.info.md5_hex,
+            "expected_size": c.item.size,
+            "stored_size": c.info.size,
+        }
+        for c in checked
+        if c.info is not None
+        and (
+            c.info.md5_hex != c.item.checksum.lower() or (c.item.size is not None and c.item.size != c.info.size)
+        )
+    ]
+    if missing:
+        call.metrics.failure("missing_object", len(missing))
+        raise Conflict(
+            f"{len(missing)} slice(s) were never uploaded; nothing was registered. Upload them and complete again.",
+            code="objects_missing",
+            details={"missing": missing, "mismatched": corrupt},
+        )
+    if corrupt:
+        call.metrics.failure("digest", len(corrupt))
+        raise Unprocessable(
+            f"{len(corrupt)} stored slice(s) differ from the declared checksum or size; nothing was registered.",
+            code="checksum_mismatch",
+            details={"mismatched": corrupt},
+        )
+    return checked
+
+
+def _repeat_complete(call: Call, group_id: uuid.UUID, data: schemas.CompleteRequest) -> schemas.GroupOut:
+    """A complete of an already complete group: the same answer for the same body, 409 otherwise."""
+    with call.db.session() as session:
+        group = _load_group(session, group_id)
+        rows = session.scalars(select(Mask).where(Mask.group_id == group_id)).all()
+        stored = {(m.filename, m.slice_index, m.checksum) for m in rows}
+        claimed = {(s.filename, s.slice_index, s.checksum.lower()) for s in data.slices}
+        if group.status != "complete" or stored != claimed:
+            raise Conflict(
+                f"Mask group {group_id} is already complete with different slices; a completed group "
+                "cannot change. Upload a new version instead.",
+                code="group_immutable",
+                details={"status": group.status, "slice_count": len(rows)},
+            )
+        return group_out(group, len(rows))
+
+
+# --- read --------------------------------------------------------------------------------------------
+
+
+def list_groups(call: Call, annotation_ref: str) -> schemas.GroupList:
+    """Groups of one annotation, newest first, each with its slice count."""
+    if not annotation_ref.isdigit():
+        raise NotFound(f"'{annotation_ref}' is not an annotation id.", code="annotation_not_found")
+    annotation_id = int(annotation_ref)
+    counts = select(Mask.group_id, func.count().label("n")).group_by(Mask.group_id).subquery()
+    with call.db.session() as session:
+        if session.get(Annotation, annotation_id) is None:
+            raise NotFound(f"Annotation {annotation_id} does not exist.", code="annotation_not_found")
+        rows = session.execute(
+            select(MaskGroup, func.coalesce(counts.c.n, 0))
+            .outerjoin(counts, counts.c.group_id == MaskGroup.id)
+            .where(MaskGroup.annotation_id == annotation_id)
+            .order_by(MaskGroup.created_at.desc())
+        ).all()
+        return schemas.GroupList(items=[group_out(g, n) for g, n in rows])
+
+
+def list_masks(call: Call, group_ref: str) -> schemas.MaskList:
+    """The group and its slices ordered by slice index."""
+    group_id = parse_group_id(group_ref)
+    with call.db.session() as session:
+        group = _load_group(session, group_id)
+        rows = session.scalars(select(Mask).where(Mask.group_id == group_id).order_by(Mask.slice_index)).all()
+        return schemas.MaskList(group=group_out(group, len(rows)), items=[mask_out(m) for m in rows])
+
+
+@dataclass(frozen=True, slots=True)
+class ViewedSlice:
+    """What the view route streams."""
+
+    chunks: Iterator[bytes]
+    size: int
+    checksum: str
+    content_type: str
+    filename: str
+
+
+def view_slice(call: Call, group_ref: str, filename: str | None, slice_index: int | None) -> ViewedSlice:
+    """Open one registered slice for streaming; audited."""
+    group_id = parse_group_id(group_ref)
+    if (filename is None) == (slice_index is None):
+        raise InvalidRequest("Give exactly one of 'filename' or 'slice_index'.", code="invalid_query")
+    with call.db.session() as session:
+        group = _load_group(session, group_id)
+        query = select(Mask).where(Mask.group_id == group_id)
+        query = query.where(Mask.filename == filename) if filename is not None else query.where(
+            Mask.slice_index == slice_index
+        )
+        mask = session.scalar(query)
+        if mask is None:
+            what = f"file {filename!r}" if filename is not None else f"slice index {slice_index}"
+            raise NotFound(f"Mask group {group_id} has no {what}.", code="slice_not_found")
+        try:
+            chunks = call.storage.open(mask.storage_key)
+        except KeyError:
+            raise Conflict(
+                f"The stored object for {mask.filename} is missing; run 'pacs-mask-server validate'.",
+                code="object_missing",
+            ) from None
+        except StorageError as exc:
+            raise StorageUnavailable(f"Storage could not be read: {exc}") from exc
+        audit.record(
+            session,
+            call,
+            "slice.view",
+            annotation_id=group.annotation_id,
+            group_id=group_id,
+            detail={"filename": mask.filename, "slice_index": mask.slice_index},
+        )
+        return ViewedSlice(chunks, mask.size_bytes, mask.checksum, mask.content_type, mask.filename)
+
+
+# --- review ------------------------------------------------------------------------------------------
+
+
+def review_group(call: Call, group_ref: str, data: schemas.ReviewRequest) -> schemas.GroupOut:
+    """Record a QA decision on a complete group (the masks themselves stay untouched); audited."""
+    group_id = parse_group_id(group_ref)
+    if data.decision == "rejected" and not data.comment.strip():
+        raise Unprocessable("A rejection needs a comment saying what is wrong.", code="comment_required")
+    with call.db.session() as session:
+        group = _load_group(session, group_id, for_update=True)
+        if group.status != "complete":
+            raise Conflict(
+                f"Only complete groups can be reviewed; {group_id} is {group.status}.",
+                code="group_not_complete",
+            )
+        group.review_status = data.decision
+        group.review_comment = data.comment.strip() or None
+        group.reviewed_by = call.actor.name
+        group.reviewed_at = utcnow()
+        audit.record(
+            session,
+            call,
+            "group.review",
+            annotation_id=group.annotation_id,
+            group_id=group_id,
+            detail={"decision": data.decision, "comment": data.comment.strip()},
+        )
+        session.flush()
+        return group_out(group, _slice_count(session, group_id))
+
+
+# --- delete ------------------------------------------------------------------------------------------
+
+
+def delete_group(call: Call, group_ref: str) -> schemas.DeleteResult:
+    """Remove a group's objects, then its rows; resumable after a storage failure (see module doc)."""
+    group_id = parse_group_id(group_ref)
+    with call.db.session() as session:
+        group = _load_group(session, group_id, for_update=True)
+        annotation_id, previous = group.annotation_id, group.status
+        group.status = "deleting"
+        audit.record(
+            session,
+            call,
+            "group.delete_started",
+            annotation_id=annotation_id,
+            group_id=group_id,
+            detail={"previous_status": previous},
+        )
+    try:
+        deleted_objects = call.storage.delete_prefix(group_prefix(annotation_id, group_id))
+    except StorageError as exc:
+        call.metrics.failure("storage")
+        with call.db.session() as session:
+            audit.record(
+                session, call, "group.delete_failed", annotation_id=annotation_id, group_id=group_id,
+                detail={"error": str(exc)},
+            )
+        raise StorageUnavailable(
+            f"Storage failed while deleting group {group_id}; it stays listed as 'deleting'. "
+            "Repeat the delete to finish it.",
+            details={"group_id": str(group_id)},
+        ) from exc
+    with call.db.session() as session:
+        group = _load_group(session, group_id, for_update=True)
+        deleted_slices = len(session.scalars(select(Mask.id).where(Mask.group_id == group_id)).all())
+        session.execute(Mask.__table__.delete().where(Mask.group_id == group_id))
+        session.delete(group)
+        audit.record(
+            session,
+            call,
+            "group.delete",
+            annotation_id=annotation_id,
+            group_id=group_id,
+            detail={"objects": deleted_objects, "slices": deleted_slices},
+        )
+    return schemas.DeleteResult(id=str(group_id), deleted_objects=deleted_objects, deleted_slices=deleted_slices)

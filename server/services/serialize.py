@@ -1,0 +1,80 @@
+"""ORM rows to API structs, in one place."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from server.api import schemas
+from server.db.models import Annotation, AuditLog, Mask, MaskGroup
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything stored is UTC, so say so."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def annotation_out(row: Annotation, group_count: int = 0) -> schemas.AnnotationOut:
+    return schemas.AnnotationOut(
+        id=row.id,
+        study_instance_uid=row.study_instance_uid,
+        series_instance_uid=row.series_instance_uid,
+        patient_id=row.patient_id,
+        description=row.description,
+        created_by=row.created_by,
+        created_at=utc(row.created_at),  # type: ignore[arg-type]
+        group_count=group_count,
+    )
+
+
+def group_out(row: MaskGroup, slice_count: int) -> schemas.GroupOut:
+    return schemas.GroupOut(
+        id=str(row.id),
+        annotation_id=row.annotation_id,
+        model_name=row.model_name,
+        version=row.version,
+        source=row.source,
+        status=row.status,
+        expected_slices=row.expected_slices,
+        confidence=row.confidence,
+        params=row.params,
+        created_by=row.created_by,
+        created_at=utc(row.created_at),  # type: ignore[arg-type]
+        completed_at=utc(row.completed_at),
+        slice_count=slice_count,
+        review_status=row.review_status,
+        review_comment=row.review_comment,
+        reviewed_by=row.reviewed_by,
+        reviewed_at=utc(row.reviewed_at),
+    )
+
+
+def mask_out(row: Mask) -> schemas.MaskOut:
+    return schemas.MaskOut(
+        id=row.id,
+        filename=row.filename,
+        storage_key=row.storage_key,
+        slice_index=row.slice_index,
+        sop_instance_uid=row.sop_instance_uid,
+        width=row.width,
+        height=row.height,
+        label=row.label,
+        checksum=row.checksum,
+        size_bytes=row.size_bytes,
+        content_type=row.content_type,
+        created_at=utc(row.created_at),  # type: ignore[arg-type]
+    )
+
+
+def audit_out(row: AuditLog) -> schemas.AuditOut:
+    return schemas.AuditOut(
+        id=row.id,
+        at=utc(row.at),  # type: ignore[arg-type]
+        actor=row.actor,
+        action=row.action,
+        annotation_id=row.annotation_id,
+        group_id=str(row.group_id) if row.group_id else None,
+        detail=row.detail,
+        client_address=row.client_address,
+    )

@@ -1,0 +1,5 @@
+"""Shared fixtures. Plugins: the real S3 server (rclone) lives in ``tests.s3_server``."""
+
+from __future__ import annotations
+
+pytest_plugins = ["tests.s3_server"]
