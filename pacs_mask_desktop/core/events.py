@@ -1,0 +1,74 @@
+"""What the upload engine reports while it works; the CLI and the desktop app both consume these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class SliceState(StrEnum):
+    """The life of one slice in an upload."""
+
+    QUEUED = "queued"
+    UPLOADING = "uploading"
+    RETRYING = "retrying"
+    DONE = "done"
+    SKIPPED = "skipped"  # landed in an earlier run; not sent again
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class SliceEvent:
+    """One slice changed state. ``attempt`` counts tries so far; ``error`` says why it retried or failed."""
+
+    filename: str
+    slice_index: int
+    state: SliceState
+    size: int
+    attempt: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupEvent:
+    """The upload as a whole moved on: ``kind`` is one of opened, resumed, signing, completing, complete,
+    failed, cancelled."""
+
+    kind: str
+    group_id: str | None
+    message: str
+
+
+@dataclass(slots=True)
+class UploadResult:
+    """How an upload ended. ``status`` is complete, incomplete (some slices failed) or cancelled."""
+
+    status: str
+    group_id: str | None
+    message: str
+    uploaded: int = 0
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    bytes_sent: int = 0
+    seconds: float = 0.0
+    group: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the group is complete on the server."""
+        return self.status == "complete"
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (``pacs-mask upload --json``)."""
+        return {
+            "status": self.status,
+            "group_id": self.group_id,
+            "message": self.message,
+            "uploaded": self.uploaded,
+            "skipped": self.skipped,
+            "failed": [{"filename": k, "reason": v} for k, v in sorted(self.failed.items())],
+            "bytes_sent": self.bytes_sent,
+            "seconds": round(self.seconds, 3),
+            "group": self.group,
+        }

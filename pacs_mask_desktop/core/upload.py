@@ -1,0 +1,475 @@
+"""The upload engine: create (or continue) a group, sign, PUT in parallel, complete.
+
+Both the desktop app and the headless CLI/worker run uploads through :class:`UploadEngine`.
+
+- Slices go straight to storage with the signed URL and exactly the signed headers; storage refuses
+  corrupted bodies because the URL binds Content-MD5.
+- URLs are signed lazily, in batches, as workers reach them; a URL that expired (S3's 403 "Request has
+  expired", the 400 AccessDenied time-skew answer of rclone and some S3 servers, the local backend's
+  ``expired_url``) is re-issued, not retried blindly.
+- Connection errors, timeouts, 5xx and 429 are retried with exponential backoff and full jitter
+  (tenacity), a bounded number of times. Anything else fails that slice with the storage's reason.
+- The journal records the group and every slice that landed, so a second run after a crash, kill or
+  power loss continues the pending group and sends only what is missing. ``complete`` is idempotent
+  on the server, so a completed group is never created twice.
+
+PUTs use urllib3 rather than httpx. Measured on this 2-core machine, 1000 PUTs of 512x512 label PNGs
+to the embedded server: httpx.Client shared by 8/16 threads 1.17 s/1.11 s, urllib3 PoolManager 1.05 s/
+1.06 s (4 threads: 0.94 s); against `rclone serve s3` the gap is wider (httpx 2.1-2.5 s, urllib3 1.5 s).
+The per-request overhead of the client, not the network, is the limit. httpx stays the API client.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+import urllib3
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_random_exponential
+
+from pacs_mask_desktop.core.api_client import ApiClient, ApiError
+from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState, UploadResult
+from pacs_mask_desktop.core.journal import Journal
+
+EventSink = Callable[[SliceEvent | GroupEvent], None]
+
+
+class PlannedSliceLike(Protocol):
+    """What the engine needs of each planned slice (see ``core.plan.PlannedSlice``)."""
+
+    filename: str
+    path: Any
+    size: int
+    md5_hex: str
+    content_md5_b64: str
+    content_type: str
+    slice_index: int
+    sop_instance_uid: str | None
+    width: int
+    height: int
+    labels: tuple[int, ...]
+
+
+class PlanLike(Protocol):
+    """What the engine needs of a plan (see ``core.plan.UploadPlan``)."""
+
+    annotation_id: int
+    model_name: str
+    version: str
+    source: str
+    confidence: float | None
+    params: dict[str, Any] | None
+    expected_slices: int | None
+    slices: Sequence[PlannedSliceLike]
+
+
+class UploadCancelled(Exception):
+    """The user (or the caller) cancelled the upload."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying after a pause."""
+
+
+class _Expired(Exception):
+    """The URL expired: re-sign and try again at once."""
+
+
+class _Permanent(Exception):
+    """Storage refused this slice for a reason retrying cannot fix."""
+
+
+@dataclass(slots=True)
+class _Signed:
+    url: str
+    headers: dict[str, str]
+    local_deadline: float
+
+
+def is_expired_answer(status: int, body: bytes) -> bool:
+    """True when a storage answer means "this signed URL is too old"."""
+    text = body[:2048].decode("utf-8", "replace").lower()
+    if status == 403 and ("request has expired" in text or "expired_url" in text or "expired" in text):
+        return True
+    # rclone serve s3 (and some S3 servers) answer 400 AccessDenied for a request outside the time window.
+    return status == 400 and "accessdenied" in text and "time" in text
+
+
+def _storage_reason(status: int, body: bytes) -> str:
+    text = body[:2048].decode("utf-8", "replace")
+    for tag in ("<Message>", '"message":"', '"message": "'):
+        start = text.find(tag)
+        if start != -1:
+            start += len(tag)
+            end = text.find("<" if tag.startswith("<") else '"', start)
+            code_start = text.find("<Code>")
+            code = text[code_start + 6 : text.find("</Code>")] + ": " if code_start != -1 else ""
+            return f"storage answered {status}: {code}{text[start:end]}"
+    return f"storage answered {status}: {text[:200].strip() or 'no details'}"
+
+
+class _UrlBook:
+    """Signed URLs for one group, signed lazily in batches and re-signed when they expire."""
+
+    def __init__(self, api: ApiClient, group_id: str, order: list[PlannedSliceLike], batch: int) -> None:
+        self._api = api
+        self._group_id = group_id
+        self._order = order
+        self._position = {s.filename: i for i, s in enumerate(order)}
+        self._batch = batch
+        self._urls: dict[str, _Signed] = {}
+        self._done: set[str] = set()
+        self._lock = threading.Lock()
+
+    def mark_done(self, filename: str) -> None:
+        with self._lock:
+            self._done.add(filename)
+            self._urls.pop(filename, None)
+
+    def get(self, filename: str, *, expired: _Signed | None = None) -> _Signed:
+        """A URL for ``filename`` that is not known to be expired."""
+        with self._lock:
+            current = self._urls.get(filename)
+            if current is None or current is expired or current.local_deadline <= time.monotonic():
+                self._sign_from(filename, refresh=current is not None)
+            return self._urls[filename]
+
+    def _sign_from(self, filename: str, *, refresh: bool) -> None:
+        # A refresh signs fewer slices ahead: they would expire again before use with a short TTL.
+        size = max(8, self._batch // 8) if refresh else self._batch
+        now = time.monotonic()
+        batch = [self._order[self._position[filename]]]
+        for s in self._order[self._position[filename] + 1 :]:
+            if len(batch) >= size:
+                break
+            known = self._urls.get(s.filename)
+            if s.filename not in self._done and (known is None or known.local_deadline <= now):
+                batch.append(s)
+        payload = [
+            {"filename": s.filename, "size": s.size, "content_md5": s.content_md5_b64, "content_type": s.content_type}
+            for s in batch
+        ]
+        sent = time.monotonic()
+        urls, server_date = self._api.sign_with_date(self._group_id, payload)
+        for item in urls:
+            self._urls[item["filename"]] = _Signed(
+                url=item["url"], headers=item["headers"], local_deadline=_local_deadline(item, server_date, sent)
+            )
+
+
+def _local_deadline(item: dict[str, Any], server_date: str | None, sent: float) -> float:
+    """When the URL expires on our monotonic clock, corrected for skew with the server's Date header.
+
+    A one-second safety margin (the Date header has one-second resolution) keeps us from sending a URL
+    that dies on the way.
+    """
+    expires_at = datetime.fromisoformat(item["expires_at"].replace("Z", "+00:00"))
+    try:
+        server_now = parsedate_to_datetime(server_date) if server_date else None
+    except (TypeError, ValueError):
+        server_now = None
+    if server_now is None:
+        lifetime = (expires_at - datetime.now(expires_at.tzinfo)).total_seconds()
+    else:
+        lifetime = (expires_at - server_now).total_seconds()
+    return sent + max(0.0, lifetime - 1.0)
+
+
+class UploadEngine:
+    """Runs one plan to a complete group. ``on_event`` is called from worker threads."""
+
+    def __init__(
+        self,
+        api: ApiClient,
+        journal: Journal | None = None,
+        *,
+        workers: int = 8,
+        max_attempts: int = 6,
+        sign_batch: int = 500,
+        put_timeout: float = 120.0,
+        on_event: EventSink | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.api = api
+        self.journal = journal
+        self.workers = max(1, workers)
+        self.max_attempts = max(1, max_attempts)
+        self.sign_batch = max(1, min(sign_batch, 5000))
+        self.cancel = cancel or threading.Event()
+        self._emit = on_event or (lambda _event: None)
+        self._http = urllib3.PoolManager(
+            num_pools=4,
+            maxsize=self.workers,
+            block=True,
+            retries=False,
+            timeout=urllib3.Timeout(connect=10.0, read=put_timeout),
+        )
+
+    def close(self) -> None:
+        """Close pooled storage connections."""
+        self._http.clear()
+
+    # --- the whole upload ----------------------------------------------------------------------------
+
+    def run(self, plan: PlanLike, *, source_path: str | None = None) -> UploadResult:
+        """Upload ``plan``; never raises for upload failures, returns how it ended."""
+        started = time.monotonic()
+        try:
+            result = self._run(plan, source_path)
+        except UploadCancelled:
+            result = UploadResult("cancelled", None, "The upload was cancelled; run it again to resume.")
+        except ApiError as exc:
+            result = UploadResult("incomplete", None, f"{exc.message}")
+        result.seconds = time.monotonic() - started
+        self._emit(GroupEvent(result.status if result.status != "incomplete" else "failed", result.group_id, result.message))
+        return result
+
+    def _run(self, plan: PlanLike, source_path: str | None) -> UploadResult:
+        slices = sorted(plan.slices, key=lambda s: s.slice_index)
+        group_id, status, known = self._open_group(plan)
+        if status == "complete":
+            for s in slices:
+                self._emit(SliceEvent(s.filename, s.slice_index, SliceState.SKIPPED, s.size))
+            return UploadResult(
+                "complete", group_id, "This group was already complete on the server; nothing was sent.",
+                skipped=len(slices), group=known,
+            )
+        if self.journal is not None:
+            self.journal.start(
+                group_id, server=self.api.base_url, annotation_id=plan.annotation_id, model_name=plan.model_name,
+                version=plan.version, source_path=source_path, total=len(slices),
+            )
+        landed = self.journal.landed(group_id) if self.journal is not None else {}
+        todo = [s for s in slices if landed.get(s.filename) != s.md5_hex]
+        skipped = len(slices) - len(todo)
+        for s in slices:
+            state = SliceState.QUEUED if s in todo else SliceState.SKIPPED
+            self._emit(SliceEvent(s.filename, s.slice_index, state, s.size))
+
+        failed, uploaded, sent_bytes = self._put_all(group_id, todo)
+        if self.cancel.is_set():
+            raise UploadCancelled
+        if failed:
+            return UploadResult(
+                "incomplete", group_id,
+                f"{len(failed)} of {len(slices)} slice(s) failed; the group stays pending. Run the upload again "
+                "to send only what is missing.",
+                uploaded=uploaded, skipped=skipped, failed=failed, bytes_sent=sent_bytes,
+            )
+        self._emit(GroupEvent("completing", group_id, f"Registering {len(slices)} slices"))
+        group = self._complete(group_id, slices)
+        if isinstance(group, UploadResult):
+            group.uploaded += uploaded
+            group.skipped = skipped
+            group.bytes_sent += sent_bytes
+            return group
+        if self.journal is not None:
+            self.journal.mark_complete(group_id)
+        return UploadResult(
+            "complete", group_id, f"{len(slices)} slices registered in group {group_id}.",
+            uploaded=uploaded, skipped=skipped, bytes_sent=sent_bytes, group=group,
+        )
+
+    def _open_group(self, plan: PlanLike) -> tuple[str, str, dict[str, Any] | None]:
+        """Continue the journal's pending group, or create one, or adopt the server's on a 409."""
+        if self.journal is not None:
+            entry = self.journal.find(self.api.base_url, plan.annotation_id, plan.model_name, plan.version)
+            if entry is not None:
+                try:
+                    group = self.api.group_with_slices(entry.group_id)["group"]
+                except ApiError as exc:
+                    if exc.status != 404:
+                        raise
+                    self.journal.forget(entry.group_id)
+                else:
+                    if group["status"] in ("pending", "complete"):
+                        kind = "resumed" if group["status"] == "pending" else "opened"
+                        self._emit(GroupEvent(kind, group["id"], f"Continuing group {group['id']}"))
+                        return group["id"], group["status"], group
+        fields = {
+            "annotation_id": plan.annotation_id,
+            "model_name": plan.model_name,
+            "version": plan.version,
+            "source": plan.source,
+        }
+        if plan.expected_slices is not None:
+            fields["expected_slices"] = plan.expected_slices
+        if plan.confidence is not None:
+            fields["confidence"] = plan.confidence
+        if plan.params:
+            fields["params"] = plan.params
+        try:
+            group = self.api.create_group(fields)
+        except ApiError as exc:
+            if exc.code != "duplicate_group":
+                raise
+            return self._adopt_existing(plan, exc)
+        self._emit(GroupEvent("opened", group["id"], f"Created group {group['id']}"))
+        return group["id"], "pending", group
+
+    def _adopt_existing(self, plan: PlanLike, exc: ApiError) -> tuple[str, str, dict[str, Any] | None]:
+        group_id, status = exc.details["group_id"], exc.details["status"]
+        if status == "pending":
+            self._emit(GroupEvent("resumed", group_id, f"Continuing pending group {group_id}"))
+            return group_id, "pending", None
+        if status == "complete":
+            found = self.api.group_with_slices(group_id)
+            stored = {(m["filename"], m["checksum"]) for m in found["items"]}
+            if stored == {(s.filename, s.md5_hex) for s in plan.slices}:
+                return group_id, "complete", found["group"]
+        raise ApiError(
+            409, "duplicate_group",
+            f"{exc.message} Its slices differ from these; use a new version to upload them.",
+            exc.details,
+        )
+
+    # --- PUTs ----------------------------------------------------------------------------------------
+
+    def _put_all(self, group_id: str, todo: list[PlannedSliceLike]) -> tuple[dict[str, str], int, int]:
+        book = _UrlBook(self.api, group_id, todo, self.sign_batch)
+        failed: dict[str, str] = {}
+        counts = {"uploaded": 0, "bytes": 0}
+        lock = threading.Lock()
+
+        def one(s: PlannedSliceLike) -> None:
+            if self.cancel.is_set():
+                return
+            try:
+                self._put_with_retries(book, s)
+            except UploadCancelled:
+                return
+            except (_Permanent, _Transient, _Expired, ApiError, OSError) as exc:
+                reason = exc.message if isinstance(exc, ApiError) else str(exc)
+                with lock:
+                    failed[s.filename] = reason
+                self._emit(SliceEvent(s.filename, s.slice_index, SliceState.FAILED, s.size, error=reason))
+                return
+            book.mark_done(s.filename)
+            if self.journal is not None:
+                self.journal.mark_landed(group_id, s.filename, s.md5_hex)
+            with lock:
+                counts["uploaded"] += 1
+                counts["bytes"] += s.size
+            self._emit(SliceEvent(s.filename, s.slice_index, SliceState.DONE, s.size))
+
+        if todo:
+            self._emit(GroupEvent("signing", group_id, f"Uploading {len(todo)} slices"))
+            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pacs-put") as pool:
+                list(pool.map(one, todo))
+        return failed, counts["uploaded"], counts["bytes"]
+
+    def _put_with_retries(self, book: _UrlBook, s: PlannedSliceLike) -> None:
+        body = _read(s)
+        state: dict[str, _Signed | None] = {"expired": None}
+
+        def before_sleep(rs: RetryCallState) -> None:
+            error = rs.outcome.exception() if rs.outcome else None
+            self._emit(
+                SliceEvent(s.filename, s.slice_index, SliceState.RETRYING, s.size, attempt=rs.attempt_number,
+                           error=str(error))
+            )
+
+        def wait(rs: RetryCallState) -> float:
+            if rs.outcome is not None and isinstance(rs.outcome.exception(), _Expired):
+                return 0.0
+            return backoff(rs)
+
+        backoff = wait_random_exponential(multiplier=0.2, max=10)
+        retrying = Retrying(
+            retry=retry_if_exception_type((_Transient, _Expired)),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=wait,
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                if self.cancel.is_set():
+                    raise UploadCancelled
+                signed = book.get(s.filename, expired=state["expired"])
+                self._emit(
+                    SliceEvent(s.filename, s.slice_index, SliceState.UPLOADING, s.size,
+                               attempt=attempt.retry_state.attempt_number)
+                )
+                try:
+                    self._put_once(signed, body)
+                except _Expired:
+                    state["expired"] = signed
+                    raise
+
+    def _sleep(self, seconds: float) -> None:
+        if self.cancel.wait(seconds):
+            raise UploadCancelled
+
+    def _put_once(self, signed: _Signed, body: bytes) -> None:
+        try:
+            response = self._http.request(
+                "PUT", signed.url, body=body, headers=signed.headers, preload_content=True, redirect=False
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise _Transient(f"connection problem: {exc.__class__.__name__}") from exc
+        status, data = response.status, response.data or b""
+        if 200 <= status < 300:
+            return
+        if is_expired_answer(status, data):
+            raise _Expired("the signed URL expired")
+        if status >= 500 or status in (408, 429):
+            raise _Transient(_storage_reason(status, data))
+        raise _Permanent(_storage_reason(status, data))
+
+    # --- complete ------------------------------------------------------------------------------------
+
+    def _complete(self, group_id: str, slices: list[PlannedSliceLike]) -> dict[str, Any] | UploadResult:
+        payload = [_complete_item(s) for s in slices]
+        try:
+            return self.api.complete(group_id, payload)
+        except ApiError as exc:
+            if exc.code != "objects_missing":
+                raise
+            missing = set(exc.details.get("missing", []))
+        # The journal said these landed but storage does not have them: send them again, once.
+        if self.journal is not None:
+            self.journal.forget_landed(group_id, sorted(missing))
+        again = [s for s in slices if s.filename in missing]
+        failed, uploaded, sent = self._put_all(group_id, again)
+        if failed:
+            return UploadResult(
+                "incomplete", group_id, f"{len(failed)} slice(s) could not be re-sent.", uploaded=uploaded,
+                failed=failed, bytes_sent=sent,
+            )
+        group = self.api.complete(group_id, payload)
+        if self.journal is not None:
+            self.journal.mark_complete(group_id)
+        return UploadResult(
+            "complete", group_id, f"{len(slices)} slices registered in group {group_id}.", uploaded=uploaded,
+            bytes_sent=sent, group=group,
+        )
+
+
+def _read(s: PlannedSliceLike) -> bytes:
+    with open(s.path, "rb") as handle:
+        return handle.read()
+
+
+def _complete_item(s: PlannedSliceLike) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "filename": s.filename,
+        "slice_index": s.slice_index,
+        "width": s.width,
+        "height": s.height,
+        "checksum": s.md5_hex,
+        "size": s.size,
+    }
+    if s.labels:
+        item["label"] = ",".join(str(label) for label in s.labels)
+    if s.sop_instance_uid:
+        item["sop_instance_uid"] = s.sop_instance_uid
+    return item
