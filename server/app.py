@@ -13,7 +13,7 @@ from pathlib import Path
 from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.middleware.base import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
@@ -29,7 +29,9 @@ from server.api.storage_routes import get_object, put_object
 from server.context import AppParts
 from server.db.session import Database
 from server.errors import ApiError
-from server.metrics import Metrics
+from server.jobs.api import run_validation
+from server.logs import RequestLogMiddleware
+from server.metrics import Metrics, StatsRefresher, metrics_endpoint
 from server.security import TokenAuthMiddleware
 from server.settings import Settings
 from server.storage import Storage, create_storage
@@ -89,7 +91,9 @@ def _http_error(_request: Request, exc: HTTPException) -> Response:
         message = "There is no such route. See /schema for the API."
     elif exc.status_code == 405:
         message = "This route does not accept that method."
-    elif exc.status_code == 400 and "JSON" in (exc.detail or ""):
+    elif exc.status_code == 400 and (
+        isinstance(exc.__cause__, SerializationException) or "JSON" in (exc.detail or "")
+    ):
         code, message = "malformed_json", f"The request body is not valid JSON: {exc.detail}"
     else:
         message = exc.detail
@@ -117,6 +121,8 @@ def create_app(
     if storage is None:
         storage = create_storage(settings, public_url=base_url, signing_key=load_signing_key(settings))
     parts = AppParts(settings=settings, db=db, storage=storage, metrics=Metrics())
+
+    refresher = StatsRefresher(parts, settings.metrics_refresh_seconds)
 
     def shutdown() -> None:
         parts.storage.close()
@@ -153,6 +159,8 @@ def create_app(
             health,
             put_object,
             get_object,
+            metrics_endpoint,
+            run_validation,
         ],
         dependencies={"call": Provide(provide_call, sync_to_thread=False)},
         middleware=[DefineMiddleware(TokenAuthMiddleware, exclude=[r"^/health$", r"^/storage/", r"^/schema", r"^/metrics$"])],
@@ -164,8 +172,11 @@ def create_app(
         },
         cors_config=cors,
         openapi_config=openapi,
-        on_shutdown=[shutdown],
+        on_startup=[refresher.start],
+        on_shutdown=[refresher.stop, shutdown],
         logging_config=None,
     )
     app.state.parts = parts
+    # Outermost, so routing, authentication and error responses are all timed and logged.
+    app.asgi_handler = RequestLogMiddleware(app.asgi_handler, parts.metrics)
     return app

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from server.settings import Settings, SettingsError
 
@@ -40,6 +43,29 @@ def prepare_database(settings: Settings) -> None:
         raise SystemExit(3)
 
 
+def prepare_metrics_dir(workers: int) -> Path | None:
+    """Set up prometheus-client's multiprocess directory; return it when this process created it.
+
+    An operator's ``PROMETHEUS_MULTIPROC_DIR`` is used as given and emptied of an earlier run's files
+    (stale files would add old counts). Otherwise several workers get a fresh temporary directory,
+    exported to them through the environment and removed when the server stops.
+    """
+    from server.metrics import MULTIPROC_ENV
+
+    existing = os.environ.get(MULTIPROC_ENV)
+    if existing:
+        directory = Path(existing)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        return None
+    if workers <= 1:
+        return None
+    directory = Path(tempfile.mkdtemp(prefix="pacs-mask-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return directory
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the API with uvicorn (several workers share nothing but the database and storage)."""
     import uvicorn
@@ -59,16 +85,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
             db.close()
     if settings.public_url is None:
         os.environ["PACS_MASK_PUBLIC_URL"] = f"http://{args.host}:{args.port}"
-    uvicorn.run(
-        "server.asgi:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    metrics_dir = prepare_metrics_dir(args.workers)
+    try:
+        uvicorn.run(
+            "server.asgi:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

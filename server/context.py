@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from server.db.session import Database
 from server.metrics import Metrics
 from server.security import Actor

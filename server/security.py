@@ -67,13 +67,16 @@ class TokenAuthMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
         header = connection.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
+        metrics = connection.app.state.parts.metrics
         if scheme.lower() != "bearer" or not token.strip():
+            metrics.failure("auth")
             raise Unauthorized(
                 "This call needs an API token: send 'Authorization: Bearer <token>'.",
                 code="missing_token",
             )
         actor = lookup_actor(connection.app.state.parts.db, token.strip())
         if actor is None:
+            metrics.failure("auth")
             raise Unauthorized("The API token is unknown or has been revoked.", code="invalid_token")
         return AuthenticationResult(user=actor, auth=None)
 
@@ -84,6 +87,7 @@ def require(role: str):  # type: ignore[no-untyped-def]
     def guard(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:
         actor: Actor = connection.user
         if not actor.has(role):
+            connection.app.state.parts.metrics.failure("auth")
             raise Forbidden(
                 f"This call needs the {role} role; the token '{actor.name}' has the {actor.role} role.",
                 details={"required_role": role, "role": actor.role},

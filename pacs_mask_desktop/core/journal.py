@@ -92,7 +92,7 @@ class Journal:
         query = (
             "SELECT u.group_id, u.server, u.annotation_id, u.model_name, u.version, u.status, u.source_path, "
             "u.total, (SELECT COUNT(*) FROM landed l WHERE l.group_id = u.group_id), u.updated_at "
-            f"FROM upload u {where} ORDER BY u.updated_at DESC"  # noqa: S608 - where is one of two constants
+            f"FROM upload u {where} ORDER BY u.updated_at DESC"
         )
         with self._lock:
             return [JournalEntry(*row) for row in self._db.execute(query, params).fetchall()]

@@ -1,9 +1,172 @@
-"""Job subcommands of ``pacs-mask-server`` (validate, cleanup, init-storage)."""
+"""Job subcommands of ``pacs-mask-server``: ``validate``, ``cleanup`` and ``init-storage``.
+
+Exit codes: 0 all good; 1 something is wrong (validate found errors, a cleanup action failed, an
+init-storage part failed or a part asked for explicitly is not implemented); 2 bad settings or
+arguments; 3 the database or storage could not be reached.
+Reports go to stdout (readable, or JSON with ``--json``); job events go to stderr as JSON log lines.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from typing import Any
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from server.cli import _settings as load
+
+    return load()
+
+
+def _print(result: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        print(result.render_text())
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"pacs-mask-server: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check the database against storage; exit 1 when something is wrong."""
+    from server.cli import prepare_database
+    from server.errors import ApiError
+    from server.jobs.common import close_parts, open_parts
+    from server.jobs.validate import validate
+    from server.logs import configure_logging
+    from server.services.mask_groups import parse_group_id
+    from server.storage.base import StorageError
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    prepare_database(settings)
+    try:
+        group_id = parse_group_id(args.group) if args.group else None
+    except ApiError as exc:
+        return _fail(exc.message, 2)
+    try:
+        parts = open_parts(settings)
+    except StorageError as exc:
+        return _fail(f"storage: {exc}", 3)
+    try:
+        report = validate(parts.db, parts.storage, settings, group_id=group_id)
+    except ApiError as exc:
+        return _fail(exc.message, 2)
+    except StorageError as exc:
+        return _fail(f"storage could not be read, nothing was validated: {exc}", 3)
+    finally:
+        close_parts(parts)
+    _print(report, args.json)
+    return 0 if report.ok else 1
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Show (or with --apply, carry out) the repairs for what validate finds."""
+    from server.cli import prepare_database
+    from server.jobs.cleanup import cleanup
+    from server.jobs.common import close_parts, open_parts
+    from server.logs import configure_logging
+    from server.storage.base import StorageError
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    prepare_database(settings)
+    try:
+        parts = open_parts(settings)
+    except StorageError as exc:
+        return _fail(f"storage: {exc}", 3)
+    try:
+        result = cleanup(parts, apply=args.apply)
+    except StorageError as exc:
+        return _fail(f"storage could not be read, nothing was changed: {exc}", 3)
+    finally:
+        close_parts(parts)
+    _print(result, args.json)
+    return 0 if result.ok else 1
+
+
+def cmd_init_storage(args: argparse.Namespace) -> int:
+    """Create the bucket, apply CORS and lifecycle rules, and report what is in force."""
+    from server.jobs.storage_setup import init_storage
+    from server.logs import configure_logging
+    from server.storage.base import StorageError
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    try:
+        result = init_storage(
+            settings,
+            cors=args.cors,
+            expire_pending_days=args.expire_pending_days,
+            abort_multipart_days=args.abort_multipart_days,
+        )
+    except StorageError as exc:
+        return _fail(f"storage: {exc}", 3)
+    _print(result, args.json)
+    return 0 if result.ok else 1
+
+
+def _days(value: str) -> int:
+    days = int(value)
+    if days < 1:
+        raise argparse.ArgumentTypeError("must be a whole number of days, at least 1")
+    return days
 
 
 def add_job_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register the job subcommands on the server's parser."""
+    validate = sub.add_parser(
+        "validate",
+        help="check every complete group's slices and objects, orphans, stale and stuck groups",
+        description="Compare the database with storage. Exit 0 when nothing is wrong, 1 when something is.",
+    )
+    validate.add_argument(
+        "--group", metavar="ID", help="check one group only (and only its prefix for orphans)"
+    )
+    validate.add_argument("--json", action="store_true", help="print the report as JSON")
+    validate.set_defaults(func=cmd_validate)
+
+    clean = sub.add_parser(
+        "cleanup",
+        help="repair what validate finds (dry run unless --apply)",
+        description="Remove stale pending groups, orphan objects and broken groups, finish stuck deletes. "
+        "Prints the plan without changing anything unless --apply is given. Every change is audited.",
+    )
+    clean.add_argument("--apply", action="store_true", help="carry out the actions (default: dry run)")
+    clean.add_argument("--json", action="store_true", help="print the result as JSON")
+    clean.set_defaults(func=cmd_cleanup)
+
+    init = sub.add_parser(
+        "init-storage",
+        help="create the S3 bucket, apply CORS and lifecycle rules, report what is in force",
+        description="Idempotent. A part asked for explicitly (--cors, --expire-pending-days, "
+        "--abort-multipart-days) fails the run when the storage server does not implement it.",
+    )
+    cors = init.add_mutually_exclusive_group()
+    cors.add_argument(
+        "--cors",
+        dest="cors",
+        action="store_true",
+        default=None,
+        help="require CORS (origins from PACS_MASK_CORS_ORIGINS); default: apply when origins are set",
+    )
+    cors.add_argument("--no-cors", dest="cors", action="store_false", help="leave CORS as it is")
+    init.add_argument(
+        "--expire-pending-days",
+        type=_days,
+        metavar="N",
+        help="expire objects of groups never completed after N days (objects tagged pacs-mask-state=pending)",
+    )
+    init.add_argument(
+        "--abort-multipart-days",
+        type=_days,
+        metavar="N",
+        help="abort multipart uploads left incomplete for N days",
+    )
+    init.add_argument("--json", action="store_true", help="print the result as JSON")
+    init.set_defaults(func=cmd_init_storage)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 from server.db.models import Base
 from server.db.session import make_engine
 

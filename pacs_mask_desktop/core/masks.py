@@ -1,0 +1,238 @@
+"""Reading and checking mask slices (one PNG label image per DICOM slice).
+
+A mask is a single-channel PNG whose pixel values are label ids (0 = background):
+
+* 8-bit or 16-bit grayscale (``L`` / ``I;16``): the grey value is the label;
+* palette (``P``): the palette *index* is the label, whatever colour the palette shows;
+* 1-bit (``1``): a binary mask, label 1;
+* 2/4-bit grayscale: the stored value (Pillow scales it up, we scale it back).
+
+Rejected with :class:`MaskError`: colour (RGB/RGBA), any alpha channel (grey+alpha, palette+alpha
+modes), non-PNG formats (only PNG is uploaded), files that are not images or are corrupt, and absurd
+sizes. A ``tRNS`` transparency entry on a grey or palette PNG is accepted: it only changes how a viewer
+paints the image, not which label a pixel has (segmentation tools export palette masks that way).
+
+Each file is read once: the MD5 is computed from the same bytes that are decoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import re
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+CONTENT_TYPE = "image/png"
+MAX_SIDE = 16384
+"""Widest/tallest mask accepted (pixels). DICOM images are far smaller; larger is a wrong file."""
+MAX_PIXELS = 64 * 1024 * 1024
+"""Most pixels accepted in one mask, checked from the PNG header before anything is decoded."""
+MAX_FILE_BYTES = 256 * 1024 * 1024
+"""Largest file read at all."""
+
+# Mirrors server/naming.py (the core may not import the server): keep both in step.
+FILENAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+ALLOWED_EXTENSIONS = (".png",)
+WINDOWS_DEVICE_NAMES = frozenset(
+    {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(1, 10)} | {f"lpt{i}" for i in range(1, 10)}
+)
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
+_ACCEPTED_MODES = {"1", "L", "P", "I;16", "I;16B", "I;16L", "I"}
+
+
+class MaskError(Exception):
+    """A file cannot be used as a mask; ``reason`` says why in words a user understands.
+
+    ``code`` is ``"unreadable"`` (missing, not an image, corrupt) or ``"not_a_mask"`` (a real image
+    that is not a label mask: colour, alpha, not PNG, absurd size).
+    """
+
+    def __init__(self, filename: str, reason: str, code: str = "unreadable") -> None:
+        super().__init__(f"{filename}: {reason}")
+        self.filename = filename
+        self.reason = reason
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class MaskInfo:
+    """What a mask file holds, read in one pass: geometry, labels and checksum of its exact bytes."""
+
+    filename: str
+    path: Path
+    width: int
+    height: int
+    labels: tuple[int, ...]
+    empty: bool
+    size_bytes: int
+    md5_hex: str
+    mode: str
+    bit_depth: int
+    content_type: str = CONTENT_TYPE
+
+    @property
+    def content_md5_b64(self) -> str:
+        """The MD5 as base64, the form of the HTTP ``Content-MD5`` header that storage checks."""
+        return base64.b64encode(bytes.fromhex(self.md5_hex)).decode("ascii")
+
+
+def check_upload_filename(name: str) -> str | None:
+    """Why ``name`` cannot be uploaded as a slice filename, or ``None`` when it is fine.
+
+    Same rules as the server (server/naming.py): 1-128 of ``[A-Za-z0-9._-]``, no leading dot, a
+    ``.png`` extension (any case), not a Windows device name. Checked before upload so the user sees
+    every bad name at once instead of a 400 from the server for the first one.
+    """
+    if not FILENAME_RE.fullmatch(name):
+        return (
+            "filenames are 1-128 characters of letters, digits, '.', '_' and '-', and must not start "
+            "with a dot"
+        )
+    lower = name.lower()
+    if not lower.endswith(ALLOWED_EXTENSIONS):
+        return f"only {', '.join(ALLOWED_EXTENSIONS)} files can be stored"
+    if lower.split(".", 1)[0] in WINDOWS_DEVICE_NAMES:
+        return "the name is reserved on Windows and could not be downloaded there"
+    return None
+
+
+_INT_GROUP = re.compile(r"\d+")
+
+
+def slice_index_from_filename(name: str) -> int | None:
+    """The slice index written in a file name: the last group of digits in its stem.
+
+    ``mask_0042.png`` -> 42, ``slice-7.png`` -> 7, ``ct2_slice12.png`` -> 12, ``mask.png`` -> None.
+    """
+    groups = _INT_GROUP.findall(Path(name).stem)
+    return int(groups[-1]) if groups else None
+
+
+def read_mask(path: Path | str) -> MaskInfo:
+    """Read, validate and hash one mask file; raise :class:`MaskError` with a clear reason if unusable.
+
+    The file's bytes are read once; MD5 and decoding use the same buffer, so the checksum always
+    describes exactly what was checked. Labels are the sorted non-zero values present.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    array, mode, bit_depth = _decode(path.name, data)
+    labels = _labels(array)
+    return MaskInfo(
+        filename=path.name,
+        path=path,
+        width=int(array.shape[1]),
+        height=int(array.shape[0]),
+        labels=labels,
+        empty=not labels,
+        size_bytes=len(data),
+        md5_hex=hashlib.md5(data, usedforsecurity=False).hexdigest(),
+        mode=mode,
+        bit_depth=bit_depth,
+    )
+
+
+def load_mask_array(path: Path | str) -> np.ndarray:
+    """The label image of a mask as a 2-D integer array (uint8, or uint16 for 16-bit masks).
+
+    For drawing overlays: the same validation as :func:`read_mask`, so what is shown is what uploads.
+    """
+    path = Path(path)
+    array, _, _ = _decode(path.name, _read_bytes(path))
+    return array
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise MaskError(path.name, f"file is {size} bytes, larger than any mask could be", "not_a_mask")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise MaskError(path.name, "file not found") from None
+    except IsADirectoryError:
+        raise MaskError(path.name, "is a folder, not a file") from None
+    except OSError as exc:
+        raise MaskError(path.name, f"cannot read the file: {exc.strerror or exc}") from None
+    if not data:
+        raise MaskError(path.name, "the file is empty (0 bytes)")
+    return data
+
+
+def _decode(filename: str, data: bytes) -> tuple[np.ndarray, str, int]:
+    """Validate PNG bytes from the header first, then decode to a label array."""
+    if not data.startswith(_PNG_SIGNATURE):
+        raise _not_png(filename, data)
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise MaskError(filename, "truncated or corrupt PNG header")
+    width, height, bit_depth, colour_type = struct.unpack(">IIBB", data[16:26])
+    if colour_type in (2, 4, 6):
+        what = "has an alpha channel" if colour_type == 4 else "is a colour image"
+        raise MaskError(
+            filename,
+            f"{what} ({_PNG_COLOUR_TYPES[colour_type]}); a mask must be single-channel grayscale or "
+            "palette without alpha, where the pixel value is the label",
+            "not_a_mask",
+        )
+    if colour_type not in (0, 3):
+        raise MaskError(filename, f"unknown PNG colour type {colour_type}")
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE) or width * height > MAX_PIXELS:
+        raise MaskError(filename, f"absurd size {width}x{height} for a mask", "not_a_mask")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+                image.load()
+                mode = image.mode
+                if mode not in _ACCEPTED_MODES:
+                    raise MaskError(filename, f"unsupported PNG mode {mode!r} for a mask", "not_a_mask")
+                array = np.asarray(image)
+    except MaskError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+        raise MaskError(filename, f"corrupt PNG data ({exc})") from None
+    if array.ndim != 2:
+        raise MaskError(filename, f"decoded to shape {array.shape}, not a single-channel image", "not_a_mask")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    elif colour_type == 0 and bit_depth in (2, 4):
+        array = array // np.uint8(255 // (2**bit_depth - 1))  # undo Pillow's scaling to 0..255
+    elif array.dtype.kind == "i" or array.dtype.itemsize > 2:
+        array = array.astype(np.uint16 if bit_depth == 16 else np.uint8)
+    elif array.dtype.byteorder == ">":
+        array = array.astype(np.uint16)
+    return np.ascontiguousarray(array), mode, int(bit_depth)
+
+
+def _not_png(filename: str, data: bytes) -> MaskError:
+    """A clear error for bytes that are not PNG: another image format, or not an image at all."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind = image.format or "unknown"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return MaskError(filename, "not an image file (no PNG signature)")
+    return MaskError(filename, f"is a {kind} image; only PNG masks can be uploaded", "not_a_mask")
+
+
+def _labels(array: np.ndarray) -> tuple[int, ...]:
+    """Sorted non-zero label values present.
+
+    ``max`` first (cheap, SIMD): empty masks stop there; a few labels are found with one comparison
+    each (these release the GIL); many labels fall back to one ``bincount`` pass.
+    """
+    top = int(array.max()) if array.size else 0
+    if top == 0:
+        return ()
+    if top <= 16:
+        return tuple(v for v in range(1, top + 1) if v == top or bool((array == v).any()))
+    counts = np.bincount(array.ravel(), minlength=2)
+    return tuple(int(v) for v in np.flatnonzero(counts) if v != 0)
