@@ -36,6 +36,12 @@ CREATE TABLE IF NOT EXISTS landed (
 """
 
 
+_SELECT_ENTRIES = (
+    "SELECT u.group_id, u.server, u.annotation_id, u.model_name, u.version, u.status, u.source_path, u.total, "
+    "(SELECT COUNT(*) FROM landed l WHERE l.group_id = u.group_id), u.updated_at FROM upload u"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class JournalEntry:
     """One upload the journal knows about."""
@@ -89,11 +95,7 @@ class Journal:
         return self._entries("WHERE u.status = 'pending' AND u.server = ?", (server,))
 
     def _entries(self, where: str, params: tuple[object, ...]) -> list[JournalEntry]:
-        query = (
-            "SELECT u.group_id, u.server, u.annotation_id, u.model_name, u.version, u.status, u.source_path, "
-            "u.total, (SELECT COUNT(*) FROM landed l WHERE l.group_id = u.group_id), u.updated_at "
-            f"FROM upload u {where} ORDER BY u.updated_at DESC"
-        )
+        query = _SELECT_ENTRIES + " " + where + " ORDER BY u.updated_at DESC"
         with self._lock:
             return [JournalEntry(*row) for row in self._db.execute(query, params).fetchall()]
 
