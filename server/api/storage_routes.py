@@ -64,7 +64,7 @@ def _check_signature(
 
 
 @put("/storage/{key:path}", status_code=200, include_in_schema=False, request_max_body_size=None)
-async def put_object(request: Request, key: str) -> Response[None]:
+async def put_object(request: Request, key: str) -> Response[bytes]:
     """Receive one signed upload."""
     storage = _local(request)
     parts: AppParts = request.app.state.parts
@@ -99,7 +99,7 @@ async def put_object(request: Request, key: str) -> Response[None]:
             details={"expected": md5, "received": actual},
         )
     info = await anyio.to_thread.run_sync(storage.write, key, (bytes(body),))
-    return Response(None, headers={"ETag": f'"{info.md5_hex}"'})
+    return Response(b"", headers={"ETag": f'"{info.md5_hex}"'}, media_type="application/octet-stream")
 
 
 @get("/storage/{key:path}", include_in_schema=False)
