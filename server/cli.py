@@ -85,6 +85,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             db.close()
     if settings.public_url is None:
         os.environ["PACS_MASK_PUBLIC_URL"] = f"http://{args.host}:{args.port}"
+    from server.metrics import MULTIPROC_ENV
+
     metrics_dir = prepare_metrics_dir(args.workers)
     try:
         uvicorn.run(
@@ -99,6 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     finally:
         if metrics_dir is not None:
+            os.environ.pop(MULTIPROC_ENV, None)
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 

@@ -45,7 +45,15 @@ STORAGE_PREFIX = "mask/"
 
 
 def multiprocess_dir() -> str | None:
-    """The multiprocess directory prometheus-client writes to, when multiprocess mode is on."""
+    """The directory prometheus-client writes to, when it runs in multiprocess mode.
+
+    prometheus-client chooses the mode once, when it is first imported, from the environment; what
+    counts is that choice, not the variable's value now (a process may set or drop it later).
+    """
+    from prometheus_client import values
+
+    if values.ValueClass is values.MutexValue:
+        return None
     return os.environ.get(MULTIPROC_ENV) or None
 
 
@@ -172,16 +180,16 @@ class StatsRefresher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            if self._is_leader():
-                try:
+            try:  # a failed refresh (or lock) must not end the thread
+                if self._is_leader():
                     refresh_stats(self.parts)
-                except Exception as exc:
-                    self.parts.metrics.stats_refresh_errors.inc()
-                    log.warning(
-                        "refreshing the group and storage gauges failed: %s",
-                        exc,
-                        extra={"event": "metrics.refresh_failed", "error": type(exc).__name__},
-                    )
+            except Exception as exc:
+                self.parts.metrics.stats_refresh_errors.inc()
+                log.warning(
+                    "refreshing the group and storage gauges failed: %s",
+                    exc,
+                    extra={"event": "metrics.refresh_failed", "error": type(exc).__name__},
+                )
             self._stop.wait(self.interval)
 
     def _is_leader(self) -> bool:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, delete, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from server.api import schemas
-from server.context import Call
+from server.api.deps import CallDep
 from server.security import require
 from server.services import audit_log, tokens
 
@@ -20,13 +20,15 @@ class AuditController(Controller):
     @get("/", guards=[require("reviewer")], sync_to_thread=True, summary="Read the audit log")
     def read(
         self,
-        call: Call,
-        annotation_id: int | None = None,
-        group_id: str | None = None,
-        actor: str | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=10_000)] = 500,
+        call: CallDep,
+        annotation_id: FromQuery[int | None] = None,
+        group_id: FromQuery[str | None] = None,
+        actor: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 500,
     ) -> schemas.AuditList:
-        return audit_log.list_audit(call, annotation_id=annotation_id, group_id=group_id, actor=actor, limit=limit)
+        return audit_log.list_audit(
+            call, annotation_id=annotation_id, group_id=group_id, actor=actor, limit=limit
+        )
 
 
 class TokenController(Controller):
@@ -35,13 +37,13 @@ class TokenController(Controller):
     guards = [require("admin")]  # noqa: RUF012
 
     @post("/", sync_to_thread=True, summary="Create an API token (shown once)")
-    def create(self, call: Call, data: schemas.TokenCreate) -> schemas.TokenOut:
+    def create(self, call: CallDep, data: JSONBody[schemas.TokenCreate]) -> schemas.TokenOut:
         return tokens.create_token(call, data)
 
     @get("/", sync_to_thread=True, summary="List API tokens")
-    def read(self, call: Call) -> schemas.TokenList:
+    def read(self, call: CallDep) -> schemas.TokenList:
         return tokens.list_tokens(call)
 
     @delete("/{name:str}", sync_to_thread=True, status_code=200, summary="Revoke an API token")
-    def revoke(self, call: Call, name: str) -> schemas.TokenOut:
+    def revoke(self, call: CallDep, name: FromPath[str]) -> schemas.TokenOut:
         return tokens.revoke_token(call, name)

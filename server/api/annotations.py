@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from server.api import schemas
-from server.context import Call
+from server.api.deps import CallDep
 from server.security import require
 from server.services import annotations as svc
 
@@ -18,18 +18,18 @@ class AnnotationController(Controller):
     tags = ["annotations"]  # noqa: RUF012
 
     @post("/", guards=[require("uploader")], sync_to_thread=True, summary="Create an annotation")
-    def create(self, call: Call, data: schemas.AnnotationCreate) -> schemas.AnnotationOut:
+    def create(self, call: CallDep, data: JSONBody[schemas.AnnotationCreate]) -> schemas.AnnotationOut:
         return svc.create_annotation(call, data)
 
     @get("/", guards=[require("uploader")], sync_to_thread=True, summary="Search annotations")
     def search(
         self,
-        call: Call,
-        search: Annotated[str | None, Parameter(max_length=200)] = None,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 200,
+        call: CallDep,
+        search: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
     ) -> schemas.AnnotationList:
         return svc.list_annotations(call, search, limit)
 
     @get("/{annotation_id:int}", guards=[require("uploader")], sync_to_thread=True, summary="One annotation")
-    def read(self, call: Call, annotation_id: int) -> schemas.AnnotationOut:
+    def read(self, call: CallDep, annotation_id: FromPath[int]) -> schemas.AnnotationOut:
         return svc.get_annotation(call, annotation_id)

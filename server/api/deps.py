@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 from litestar import Request
+from litestar.di import NamedDependency
 
 from server.context import AppParts, Call
+
+#: How handlers ask for the authenticated call: ``call: CallDep``.
+CallDep: TypeAlias = NamedDependency[Call]
 
 
 def provide_call(request: Request) -> Call:

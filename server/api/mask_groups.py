@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, Response, delete, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from server.api import schemas
-from server.context import Call
+from server.api.deps import CallDep
 from server.security import require
 from server.services import mask_groups as svc
 
@@ -23,7 +23,7 @@ class MaskGroupController(Controller):
     tags = ["mask groups"]  # noqa: RUF012
 
     @post("/", guards=[require("uploader")], sync_to_thread=True, summary="Create a pending mask group")
-    def create(self, call: Call, data: schemas.GroupCreate) -> schemas.GroupOut:
+    def create(self, call: CallDep, data: JSONBody[schemas.GroupCreate]) -> schemas.GroupOut:
         return svc.create_group(call, data)
 
     @post(
@@ -33,7 +33,9 @@ class MaskGroupController(Controller):
         status_code=200,
         summary="Signed PUT URLs for a batch of slices",
     )
-    def sign(self, call: Call, group_id: str, data: schemas.SignRequest) -> schemas.SignResponse:
+    def sign(
+        self, call: CallDep, group_id: FromPath[str], data: JSONBody[schemas.SignRequest]
+    ) -> schemas.SignResponse:
         return svc.sign_urls(call, group_id, data)
 
     @post(
@@ -43,20 +45,29 @@ class MaskGroupController(Controller):
         status_code=200,
         summary="Verify the uploaded slices and register them",
     )
-    def complete(self, call: Call, group_id: str, data: schemas.CompleteRequest) -> schemas.GroupOut:
+    def complete(
+        self, call: CallDep, group_id: FromPath[str], data: JSONBody[schemas.CompleteRequest]
+    ) -> schemas.GroupOut:
         return svc.complete_group(call, group_id, data)
 
-    @get("/{annotation_id:str}", guards=[require("uploader")], sync_to_thread=True, summary="Groups of an annotation")
-    def list_for_annotation(self, call: Call, annotation_id: str) -> schemas.GroupList:
+    @get(
+        "/{annotation_id:str}",
+        guards=[require("uploader")],
+        sync_to_thread=True,
+        summary="Groups of an annotation",
+    )
+    def list_for_annotation(self, call: CallDep, annotation_id: FromPath[str]) -> schemas.GroupList:
         return svc.list_groups(call, annotation_id)
 
-    @get("/{group_id:str}/view", guards=[require("uploader")], sync_to_thread=True, summary="Stream one slice")
+    @get(
+        "/{group_id:str}/view", guards=[require("uploader")], sync_to_thread=True, summary="Stream one slice"
+    )
     def view(
         self,
-        call: Call,
-        group_id: str,
-        filename: Annotated[str | None, Parameter(max_length=128)] = None,
-        slice_index: Annotated[int | None, Parameter(ge=0)] = None,
+        call: CallDep,
+        group_id: FromPath[str],
+        filename: Annotated[str | None, QueryParameter(max_length=128)] = None,
+        slice_index: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> Stream:
         viewed = svc.view_slice(call, group_id, filename, slice_index)
         return Stream(
@@ -77,13 +88,19 @@ class MaskGroupController(Controller):
         status_code=200,
         summary="Approve or reject a complete group",
     )
-    def review(self, call: Call, group_id: str, data: schemas.ReviewRequest) -> schemas.GroupOut:
+    def review(
+        self, call: CallDep, group_id: FromPath[str], data: JSONBody[schemas.ReviewRequest]
+    ) -> schemas.GroupOut:
         return svc.review_group(call, group_id, data)
 
     @delete(
-        "/{group_id:str}", guards=[require("admin")], sync_to_thread=True, status_code=200, summary="Delete a group"
+        "/{group_id:str}",
+        guards=[require("admin")],
+        sync_to_thread=True,
+        status_code=200,
+        summary="Delete a group",
     )
-    def remove(self, call: Call, group_id: str) -> Response[schemas.DeleteResult]:
+    def remove(self, call: CallDep, group_id: FromPath[str]) -> Response[schemas.DeleteResult]:
         return Response(svc.delete_group(call, group_id))
 
 
@@ -92,5 +109,5 @@ class MaskController(Controller):
     tags = ["mask groups"]  # noqa: RUF012
 
     @get("/{group_id:str}", guards=[require("uploader")], sync_to_thread=True, summary="Slices of a group")
-    def list_slices(self, call: Call, group_id: str) -> schemas.MaskList:
+    def list_slices(self, call: CallDep, group_id: FromPath[str]) -> schemas.MaskList:
         return svc.list_masks(call, group_id)

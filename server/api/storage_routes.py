@@ -14,6 +14,7 @@ import time
 
 import anyio
 from litestar import Request, Response, get, put
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from server.context import AppParts
@@ -24,7 +25,9 @@ from server.storage.local import InvalidKey, LocalStorage
 def _local(request: Request) -> LocalStorage:
     storage = request.app.state.parts.storage
     if not isinstance(storage, LocalStorage):
-        raise NotFound("This server stores objects in S3; upload to the URL the API signed.", code="no_local_storage")
+        raise NotFound(
+            "This server stores objects in S3; upload to the URL the API signed.", code="no_local_storage"
+        )
     return storage
 
 
@@ -64,7 +67,7 @@ def _check_signature(
 
 
 @put("/storage/{key:path}", status_code=200, include_in_schema=False, request_max_body_size=None)
-async def put_object(request: Request, key: str) -> Response[bytes]:
+async def put_object(request: Request, key: FromPath[str]) -> Response[bytes]:
     """Receive one signed upload."""
     storage = _local(request)
     parts: AppParts = request.app.state.parts
@@ -103,7 +106,7 @@ async def put_object(request: Request, key: str) -> Response[bytes]:
 
 
 @get("/storage/{key:path}", include_in_schema=False)
-async def get_object(request: Request, key: str) -> Stream:
+async def get_object(request: Request, key: FromPath[str]) -> Stream:
     """Serve one signed download."""
     storage = _local(request)
     key = key.lstrip("/")

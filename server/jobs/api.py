@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import post
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 
 from server import audit
-from server.context import Call
+from server.api.deps import CallDep
 from server.errors import StorageUnavailable
 from server.jobs.validate import validate
 from server.security import require
@@ -30,7 +30,7 @@ from server.storage.base import StorageError
     summary="Run the validation job and return its report",
 )
 def run_validation(
-    call: Call, group_id: Annotated[str | None, Parameter(max_length=64)] = None
+    call: CallDep, group_id: Annotated[str | None, QueryParameter(max_length=64)] = None
 ) -> dict[str, Any]:
     """The report of ``pacs-mask-server validate --json``; ``ok`` is false when something is wrong."""
     gid = parse_group_id(group_id) if group_id else None

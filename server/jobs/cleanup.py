@@ -7,10 +7,12 @@ finding                action with ``--apply``
 =====================  =====================================================================
 ``stale_pending``      ``remove_pending_group``: the group and every object under its prefix
 ``stuck_delete``       ``finish_delete``: delete the objects, then the rows
-``missing_object``,    ``remove_broken_group``: a complete group whose object is gone or
-``corrupt_object``     differs cannot be repaired (the bytes are lost); it is removed so the
-                       same model/version can be uploaded again. Its slice list, with every
-                       checksum, is kept in the audit row.
+``missing_object``,    only with ``--remove-broken``: ``remove_broken_group``. A complete group
+``corrupt_object``     whose object is gone or differs cannot be repaired (the bytes are lost);
+                       removing it lets the same model/version be uploaded again, but also
+                       destroys its intact slices, so it is never done by default: without the
+                       flag the group is listed for a person to decide. The removed group's
+                       slice list, with every checksum, is kept in the audit row.
 ``orphan_object``      ``delete_orphan_prefix`` (the whole group prefix, when no such group
                        exists) or ``delete_orphan`` (one object)
 ``missing_slices``,    nothing: listed as manual (upload again as a new version, or delete)
@@ -120,8 +122,11 @@ class CleanupResult:
         return "\n".join(lines)
 
 
-def plan(report: Report) -> tuple[list[Action], list[Finding]]:
-    """The actions that repair ``report``'s findings, and the findings left to a person."""
+def plan(report: Report, *, remove_broken: bool = False) -> tuple[list[Action], list[Finding]]:
+    """The actions that repair ``report``'s findings, and the findings left to a person.
+
+    ``remove_broken`` allows removing complete groups with missing or corrupt objects.
+    """
     actions: list[Action] = []
     manual: list[Finding] = []
     broken: dict[str, Action] = {}
@@ -132,6 +137,8 @@ def plan(report: Report) -> tuple[list[Action], list[Finding]]:
             actions.append(_group_action("remove_pending_group", finding))
         elif kind == "stuck_delete":
             actions.append(_group_action("finish_delete", finding))
+        elif kind in ("missing_object", "corrupt_object") and not remove_broken:
+            manual.append(finding)
         elif kind in ("missing_object", "corrupt_object"):
             assert finding.group_id is not None
             assert finding.key is not None
@@ -177,11 +184,13 @@ def _group_action(name: str, finding: Finding) -> Action:
     return Action(name, finding.group_id, finding.message, finding.group_id, finding.annotation_id)
 
 
-def cleanup(parts: AppParts, *, apply: bool = False, now: datetime | None = None) -> CleanupResult:
+def cleanup(
+    parts: AppParts, *, apply: bool = False, remove_broken: bool = False, now: datetime | None = None
+) -> CleanupResult:
     """Validate, plan the repairs and, with ``apply``, carry them out (see the module docstring)."""
     now = now or datetime.now(UTC)
     report = validate(parts.db, parts.storage, parts.settings, now=now, actor="job:cleanup")
-    actions, manual = plan(report)
+    actions, manual = plan(report, remove_broken=remove_broken)
     result = CleanupResult(applied=apply, validation=report, actions=actions, manual=manual)
     if apply:
         apply_actions(parts, actions, now=now)

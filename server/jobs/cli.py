@@ -11,7 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from server.context import AppParts
 
 
 def _settings():  # type: ignore[no-untyped-def]
@@ -32,62 +36,57 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    """Check the database against storage; exit 1 when something is wrong."""
+def _run_job(args: argparse.Namespace, job: Callable[[AppParts], Any]) -> int:
+    """Open the database and storage, run ``job``, print its result; map failures to exit codes."""
+    from sqlalchemy.exc import DBAPIError
+
     from server.cli import prepare_database
     from server.errors import ApiError
     from server.jobs.common import close_parts, open_parts
-    from server.jobs.validate import validate
-    from server.logs import configure_logging
-    from server.services.mask_groups import parse_group_id
-    from server.storage.base import StorageError
-
-    settings = _settings()
-    configure_logging(settings.log_level)
-    prepare_database(settings)
-    try:
-        group_id = parse_group_id(args.group) if args.group else None
-    except ApiError as exc:
-        return _fail(exc.message, 2)
-    try:
-        parts = open_parts(settings)
-    except StorageError as exc:
-        return _fail(f"storage: {exc}", 3)
-    try:
-        report = validate(parts.db, parts.storage, settings, group_id=group_id)
-    except ApiError as exc:
-        return _fail(exc.message, 2)
-    except StorageError as exc:
-        return _fail(f"storage could not be read, nothing was validated: {exc}", 3)
-    finally:
-        close_parts(parts)
-    _print(report, args.json)
-    return 0 if report.ok else 1
-
-
-def cmd_cleanup(args: argparse.Namespace) -> int:
-    """Show (or with --apply, carry out) the repairs for what validate finds."""
-    from server.cli import prepare_database
-    from server.jobs.cleanup import cleanup
-    from server.jobs.common import close_parts, open_parts
     from server.logs import configure_logging
     from server.storage.base import StorageError
 
     settings = _settings()
     configure_logging(settings.log_level)
-    prepare_database(settings)
     try:
+        prepare_database(settings)
         parts = open_parts(settings)
+    except DBAPIError as exc:
+        return _fail(f"the database cannot be reached: {type(exc.orig).__name__}: {exc.orig}", 3)
     except StorageError as exc:
         return _fail(f"storage: {exc}", 3)
     try:
-        result = cleanup(parts, apply=args.apply)
+        result = job(parts)
+    except ApiError as exc:
+        return _fail(exc.message, 2)
     except StorageError as exc:
-        return _fail(f"storage could not be read, nothing was changed: {exc}", 3)
+        return _fail(f"storage could not be read, nothing was done: {exc}", 3)
+    except DBAPIError as exc:
+        return _fail(f"the database failed, nothing was done: {type(exc.orig).__name__}: {exc.orig}", 3)
     finally:
         close_parts(parts)
     _print(result, args.json)
     return 0 if result.ok else 1
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check the database against storage; exit 1 when something is wrong."""
+    from server.errors import ApiError
+    from server.jobs.validate import validate
+    from server.services.mask_groups import parse_group_id
+
+    try:
+        group_id = parse_group_id(args.group) if args.group else None
+    except ApiError as exc:
+        return _fail(exc.message, 2)
+    return _run_job(args, lambda parts: validate(parts.db, parts.storage, parts.settings, group_id=group_id))
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Show (or with --apply, carry out) the repairs for what validate finds."""
+    from server.jobs.cleanup import cleanup
+
+    return _run_job(args, lambda parts: cleanup(parts, apply=args.apply, remove_broken=args.remove_broken))
 
 
 def cmd_init_storage(args: argparse.Namespace) -> int:
@@ -138,6 +137,12 @@ def add_job_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         "Prints the plan without changing anything unless --apply is given. Every change is audited.",
     )
     clean.add_argument("--apply", action="store_true", help="carry out the actions (default: dry run)")
+    clean.add_argument(
+        "--remove-broken",
+        action="store_true",
+        help="also remove complete groups with missing or corrupt objects (destroys their intact slices; "
+        "their slice list stays in the audit log)",
+    )
     clean.add_argument("--json", action="store_true", help="print the result as JSON")
     clean.set_defaults(func=cmd_cleanup)
 

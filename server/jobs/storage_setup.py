@@ -16,12 +16,15 @@ GetBucketCors                          not implemented: answered with a bucket l
 PutBucketLifecycleConfiguration        not implemented: taken for CreateBucket, 409 BucketAlreadyExists
 GetBucketLifecycleConfiguration        not implemented: answered with a bucket listing (200, no rules)
 DeleteBucketCors / DeleteBucketLife..  DANGEROUS: taken for DeleteBucket (an empty bucket is removed)
+PutObjectTagging                       DANGEROUS: taken for PutObject (the bytes become the tagging XML)
+DeleteObjectTagging                    DANGEROUS: taken for DeleteObject
 =====================================  ==================================================================
 
 So a read-back that returns 200 without rules is reported as "not implemented" (real S3 answers 404
 ``NoSuchCORSConfiguration`` / ``NoSuchLifecycleConfiguration`` when nothing is set), and this module
-never calls the Delete* bucket-configuration APIs. MinIO answers ``NotImplemented`` for bucket CORS
-(it has a server-wide CORS setting instead) and implements lifecycle.
+never calls the Delete* bucket-configuration APIs nor object tagging. Not measured here: MinIO
+documents lifecycle support and has long answered ``NotImplemented`` for bucket CORS (it has a
+server-wide CORS setting instead); either way the report says what the server answered.
 
 A part the user asked for explicitly (``--cors``, ``--expire-pending-days``, ``--abort-multipart-days``)
 makes the command exit non-zero when the server does not implement it or it is not in force after

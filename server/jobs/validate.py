@@ -476,7 +476,7 @@ def orphan_reasons(session: Any, keys: list[str]) -> dict[str, tuple[str, str]]:
     states: dict[uuid.UUID, tuple[int, str]] = {}
     if ids:
         rows = session.execute(
-            select(MaskGroup.id, MaskGroup.annotation_id, MaskGroup.status).where(MaskGroup.id.in_(ids))
+            select(MaskGroup.id, MaskGroup.annotation_id, MaskGroup.status).where(MaskGroup.id.in_(list(ids)))
         ).all()
         states = {r.id: (r.annotation_id, r.status) for r in rows}
     registered = set(session.scalars(select(Mask.storage_key).where(Mask.storage_key.in_(keys))))

@@ -372,9 +372,13 @@ class S3Storage(Storage):
     # -- health -----------------------------------------------------------------------------------
 
     def check(self) -> None:
-        """HeadBucket: raise :class:`StorageError` naming bucket and endpoint when it is not usable."""
+        """List one key under ``mask/``: raise :class:`StorageError` naming bucket and endpoint when unusable.
+
+        Not HeadBucket: that needs ListBucket on the whole bucket, which the least-privilege policy in
+        ``deploy/aws`` does not grant (ListBucket is limited to the ``mask/`` prefix).
+        """
         try:
-            self._client.head_bucket(Bucket=self.bucket)
+            self._client.list_objects_v2(Bucket=self.bucket, Prefix="mask/", MaxKeys=1)
         except ClientError as exc:
             code, status = self._code_status(exc)
             if code in _NOT_FOUND_CODES or code == "NoSuchBucket" or status == 404:

@@ -5,8 +5,9 @@ uploads a whole group through the real flow (sign, PUT to storage, complete), he
 storage behind the server's back (to break things on purpose), and the environment the
 ``pacs-mask-server`` CLI needs to reach the same database and storage.
 
-Parametrise ``storage_kind`` with ``STORAGES`` to run a test on both backends; ``s3`` is a fresh
-bucket on the session's real ``rclone serve s3`` (see ``tests/s3_server.py``).
+Parametrise ``storage_kind`` with ``STORAGES`` to run a test on both backends (``s3`` is a fresh
+bucket on the session's real ``rclone serve s3``, see ``tests/s3_server.py``) and ``db_kind`` with
+``DATABASES`` for SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any
 import httpx
 import pytest
 from litestar.testing import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import create_engine, select, text, update
+from sqlalchemy.engine import make_url
 
 from server.app import create_app
 from server.db.migrate import upgrade
@@ -36,6 +38,10 @@ from tests.s3_server import RcloneS3, use_rclone_credentials
 
 PUBLIC_URL = "http://testserver.local"
 STORAGES = ["local", pytest.param("s3", marks=pytest.mark.s3)]
+DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+POSTGRES_URL_ENV = "PACS_MASK_TEST_POSTGRES_URL"
+REQUIRE_POSTGRES_ENV = "PACS_MASK_REQUIRE_POSTGRES"
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def md5_hex(data: bytes) -> str:
@@ -215,6 +221,48 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def db_kind() -> str:
+    """Override with ``@pytest.mark.parametrize("db_kind", DATABASES)``."""
+    return "sqlite"
+
+
+@pytest.fixture
+def database_url(db_kind: str, migrated_sqlite: Path, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database of ``db_kind`` for this test only.
+
+    PostgreSQL: a throwaway database on the server named by ``PACS_MASK_TEST_POSTGRES_URL``, dropped
+    afterwards; unreachable means skipped, unless ``PACS_MASK_REQUIRE_POSTGRES=1`` (then it fails).
+    """
+    if db_kind == "sqlite":
+        path = tmp_path / "ops.sqlite3"
+        shutil.copyfile(migrated_sqlite, path)
+        yield f"sqlite:///{path}"
+        return
+    base = make_url(os.environ.get(POSTGRES_URL_ENV) or DEFAULT_POSTGRES_URL)
+    name = f"pacs_mask_ops_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        reason = (
+            f"PostgreSQL at {base.render_as_string(hide_password=True)} is not usable: {type(exc).__name__}"
+        )
+        if os.environ.get(REQUIRE_POSTGRES_ENV, "").strip().lower() in ("1", "true", "yes"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    url = base.set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
 def storage_kind() -> str:
     """Override with ``@pytest.mark.parametrize("storage_kind", STORAGES)``."""
     return "local"
@@ -223,7 +271,7 @@ def storage_kind() -> str:
 @pytest.fixture
 def ops(
     storage_kind: str,
-    migrated_sqlite: Path,
+    database_url: str,
     tmp_path: Path,
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
@@ -231,9 +279,9 @@ def ops(
     """The app on a fresh database and storage of ``storage_kind``, entered (startup hooks ran)."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    shutil.copyfile(migrated_sqlite, data_dir / "pacs-masks.sqlite3")
     env = {
         "PACS_MASK_DATA_DIR": str(data_dir),
+        "PACS_MASK_DATABASE_URL": database_url,
         "PACS_MASK_PUBLIC_URL": PUBLIC_URL,
         "PACS_MASK_SIGNING_KEY": "k" * 40,
     }

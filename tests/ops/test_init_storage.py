@@ -81,8 +81,22 @@ def test_rclone_bucket_api_support_is_as_documented(rclone_s3: RcloneS3) -> None
         assert (status, "CORSRules" in response) == (200, False)
         status, _code, response = _call(client.get_bucket_lifecycle_configuration, Bucket=bucket)
         assert (status, "Rules" in response) == (200, False)
+        # Why init-storage never calls these: object tagging rewrites or deletes the object, and
+        # DeleteBucketCors deletes the (empty) bucket.
+        client.put_object(Bucket=bucket, Key="mask/t.png", Body=b"12345")
+        client.put_object_tagging(
+            Bucket=bucket,
+            Key="mask/t.png",
+            Tagging={"TagSet": [{"Key": "pacs-mask-state", "Value": "pending"}]},
+        )
+        assert client.head_object(Bucket=bucket, Key="mask/t.png")["ContentLength"] != 5
+        client.delete_object_tagging(Bucket=bucket, Key="mask/t.png")
+        assert _call(client.head_object, Bucket=bucket, Key="mask/t.png")[0] == 404
+        client.delete_bucket_cors(Bucket=bucket)
+        assert _call(client.head_bucket, Bucket=bucket)[0] == 404
     finally:
         client.close()
+        shutil.rmtree(rclone_s3.root / bucket, ignore_errors=True)
 
 
 @pytest.fixture

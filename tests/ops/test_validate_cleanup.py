@@ -19,7 +19,7 @@ from sqlalchemy import delete
 from server.cli import main
 from server.db.models import Mask
 from server.jobs.validate import validate
-from tests.ops.conftest import STORAGES, OpsEnv, backdate
+from tests.ops.conftest import DATABASES, STORAGES, OpsEnv, backdate
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -37,6 +37,7 @@ def kinds(report: dict) -> dict[str, set[str]]:
     return found
 
 
+@pytest.mark.parametrize("db_kind", DATABASES)
 @pytest.mark.parametrize("storage_kind", STORAGES)
 def test_validate_finds_and_cleanup_repairs(ops: OpsEnv, capsys: pytest.CaptureFixture[str]) -> None:
     good = ops.upload_group(3)
@@ -88,11 +89,14 @@ def test_validate_finds_and_cleanup_repairs(ops: OpsEnv, capsys: pytest.CaptureF
     code, plan = run_cli(capsys, "cleanup")
     assert code == 0
     assert "dry run" in plan
+    assert "remove_broken_group" not in plan, "broken complete groups are only removed when asked"
+    code, plan = run_cli(capsys, "cleanup", "--remove-broken")
+    assert code == 0
     assert "remove_broken_group" in plan
     assert "delete_orphan_prefix" in plan
     assert ops.keys() == before, "a dry run changed storage"
 
-    code, out = run_cli(capsys, "cleanup", "--apply", "--json")
+    code, out = run_cli(capsys, "cleanup", "--apply", "--remove-broken", "--json")
     result = json.loads(out)
     assert code == 0, out
     done = {(a["action"], a["target"]) for a in result["actions"] if a["status"] == "done"}
@@ -134,6 +138,26 @@ def test_validate_finds_and_cleanup_repairs(ops: OpsEnv, capsys: pytest.CaptureF
     )
     assert broken["detail"]["broken_keys"] == [bad.keys[2]]
     assert len(broken["detail"]["slices"]) == 3  # the lost group's slice list stays on record
+
+
+def test_cleanup_keeps_broken_complete_groups_unless_asked(
+    ops: OpsEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A complete group with a lost object keeps its intact slices until a person asks to remove it."""
+    broken = ops.upload_group(3)
+    ops.raw_delete(broken.keys[0])
+
+    code, out = run_cli(capsys, "cleanup", "--apply", "--json")
+    result = json.loads(out)
+    assert code == 0, out
+    assert result["actions"] == []
+    assert ops.api("GET", f"/api/mask/{broken.id}").status_code == 200
+    assert set(broken.keys[1:]) <= set(ops.keys())
+
+    code, out = run_cli(capsys, "cleanup", "--apply", "--remove-broken", "--json")
+    assert code == 0, out
+    assert [(a["action"], a["status"]) for a in json.loads(out)["actions"]] == [("remove_broken_group", "done")]
+    assert ops.api("GET", f"/api/mask/{broken.id}").status_code == 404
 
 
 def test_missing_rows_show_as_missing_slices_gaps_and_an_orphan(ops: OpsEnv) -> None:
@@ -203,6 +227,7 @@ def test_admin_api_runs_validate(ops: OpsEnv) -> None:
     assert [row["detail"]["ok"] for row in audit if row["action"] == "job.validate"] == [False, True]
 
 
+@pytest.mark.parametrize("db_kind", DATABASES)
 def test_cleanup_skips_what_changed_since_the_plan(ops: OpsEnv) -> None:
     """Every action re-checks its condition: what changed between planning and applying is left alone."""
     from server.jobs.cleanup import apply_actions, plan
@@ -214,7 +239,7 @@ def test_cleanup_skips_what_changed_since_the_plan(ops: OpsEnv) -> None:
     ops.raw_delete(broken.keys[0])
     stray = f"mask/{broken.annotation_id}/{broken.id}/stray.png"
     ops.raw_put(stray, b"stray")
-    actions, _manual = plan(validate(ops.parts.db, ops.parts.storage, ops.settings))
+    actions, _manual = plan(validate(ops.parts.db, ops.parts.storage, ops.settings), remove_broken=True)
     assert sorted(a.action for a in actions) == [
         "delete_orphan",
         "remove_broken_group",
@@ -240,3 +265,13 @@ def test_cleanup_skips_what_changed_since_the_plan(ops: OpsEnv) -> None:
     apply_actions(ops.parts, actions)
     assert {a.status for a in actions} == {"skipped"}, [(a.action, a.result) for a in actions]
     assert set(pending.keys) | set(broken.keys) | {stray} <= set(ops.keys())
+
+
+def test_unreachable_database_exits_3(
+    ops: OpsEnv, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PACS_MASK_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    for command in (["validate"], ["cleanup", "--apply"]):
+        capsys.readouterr()
+        assert main(command) == 3
+        assert "database cannot be reached" in capsys.readouterr().err
