@@ -65,8 +65,8 @@ WARNING = "warning"
 KINDS: dict[str, tuple[str, str]] = {
     "missing_slices": (ERROR, "manual: upload the group again as a new version, or delete it"),
     "index_gap": (ERROR, "manual: upload the group again as a new version, or delete it"),
-    "missing_object": (ERROR, "cleanup --apply removes the broken group so it can be uploaded again"),
-    "corrupt_object": (ERROR, "cleanup --apply removes the broken group so it can be uploaded again"),
+    "missing_object": (ERROR, "restore the object from a backup, or cleanup --apply --remove-broken removes the group so it can be uploaded again"),
+    "corrupt_object": (ERROR, "restore the object from a backup, or cleanup --apply --remove-broken removes the group so it can be uploaded again"),
     "orphan_object": (ERROR, "cleanup --apply deletes the object"),
     "stale_pending": (ERROR, "cleanup --apply removes the group and its objects"),
     "pending_expired": (WARNING, "none yet: the client can sign again and complete"),
