@@ -1,0 +1,247 @@
+"""The annotation picker: search the server's annotations, pick one, or create one for the open series.
+
+Searching runs through ``ApiClient.list_annotations`` in a worker, debounced while typing; only the
+answer to the latest query is shown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from pacs_mask_desktop.core.api_client import ApiClient
+from pacs_mask_desktop.core.dicom_series import Series
+from pacs_mask_desktop.ui.formatting import failure_text, short_time
+from pacs_mask_desktop.ui.tables import make_table
+from pacs_mask_desktop.ui.workers import TaskRunner, WorkContext, WorkFailure
+
+ModelIndex = QModelIndex | QPersistentModelIndex
+
+
+class AnnotationModel(QAbstractTableModel):
+    """Annotations as rows: id, patient, description, groups, series UID."""
+
+    HEADERS = ("ID", "Description", "Patient", "Groups")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: list[dict[str, Any]] = []
+
+    def set_items(self, items: list[dict[str, Any]]) -> None:
+        """Replace the rows."""
+        self.beginResetModel()
+        self.items = list(items)
+        self.endResetModel()
+
+    def row_of(self, annotation_id: int) -> int | None:
+        """Row number of ``annotation_id``."""
+        return next((i for i, item in enumerate(self.items) if item["id"] == annotation_id), None)
+
+    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008 - Qt API
+        return 0 if parent.isValid() else len(self.items)
+
+    def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008 - Qt API
+        return 0 if parent.isValid() else len(self.HEADERS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return self.HEADERS[section]
+        return None
+
+    def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        item = self.items[index.row()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return (
+                item["id"],
+                item.get("description") or "",
+                item.get("patient_id") or "",
+                item.get("group_count", 0),
+            )[index.column()]
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return (
+                f"{item.get('description') or '(no description)'}\nStudy {item['study_instance_uid']}\n"
+                f"Series {item['series_instance_uid']}\nCreated {short_time(item.get('created_at'))} by "
+                f"{item.get('created_by', '?')}"
+            )
+        return None
+
+
+def _search(_context: WorkContext, api: ApiClient, text: str) -> list[dict[str, Any]]:
+    return api.list_annotations(text or None)
+
+
+def _create(_context: WorkContext, api: ApiClient, series: Series) -> dict[str, Any]:
+    for item in api.list_annotations(series.series_instance_uid):
+        if item["series_instance_uid"] == series.series_instance_uid:
+            return item
+    description = series.description or f"{series.modality} series"
+    return api.create_annotation(
+        series.study_instance_uid,
+        series.series_instance_uid,
+        patient_id=series.patient_id or None,
+        description=description[:512],
+    )
+
+
+class AnnotationPicker(QWidget):
+    """Search box, results table, "Create from open series"; emits the chosen annotation."""
+
+    annotationChosen = Signal(object)  # dict from the API
+    statusMessage = Signal(str)
+    searched = Signal()
+
+    def __init__(self, runner: TaskRunner, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._runner = runner
+        self.api: ApiClient | None = None
+        self.series: Series | None = None
+        self.current: dict[str, Any] | None = None
+        self._query_serial = 0
+        self._select_after_search: int | None = None
+
+        self.search = QLineEdit()
+        self.search.setObjectName("annotationSearch")
+        self.search.setPlaceholderText("Search patient, description, UID or id…")
+        self.search.setClearButtonEnabled(True)
+        self.model = AnnotationModel()
+        self.table = make_table(self.model, "annotationTable", fit_contents=True, stretch=1)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.create_button = QPushButton("Create from open series")
+        self.create_button.setToolTip("Register the open DICOM series as a new annotation on the server")
+        self.create_button.setEnabled(False)
+        self.refresh_button = QPushButton("Refresh")
+        self.current_label = QLabel("No annotation selected.")
+        self.current_label.setObjectName("currentAnnotation")
+        self.current_label.setWordWrap(True)
+
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.refresh_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.create_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(self.search)
+        layout.addWidget(self.table, 1)
+        layout.addLayout(buttons)
+        layout.addWidget(self.current_label)
+
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(250)
+        self._debounce.timeout.connect(self.refresh)
+        self.search.textChanged.connect(lambda _text: self._debounce.start())
+        self.refresh_button.clicked.connect(self.refresh)
+        self.create_button.clicked.connect(self.create_from_series)
+        self.table.clicked.connect(self._on_clicked)
+        self.table.activated.connect(self._on_clicked)
+
+    def set_api(self, api: ApiClient | None) -> None:
+        """Connected (or disconnected): search again."""
+        self.api = api
+        self._update_create_button()
+        if api is not None:
+            self.refresh()
+
+    def set_series(self, series: Series | None) -> None:
+        """The open series (enables "Create from open series")."""
+        self.series = series
+        self._update_create_button()
+
+    def _update_create_button(self) -> None:
+        self.create_button.setEnabled(self.api is not None and self.series is not None)
+
+    def refresh(self, select: int | None = None) -> None:
+        """Search with the current text; optionally select ``select`` (an annotation id) afterwards."""
+        if self.api is None:
+            return
+        if isinstance(select, int):
+            self._select_after_search = select
+        self._query_serial += 1
+        serial = self._query_serial
+        self._runner.start(
+            _search,
+            self.api,
+            self.search.text().strip(),
+            on_result=lambda items: self._on_results(serial, items),
+            on_error=self._on_error,
+            name="annotations",
+        )
+
+    def _on_results(self, serial: int, items: list[dict[str, Any]]) -> None:
+        if serial != self._query_serial:
+            return
+        self.model.set_items(items)
+        if self.current is not None and (row := self.model.row_of(self.current["id"])) is not None:
+            self.current = self.model.items[row]  # fresher group count
+            self._show_current()
+        wanted = self._select_after_search or (self.current["id"] if self.current else None)
+        self._select_after_search = None
+        if wanted is not None and (row := self.model.row_of(wanted)) is not None:
+            self.table.selectRow(row)
+            if self.current is None or self.current["id"] != wanted:
+                self._choose(self.model.items[row])
+        self.searched.emit()
+
+    def _on_error(self, failure: WorkFailure) -> None:
+        self.statusMessage.emit(f"Cannot search annotations: {failure_text(failure)}")
+
+    def _on_clicked(self, index: QModelIndex) -> None:
+        if index.isValid():
+            self._choose(self.model.items[index.row()])
+
+    def _choose(self, item: dict[str, Any]) -> None:
+        self.current = item
+        self._show_current()
+        self.annotationChosen.emit(item)
+
+    def _show_current(self) -> None:
+        item = self.current
+        if item is None:
+            self.current_label.setText("No annotation selected.")
+            return
+        self.current_label.setText(
+            f"Annotation {item['id']}: {item.get('description') or '(no description)'} — patient "
+            f"{item.get('patient_id') or '?'}, {item.get('group_count', 0)} group(s)"
+        )
+
+    def choose(self, item: dict[str, Any]) -> None:
+        """Make ``item`` the current annotation now, and show it selected in the list."""
+        self._choose(item)
+        self.select_annotation(int(item["id"]))
+
+    def select_annotation(self, annotation_id: int) -> None:
+        """Select ``annotation_id`` (searching for it first)."""
+        self.search.blockSignals(True)
+        self.search.clear()
+        self.search.blockSignals(False)
+        self.refresh(select=annotation_id)
+
+    def create_from_series(self) -> None:
+        """Register the open series as an annotation (or reuse the one that names it) and select it."""
+        if self.api is None or self.series is None:
+            return
+        self.create_button.setEnabled(False)
+        self._runner.start(
+            _create,
+            self.api,
+            self.series,
+            on_result=self._on_created,
+            on_error=self._on_error,
+            on_finished=self._update_create_button,
+            name="create annotation",
+        )
+
+    def _on_created(self, item: dict[str, Any]) -> None:
+        self.statusMessage.emit(f"Annotation {item['id']} is selected for the open series.")
+        self.select_annotation(int(item["id"]))

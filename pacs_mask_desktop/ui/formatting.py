@@ -1,0 +1,39 @@
+"""Small text helpers shared by the panels (sizes, rates, timestamps, error messages)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pacs_mask_desktop.core.api_client import ApiError
+from pacs_mask_desktop.ui.workers import WorkFailure
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KB"``."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def short_time(value: str | None) -> str:
+    """An ISO timestamp from the server as local ``YYYY-MM-DD HH:MM``."""
+    if not value:
+        return ""
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def failure_text(failure: WorkFailure | BaseException) -> str:
+    """A sentence for the user: the server's message for API errors, the exception text otherwise."""
+    error = failure.error if isinstance(failure, WorkFailure) else failure
+    if isinstance(error, ApiError):
+        if error.status == 403:
+            return f"Not allowed: {error.message} (your token's role cannot do this)."
+        return error.message
+    text = str(error) or error.__class__.__name__
+    return text if isinstance(error, OSError | ValueError) else f"{error.__class__.__name__}: {text}"

@@ -1,0 +1,375 @@
+"""The group browser: the mask groups of the chosen annotation and the slices of the selected group.
+
+Columns follow the server's ``GroupOut``: model, version, source, status, slices, confidence, created
+by/at and the review status. "Show on series" overlays the group (bytes from the view route, fetched
+lazily in the frame loader's worker), "Review" opens the QA view, "Delete" asks first (admins only;
+the server refuses other roles and the message says so).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from pacs_mask_desktop.core.api_client import ApiClient
+from pacs_mask_desktop.core.journal import Journal
+from pacs_mask_desktop.ui import dialogs
+from pacs_mask_desktop.ui.formatting import failure_text, human_bytes, short_time
+from pacs_mask_desktop.ui.tables import make_table
+from pacs_mask_desktop.ui.workers import TaskRunner, WorkContext, WorkFailure
+
+ModelIndex = QModelIndex | QPersistentModelIndex
+
+REVIEW_COLOUR = {"approved": "#3ddc84", "rejected": "#ff5c5c"}
+STATUS_COLOUR = {"complete": "#3ddc84", "pending": "#ffb020", "deleting": "#ff5c5c"}
+
+
+class _RowsModel(QAbstractTableModel):
+    """A read-only table over a list of dicts; subclasses say how each column reads."""
+
+    HEADERS: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: list[dict[str, Any]] = []
+
+    def set_items(self, items: list[dict[str, Any]]) -> None:
+        """Replace the rows."""
+        self.beginResetModel()
+        self.items = list(items)
+        self.endResetModel()
+
+    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008 - Qt API
+        return 0 if parent.isValid() else len(self.items)
+
+    def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008 - Qt API
+        return 0 if parent.isValid() else len(self.HEADERS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return self.HEADERS[section]
+        return None
+
+    def cell(self, item: dict[str, Any], column: int) -> Any:
+        raise NotImplementedError
+
+    def colour(self, item: dict[str, Any], column: int) -> str | None:  # noqa: ARG002 - overridden
+        return None
+
+    def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        item = self.items[index.row()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self.cell(item, index.column())
+        if role == Qt.ItemDataRole.ForegroundRole and (colour := self.colour(item, index.column())):
+            return QColor(colour)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self.tooltip(item)
+        return None
+
+    def tooltip(self, item: dict[str, Any]) -> str | None:  # noqa: ARG002 - overridden
+        return None
+
+
+class GroupModel(_RowsModel):
+    """Groups of an annotation."""
+
+    HEADERS = ("Model", "Version", "Source", "Status", "Review", "Slices", "Confidence", "Created by", "Created")
+    REVIEW_COLUMN = 4
+
+    def cell(self, item: dict[str, Any], column: int) -> Any:
+        confidence = item.get("confidence")
+        return (
+            item["model_name"],
+            item["version"],
+            item["source"],
+            item["status"],
+            item.get("review_status") or "not reviewed",
+            item.get("slice_count", 0),
+            "" if confidence is None else f"{confidence:.2f}",
+            item.get("created_by", ""),
+            short_time(item.get("created_at")),
+        )[column]
+
+    def colour(self, item: dict[str, Any], column: int) -> str | None:
+        if column == 3:
+            return STATUS_COLOUR.get(item["status"])
+        if column == self.REVIEW_COLUMN:
+            return REVIEW_COLOUR.get(item.get("review_status") or "", "#8a9099")
+        return None
+
+    def tooltip(self, item: dict[str, Any]) -> str | None:
+        lines = [f"Group {item['id']}"]
+        if item.get("review_status"):
+            lines.append(
+                f"{item['review_status']} by {item.get('reviewed_by')} at {short_time(item.get('reviewed_at'))}"
+            )
+            if item.get("review_comment"):
+                lines.append(f"“{item['review_comment']}”")
+        return "\n".join(lines)
+
+    def row_of(self, group_id: str) -> int | None:
+        """Row number of ``group_id``."""
+        return next((i for i, item in enumerate(self.items) if item["id"] == group_id), None)
+
+
+class SliceModel(_RowsModel):
+    """Slices of one group."""
+
+    HEADERS = ("Slice", "File", "Labels", "Size", "Bytes", "SOP Instance UID")
+
+    def cell(self, item: dict[str, Any], column: int) -> Any:
+        return (
+            item["slice_index"] + 1,
+            item["filename"],
+            item.get("label") or "empty",
+            f"{item['width']}×{item['height']}",
+            human_bytes(item.get("size_bytes", 0)),
+            item.get("sop_instance_uid") or "",
+        )[column]
+
+
+def _list_groups(_context: WorkContext, api: ApiClient, annotation_id: int) -> list[dict[str, Any]]:
+    return api.list_groups(annotation_id)
+
+
+def _group_slices(_context: WorkContext, api: ApiClient, group_id: str) -> dict[str, Any]:
+    return api.group_with_slices(group_id)
+
+
+def _delete_group(_context: WorkContext, api: ApiClient, group_id: str, journal_path: Path) -> dict[str, Any]:
+    answer = api.delete_group(group_id)
+    journal = Journal(journal_path)
+    try:
+        journal.forget(group_id)
+    finally:
+        journal.close()
+    return answer
+
+
+class GroupBrowser(QWidget):
+    """Groups of the annotation on top, the selected group's slices below."""
+
+    showRequested = Signal(object, object)  # group dict, slice dicts
+    reviewRequested = Signal(object, object)  # group dict, slice dicts
+    groupsLoaded = Signal(int)  # how many groups the annotation has
+    groupDeleted = Signal(str)
+    statusMessage = Signal(str)
+
+    def __init__(self, runner: TaskRunner, journal_path: Path, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._runner = runner
+        self.journal_path = journal_path
+        self.api: ApiClient | None = None
+        self.annotation_id: int | None = None
+        self.selected: dict[str, Any] | None = None
+        self.slices: list[dict[str, Any]] = []
+        self._serial = 0
+        self._then: str | None = None
+
+        self.title = QLabel("Pick an annotation to see its mask groups.")
+        self.title.setObjectName("panelTitle")
+        self.groups = GroupModel()
+        self.group_table = make_table(self.groups, "groupTable", fit_contents=True)
+        self.slice_model = SliceModel()
+        self.slice_table = make_table(self.slice_model, "groupSliceTable", {0: 52, 1: 130, 2: 60, 3: 80, 4: 70})
+
+        self.refresh_button = QPushButton("Refresh")
+        self.show_button = QPushButton("Show on series")
+        self.show_button.setToolTip("Overlay this group's stored masks on the open series")
+        self.review_button = QPushButton("Review…")
+        self.delete_button = QPushButton("Delete…")
+        self.delete_button.setObjectName("dangerButton")
+        for button in (self.show_button, self.review_button, self.delete_button):
+            button.setEnabled(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.refresh_button)
+        buttons.addWidget(self.show_button)
+        buttons.addWidget(self.review_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.delete_button)
+
+        self.slices_title = QLabel("Slices")
+        self.slices_title.setObjectName("panelTitle")
+        lower = QWidget()
+        lower_layout = QVBoxLayout(lower)
+        lower_layout.setContentsMargins(0, 0, 0, 0)
+        lower_layout.addWidget(self.slices_title)
+        lower_layout.addWidget(self.slice_table)
+        upper = QWidget()
+        upper_layout = QVBoxLayout(upper)
+        upper_layout.setContentsMargins(0, 0, 0, 0)
+        upper_layout.addWidget(self.title)
+        upper_layout.addWidget(self.group_table)
+        upper_layout.addLayout(buttons)
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.addWidget(upper)
+        splitter.addWidget(lower)
+        splitter.setSizes([230, 420])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(splitter)
+
+        self.refresh_button.clicked.connect(self.refresh)
+        self.group_table.selectionModel().currentRowChanged.connect(self._on_group_row)
+        self.group_table.doubleClicked.connect(lambda _index: self.show_selected())
+        self.show_button.clicked.connect(self.show_selected)
+        self.review_button.clicked.connect(self.review_selected)
+        self.delete_button.clicked.connect(self.delete_selected)
+
+    # --- loading ------------------------------------------------------------------------------------
+
+    def set_api(self, api: ApiClient | None) -> None:
+        """Connected to a server."""
+        self.api = api
+
+    def set_annotation(self, annotation: dict[str, Any] | None) -> None:
+        """Show the groups of ``annotation``."""
+        self.annotation_id = int(annotation["id"]) if annotation else None
+        self.title.setText(
+            f"Mask groups of annotation {self.annotation_id}" if annotation else "Pick an annotation."
+        )
+        self._select(None)
+        self.groups.set_items([])
+        self.refresh()
+
+    def refresh(self, select: str | None = None) -> None:
+        """Reload the group list (then select ``select`` if given, else keep the selection)."""
+        if self.api is None or self.annotation_id is None:
+            return
+        keep = select if isinstance(select, str) else (self.selected["id"] if self.selected else None)
+        self._serial += 1
+        serial = self._serial
+        self._runner.start(
+            _list_groups,
+            self.api,
+            self.annotation_id,
+            on_result=lambda items: self._on_groups(serial, items, keep),
+            on_error=self._on_error,
+            name="groups",
+        )
+
+    def _on_groups(self, serial: int, items: list[dict[str, Any]], keep: str | None) -> None:
+        if serial != self._serial:
+            return
+        self.groups.set_items(items)
+        self.title.setText(f"Mask groups of annotation {self.annotation_id} ({len(items)})")
+        row = self.groups.row_of(keep) if keep else None
+        if row is not None:
+            self.group_table.selectRow(row)
+        else:
+            self._select(None)
+        self.groupsLoaded.emit(len(items))
+
+    def select_group(self, group_id: str) -> bool:
+        """Select ``group_id`` in the list (True when it is listed)."""
+        row = self.groups.row_of(group_id)
+        if row is None:
+            return False
+        self.group_table.selectRow(row)
+        return True
+
+    def _on_group_row(self, current: QModelIndex, _previous: QModelIndex) -> None:
+        self._select(self.groups.items[current.row()] if current.isValid() else None)
+
+    def _select(self, group: dict[str, Any] | None) -> None:
+        changed = (group or {}).get("id") != (self.selected or {}).get("id")
+        self.selected = group
+        for button in (self.show_button, self.review_button, self.delete_button):
+            button.setEnabled(group is not None)
+        self.review_button.setEnabled(group is not None and group["status"] == "complete")
+        self.show_button.setEnabled(group is not None and group["status"] == "complete")
+        if group is None:
+            self.slices = []
+            self.slice_model.set_items([])
+            self.slices_title.setText("Slices")
+            return
+        if changed or not self.slices:
+            self._load_slices(group["id"])
+
+    def _load_slices(self, group_id: str, then: str | None = None) -> None:
+        if self.api is None:
+            return
+        self._then = then
+        self._runner.start(
+            _group_slices,
+            self.api,
+            group_id,
+            on_result=self._on_slices,
+            on_error=self._on_error,
+            name="group slices",
+        )
+
+    def _on_slices(self, answer: dict[str, Any]) -> None:
+        group = answer["group"]
+        if self.selected is None or group["id"] != self.selected["id"]:
+            return
+        self.selected = group
+        self.slices = answer["items"]
+        self.slice_model.set_items(self.slices)
+        self.slices_title.setText(f"Slices of {group['model_name']} {group['version']} ({len(self.slices)})")
+        then, self._then = self._then, None
+        if then == "show":
+            self.showRequested.emit(group, self.slices)
+        elif then == "review":
+            self.reviewRequested.emit(group, self.slices)
+
+    def _on_error(self, failure: WorkFailure) -> None:
+        self.statusMessage.emit(failure_text(failure))
+
+    # --- actions ------------------------------------------------------------------------------------
+
+    def show_selected(self) -> None:
+        """Overlay the selected group on the series."""
+        if self.selected is not None:
+            self._load_slices(self.selected["id"], then="show")
+
+    def review_selected(self) -> None:
+        """Open the QA review of the selected group."""
+        if self.selected is not None:
+            self._load_slices(self.selected["id"], then="review")
+
+    def delete_selected(self) -> None:
+        """Delete the selected group after confirmation."""
+        if self.api is None or self.selected is None:
+            return
+        group = self.selected
+        question = (
+            f"Delete group {group['model_name']} {group['version']} ({group.get('slice_count', 0)} slices)?\n\n"
+            "Its stored masks are removed from storage and the database. This cannot be undone."
+        )
+        if not dialogs.confirm(self, "Delete mask group", question, destructive=True):
+            return
+        self.delete_button.setEnabled(False)
+        group_id = group["id"]
+        self._runner.start(
+            _delete_group,
+            self.api,
+            group_id,
+            self.journal_path,
+            on_result=lambda _answer: self._on_deleted(group_id),
+            on_error=self._on_delete_failed,
+            name="delete group",
+        )
+
+    def _on_deleted(self, group_id: str) -> None:
+        self.statusMessage.emit(f"Group {group_id} deleted.")
+        self.groupDeleted.emit(group_id)
+        self._select(None)
+        self.refresh()
+
+    def _on_delete_failed(self, failure: WorkFailure) -> None:
+        self.delete_button.setEnabled(self.selected is not None)
+        dialogs.show_error(self, "Delete failed", failure_text(failure))

@@ -1,0 +1,719 @@
+"""The main window: annotation picker, slice viewer, masks / upload / groups / review panels.
+
+The window wires the panels together and runs every piece of file or network work through its
+:class:`~pacs_mask_desktop.ui.workers.TaskRunner`: loading a series, checking dropped masks with
+``core.plan.prepare``, uploading with ``core.upload.UploadEngine``, the API calls of the panels.
+It never talks HTTP itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QByteArray, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QDesktopServices,
+    QDragEnterEvent,
+    QDropEvent,
+)
+from PySide6.QtWidgets import (
+    QDockWidget,
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QTabWidget,
+    QWidget,
+)
+
+from pacs_mask_desktop import __version__
+from pacs_mask_desktop.core.api_client import ApiClient, ApiError
+from pacs_mask_desktop.core.demo_setup import DemoData
+from pacs_mask_desktop.core.dicom_series import Series
+from pacs_mask_desktop.core.journal import JournalEntry
+from pacs_mask_desktop.core.paths import data_dir, log_dir
+from pacs_mask_desktop.core.plan import PreparedUpload
+from pacs_mask_desktop.ui import dialogs
+from pacs_mask_desktop.ui.annotation_picker import AnnotationPicker
+from pacs_mask_desktop.ui.connection import Connection, is_loopback
+from pacs_mask_desktop.ui.formatting import failure_text
+from pacs_mask_desktop.ui.group_browser import GroupBrowser
+from pacs_mask_desktop.ui.mask_panel import OK_STATUSES, MaskPanel
+from pacs_mask_desktop.ui.menus import SHORTCUTS_HELP, build_menus
+from pacs_mask_desktop.ui.overlay_sources import GroupViewSource, MaskFileSource
+from pacs_mask_desktop.ui.resume_dialog import ResumeDialog
+from pacs_mask_desktop.ui.review_panel import ReviewPanel
+from pacs_mask_desktop.ui.settings import (
+    ServerConfig,
+    SettingsDialog,
+    app_settings,
+    forget_upload_source,
+    remember_upload_source,
+    save_server_config,
+    upload_source,
+)
+from pacs_mask_desktop.ui.upload_panel import UploadPanel
+from pacs_mask_desktop.ui.viewer_panel import ViewerPanel
+from pacs_mask_desktop.ui.window_tasks import (
+    classify_paths,
+    demo_task,
+    forget_upload,
+    load_series_task,
+    prepare_task,
+    resume_lookup,
+    unfinished_uploads,
+)
+from pacs_mask_desktop.ui.workers import TaskHandle, TaskRunner, WorkFailure, favour_gui_thread
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FILE = "upload-journal.sqlite3"
+"""The resume journal in the data dir, shared with the ``pacs-mask`` CLI and the watch worker."""
+STATUS_TIMEOUT_MS = 12_000
+TAB_MASKS, TAB_UPLOAD, TAB_GROUPS, TAB_REVIEW = range(4)
+
+
+# --- the window ----------------------------------------------------------------------------------------
+
+
+class MainWindow(QMainWindow):
+    """Everything the radiologist and the QA reviewer use, in one window."""
+
+    connected = Signal(str)  # server URL
+    seriesLoaded = Signal(object)  # Series
+    masksPrepared = Signal(object)  # PreparedUpload
+    demoReady = Signal(object)  # DemoData
+    resumeOffered = Signal(object)  # ResumeDialog
+
+    def __init__(self, config: ServerConfig, *, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("mainWindow")
+        self.setWindowTitle("PACS Mask Upload")
+        self.setAcceptDrops(True)
+        self.config = config
+        self.journal_path = data_dir() / JOURNAL_FILE
+        self.confirm_quit_during_upload = True
+        favour_gui_thread()
+        self.runner = TaskRunner(self)
+        self.connection = Connection(self.runner, self)
+        self.api: ApiClient | None = None
+        self.series: Series | None = None
+        self.series_dir: Path | None = None
+        self.annotation: dict[str, Any] | None = None
+        self.mask_paths: list[Path] = []
+        self.prepared: PreparedUpload | None = None
+        self.file_overlay: MaskFileSource | None = None
+        self._series_worker: TaskHandle | None = None
+        self._prepare_worker: TaskHandle | None = None
+        self._closing = False
+
+        self.viewer = ViewerPanel(self.runner, self)
+        self.setCentralWidget(self.viewer)
+        self.picker = AnnotationPicker(self.runner)
+        self.masks = MaskPanel()
+        self.upload = UploadPanel(self.runner)
+        self.groups = GroupBrowser(self.runner, self.journal_path)
+        self.review = ReviewPanel(self.runner)
+
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("sideTabs")
+        self.tabs.addTab(self.masks, "Masks")
+        self.tabs.addTab(self.upload, "Upload")
+        self.tabs.addTab(self.groups, "Groups")
+        self.tabs.addTab(self.review, "Review")
+        self.left_dock = self._dock("Annotations", self.picker, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.right_dock = self._dock("Masks and groups", self.tabs, Qt.DockWidgetArea.RightDockWidgetArea)
+
+        self.server_label = QLabel("Not connected")
+        self.server_label.setObjectName("serverLabel")
+        self.annotation_label = QLabel("No annotation")
+        self.statusBar().addPermanentWidget(self.annotation_label)
+        self.statusBar().addPermanentWidget(self.server_label)
+
+        self.actions: dict[str, QAction] = build_menus(self)
+        self._connect_signals()
+        self._restore_layout()
+
+    # --- construction -----------------------------------------------------------------------------
+
+    def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(f"dock_{title.replace(' ', '_').lower()}")
+        dock.setWidget(widget)
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetFloatable)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _connect_signals(self) -> None:
+        self.connection.connected.connect(self._on_connected)
+        self.connection.failed.connect(self._on_connection_failed)
+        self.connection.starting.connect(self.status)
+        self.picker.annotationChosen.connect(self.set_annotation)
+        self.picker.statusMessage.connect(self.status)
+        self.masks.sliceRequested.connect(self.viewer.view.set_index)
+        self.masks.clearRequested.connect(self.clear_masks)
+        self.upload.uploadRequested.connect(self.start_upload)
+        self.upload.retryRequested.connect(self.retry_upload)
+        self.upload.statusMessage.connect(self.status)
+        self.upload.groupOpened.connect(self._on_group_opened)
+        self.upload.uploadFinished.connect(self._on_upload_finished)
+        self.groups.showRequested.connect(self.show_group)
+        self.groups.reviewRequested.connect(self.review_group)
+        self.groups.groupDeleted.connect(self._on_group_deleted)
+        self.groups.statusMessage.connect(self.status)
+        self.review.sliceRequested.connect(self.viewer.view.set_index)
+        self.review.reviewRecorded.connect(self._on_reviewed)
+        self.review.statusMessage.connect(self.status)
+        self.viewer.view.statusMessage.connect(self.status)
+
+    def _restore_layout(self) -> None:
+        settings = app_settings()
+        state = settings.value("window/state")
+        if isinstance(state, QByteArray) and self.restoreState(state):
+            return
+        # First start: give the side panels room; the viewer takes the rest.
+        QTimer.singleShot(0, lambda: self.resizeDocks(
+            [self.left_dock, self.right_dock], [340, 620], Qt.Orientation.Horizontal
+        ))
+
+    # --- small helpers ----------------------------------------------------------------------------
+
+    def status(self, text: str, *, progress: bool = False) -> None:
+        """A message in the status bar (logged unless it is a progress update)."""
+        if not progress:
+            log.info("status: %s", text)
+        self.statusBar().showMessage(text, STATUS_TIMEOUT_MS)
+
+    def _worker_error(self, title: str) -> Callable[[WorkFailure], None]:
+        def handle(failure: WorkFailure) -> None:
+            if not isinstance(failure.error, ApiError | OSError | ValueError):
+                log.error("%s:\n%s", title, failure.traceback)
+            text = failure_text(failure)
+            self.status(f"{title}: {text}")
+            if not self._closing:
+                dialogs.show_error(self, title, f"{text}\n\nDetails are in the log: {log_dir()}")
+
+        return handle
+
+    # --- connection -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to the configured (or bundled) server; call once after showing the window."""
+        self.connection.connect_to(self.config)
+
+    def _on_connected(self, api: ApiClient) -> None:
+        self.api = api
+        kind = "bundled server" if self.connection.is_embedded else "server"
+        self.server_label.setText(f"● {kind} {self.connection.url}")
+        self.server_label.setProperty("state", "ok")
+        self._repolish(self.server_label)
+        self.picker.set_api(api)
+        self.groups.set_api(api)
+        self.review.set_api(api)
+        self.status(f"Connected to the {kind} at {self.connection.url}")
+        self.connected.emit(self.connection.url)
+
+    def _on_connection_failed(self, message: str) -> None:
+        self.api = None
+        self.server_label.setText("● not connected")
+        self.server_label.setProperty("state", "error")
+        self._repolish(self.server_label)
+        self.status(f"No server: {message.splitlines()[0] if message else ''}")
+        if not self._closing:
+            dialogs.show_error(
+                self,
+                "Cannot connect",
+                f"{message}\n\nCheck File ▸ Settings. Viewing DICOM and checking masks still work offline.",
+            )
+
+    @staticmethod
+    def _repolish(widget: QWidget) -> None:
+        widget.style().unpolish(widget)
+        widget.style().polish(widget)
+
+    def open_settings(self) -> None:
+        """Edit server URL and token; reconnects when they changed."""
+        dialog = SettingsDialog(self.config, self)
+        if dialog.exec() == SettingsDialog.DialogCode.Accepted:
+            config = dialog.config()
+            save_server_config(config)
+            if config != self.config:
+                if self.upload.running:
+                    dialogs.show_info(self, "Settings saved", "The new server is used after the running upload.")
+                    dialog.deleteLater()
+                    return
+                self.config = config
+                self.start()
+        dialog.deleteLater()
+
+    # --- series -----------------------------------------------------------------------------------
+
+    def choose_series(self) -> None:
+        """File ▸ Open DICOM series."""
+        folder = QFileDialog.getExistingDirectory(self, "Open a DICOM series folder", str(self.series_dir or Path.home()))
+        if folder:
+            self.open_series(Path(folder))
+
+    def open_series(self, folder: Path, then: Callable[[], None] | None = None) -> None:
+        """Load the series in ``folder`` (headers only) in a worker, then show it."""
+        if self._series_worker is not None:
+            self._series_worker.cancel()
+        self.status(f"Reading {folder}…")
+
+        def loaded(series: Series) -> None:
+            self._series_worker = None
+            self._set_series(series, folder)
+            if then is not None:
+                then()
+
+        def failed(failure: WorkFailure) -> None:
+            self._series_worker = None
+            self._worker_error("Cannot open the series")(failure)
+
+        self._series_worker = self.runner.start(
+            load_series_task,
+            folder,
+            on_result=loaded,
+            on_error=failed,
+            on_progress=lambda value: self.status(f"Reading DICOM headers {value[0]}/{value[1]}…", progress=True),
+            name="series",
+        )
+
+    def _set_series(self, series: Series, folder: Path) -> None:
+        self.series = series
+        self.series_dir = folder
+        self.viewer.set_series(series)
+        self.picker.set_series(series)
+        self.setWindowTitle(f"PACS Mask Upload — {series.description or series.modality} ({len(series)} slices)")
+        note = f"; {len(series.warnings)} warning(s): {series.warnings[0]}" if series.warnings else ""
+        self.status(f"Opened {len(series)} slices ordered by {series.ordered_by}{note}")
+        self._check_annotation_matches()
+        if self.mask_paths:
+            self.run_matching()
+        self.seriesLoaded.emit(series)
+
+    # --- masks ------------------------------------------------------------------------------------
+
+    def choose_mask_files(self) -> None:
+        """File ▸ Add mask files."""
+        files, _ = QFileDialog.getOpenFileNames(self, "Add mask PNGs", str(Path.home()), "PNG masks (*.png)")
+        if files:
+            self.add_masks([Path(f) for f in files])
+
+    def choose_mask_folder(self) -> None:
+        """File ▸ Add mask folder."""
+        folder = QFileDialog.getExistingDirectory(self, "Add a folder of mask PNGs", str(Path.home()))
+        if folder:
+            self.add_masks([Path(folder)])
+
+    def handle_dropped_paths(self, paths: Sequence[Path]) -> None:
+        """What a drop does (also the slot tests call): series folders open, masks are checked."""
+        if not paths:
+            return
+
+        def dispatch(answer: tuple[list[Path], list[Path], list[str]]) -> None:
+            series_dirs, masks, ignored = answer
+            if ignored:
+                self.status("Ignored: " + "; ".join(ignored[:3]))
+            if series_dirs:
+                then = (lambda: self.add_masks(masks)) if masks else None
+                self.open_series(series_dirs[0], then=then)
+            elif masks:
+                self.add_masks(masks)
+
+        self.runner.start(classify_paths, list(paths), on_result=dispatch, on_error=self._worker_error("Drop"))
+
+    def add_masks(self, paths: Sequence[Path], then: Callable[[], None] | None = None) -> None:
+        """Use ``paths`` (files and/or folders) as the masks to check, show and upload."""
+        self.mask_paths = [Path(p) for p in paths]
+        self.tabs.setCurrentIndex(TAB_MASKS)
+        self.run_matching(then)
+
+    def clear_masks(self) -> None:
+        """Forget the dropped masks."""
+        if self._prepare_worker is not None:
+            self._prepare_worker.cancel()
+            self._prepare_worker = None
+        self.mask_paths = []
+        self.prepared = None
+        self.file_overlay = None
+        self.masks.set_prepared(None)
+        if not isinstance(self.viewer.view.overlay, GroupViewSource):
+            self.viewer.set_overlay(None)
+
+    def _matching_fields(self) -> dict[str, Any]:
+        fields = self.upload.fields()
+        return {
+            "annotation_id": int(self.annotation["id"]) if self.annotation else 1,
+            "model_name": fields["model_name"] or "check",
+            "version": fields["version"] or "0",
+            "source": fields["source"],
+        }
+
+    def run_matching(self, then: Callable[[], None] | None = None) -> None:
+        """Check the dropped masks against the open series with ``prepare()`` in a worker."""
+        if not self.mask_paths:
+            return
+        if self._prepare_worker is not None:
+            self._prepare_worker.cancel()
+        self.masks.set_busy(f"Checking {len(self.mask_paths)} input(s)…")
+
+        def done(prepared: PreparedUpload) -> None:
+            self._prepare_worker = None
+            self._show_prepared(prepared)
+            if then is not None:
+                then()
+
+        def failed(failure: WorkFailure) -> None:
+            self._prepare_worker = None
+            self.masks.set_busy("The masks could not be checked.")
+            self._worker_error("Cannot check the masks")(failure)
+
+        self._prepare_worker = self.runner.start(
+            prepare_task,
+            list(self.mask_paths),
+            self._matching_fields(),
+            self.series,
+            on_result=done,
+            on_error=failed,
+            on_progress=lambda value: self.masks.set_busy(f"Checking masks {value[0]}/{value[1]}…"),
+            name="prepare",
+        )
+
+    def _show_prepared(self, prepared: PreparedUpload) -> None:
+        self.prepared = prepared
+        self.masks.set_prepared(prepared)
+        drawable = {
+            row.slice_index: row.path
+            for row in prepared.rows
+            if row.status in OK_STATUSES and row.slice_index is not None and row.path is not None
+        }
+        self.file_overlay = MaskFileSource(drawable, title=f"dropped masks ({len(drawable)})") if drawable else None
+        if self.series is not None:
+            self.viewer.set_overlay(self.file_overlay)
+        bad = len(prepared.rows) - sum(1 for r in prepared.rows if r.status in OK_STATUSES)
+        self.status(
+            f"{len(prepared.rows)} mask file(s) checked: {bad} with problems" if bad else
+            f"{len(prepared.rows)} mask file(s) checked: all can be uploaded"
+        )
+        self.masksPrepared.emit(prepared)
+
+    # --- annotation -------------------------------------------------------------------------------
+
+    def set_annotation(self, annotation: dict[str, Any]) -> None:
+        """The annotation uploads go to and whose groups are listed."""
+        self.annotation = annotation
+        self.annotation_label.setText(f"Annotation {annotation['id']}")
+        self.groups.set_annotation(annotation)
+        self._check_annotation_matches()
+
+    def _check_annotation_matches(self) -> None:
+        if self.annotation is None or self.series is None:
+            return
+        if self.annotation["series_instance_uid"] != self.series.series_instance_uid:
+            self.status(
+                f"Note: annotation {self.annotation['id']} belongs to another series than the one open; "
+                "pick its annotation or create one from the open series."
+            )
+
+    # --- upload -----------------------------------------------------------------------------------
+
+    def start_upload(self) -> None:
+        """Check the masks with the typed group fields, then upload them (all in workers)."""
+        if self.upload.running:
+            return
+        problem = self._upload_blocker()
+        if problem:
+            self.tabs.setCurrentIndex(TAB_UPLOAD)
+            self.upload.set_idle(problem)
+            dialogs.show_error(self, "Cannot upload yet", problem)
+            return
+        assert self.annotation is not None
+        assert self.api is not None
+        fields = {**self.upload.fields(), "annotation_id": int(self.annotation["id"])}
+        self.tabs.setCurrentIndex(TAB_UPLOAD)
+        self.upload.set_checking(f"Checking {len(self.mask_paths)} input(s) before uploading…")
+        api = self.api
+
+        def checked(prepared: PreparedUpload) -> None:
+            self._show_prepared(prepared)
+            if prepared.plan is None:
+                self.upload.set_idle("Nothing was sent: fix the problems listed in the Masks tab.")
+                summary, details = dialogs.problems_text(prepared.problems)
+                box = dialogs.show_error(self, "Masks need attention", summary)
+                box.setDetailedText(details)
+                self.tabs.setCurrentIndex(TAB_MASKS)
+                self.masks.jump_to_next_problem()
+                return
+            self.upload.start(api, prepared.plan, self.journal_path, self._source_path())
+
+        def failed(failure: WorkFailure) -> None:
+            self.upload.set_idle("The masks could not be checked.")
+            self._worker_error("Cannot check the masks")(failure)
+
+        self.runner.start(
+            prepare_task,
+            list(self.mask_paths),
+            fields,
+            self.series,
+            on_result=checked,
+            on_error=failed,
+            on_progress=lambda value: self.upload.set_checking(f"Checking masks {value[0]}/{value[1]}…"),
+            name="prepare upload",
+        )
+
+    def _upload_blocker(self) -> str | None:
+        if self.api is None:
+            return "Not connected to a server (see the status bar and File ▸ Settings)."
+        if self.annotation is None:
+            return "Pick an annotation first (left panel), or create one from the open series."
+        if not self.mask_paths:
+            return "Drop mask files or a folder of masks on the window first."
+        fields = self.upload.fields()
+        if not fields["model_name"] or not fields["version"]:
+            return "Enter a model name and a version for the new mask group."
+        if self.series is not None and self.annotation["series_instance_uid"] != self.series.series_instance_uid:
+            return (
+                f"Annotation {self.annotation['id']} belongs to another series than the one open. "
+                "Pick the annotation of this series or create one from it."
+            )
+        return None
+
+    def _source_path(self) -> str:
+        if len(self.mask_paths) == 1:
+            return str(self.mask_paths[0])
+        return str(self.mask_paths[0].parent)
+
+    def retry_upload(self) -> None:
+        """Run the last plan again: only slices that did not land are sent."""
+        if self.upload.running or self.upload.plan is None or self.api is None:
+            return
+        self.upload.start(self.api, self.upload.plan, self.journal_path, self._source_path())
+
+    def _on_group_opened(self, group_id: str, _kind: str) -> None:
+        remember_upload_source(
+            group_id,
+            {
+                "masks": [str(p) for p in self.mask_paths],
+                "series": str(self.series_dir) if self.series_dir is not None else None,
+                "annotation_id": self.annotation["id"] if self.annotation else None,
+            },
+        )
+
+    def _on_upload_finished(self, result: Any) -> None:
+        if result.ok and result.group_id:
+            forget_upload_source(result.group_id)
+            self.groups.refresh(select=result.group_id)
+            self.picker.refresh()
+            return
+        if result.status == "cancelled" or self._closing:
+            return
+        if result.failed:
+            reasons = "\n".join(f"{name}: {why}" for name, why in sorted(result.failed.items())[:15])
+            more = f"\n… and {len(result.failed) - 15} more" if len(result.failed) > 15 else ""
+            dialogs.show_error(
+                self,
+                "Some slices failed",
+                f"{result.message}\n\n{reasons}{more}\n\nUse Retry failed (Ctrl+R) to send only these again.",
+            )
+        else:
+            dialogs.show_error(self, "Upload failed", result.message)
+
+    # --- resume after a crash ---------------------------------------------------------------------
+
+    def check_unfinished_uploads(self, always: bool = False) -> None:
+        """Offer to resume uploads the journal says never finished (on this server)."""
+
+        def offer(entries: list[JournalEntry]) -> None:
+            here = [e for e in entries if self._entry_is_ours(e)]
+            if not here:
+                if always:
+                    self.status("No interrupted uploads.")
+                return
+            dialog = ResumeDialog(here, self)
+            dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+            dialog.resumeChosen.connect(self.resume_upload)
+            dialog.forgetChosen.connect(self._forget_entry)
+            dialog.open()
+            self.resumeOffered.emit(dialog)
+
+        self.runner.start(unfinished_uploads, self.journal_path, on_result=offer, on_error=self._worker_error("Journal"))
+
+    def _entry_is_ours(self, entry: JournalEntry) -> bool:
+        if not self.connection.url:
+            return False
+        if entry.server.rstrip("/") == self.connection.url.rstrip("/"):
+            return True
+        return self.connection.is_embedded and is_loopback(entry.server)
+
+    def _forget_entry(self, entry: JournalEntry) -> None:
+        forget_upload_source(entry.group_id)
+        self.runner.start(forget_upload, self.journal_path, entry.group_id, on_error=self._worker_error("Journal"))
+
+    def resume_upload(self, entry: JournalEntry) -> None:
+        """Reopen what an interrupted upload used (annotation, series, masks) and continue it."""
+        if self.api is None:
+            return
+        info = upload_source(entry.group_id) or {}
+        masks = [Path(p) for p in info.get("masks") or ([entry.source_path] if entry.source_path else [])]
+        series_dir = Path(info["series"]) if info.get("series") else None
+        if not masks:
+            dialogs.show_error(self, "Cannot resume", "The journal does not say where the masks of this upload are.")
+            return
+
+        def found(answer: tuple[dict[str, Any], dict[str, Any]]) -> None:
+            annotation, group = answer
+            if group["status"] != "pending":
+                self.status(f"Group {group['id']} is already {group['status']}; nothing to resume.")
+                self._forget_entry(entry)
+                return
+            self.picker.choose(annotation)
+            self.upload.set_fields(entry.model_name, entry.version, group["source"])
+            self.status(f"Resuming {entry.model_name} {entry.version}: {entry.landed} of {entry.total} slices landed")
+
+            def with_masks() -> None:
+                self.add_masks(masks, then=self.start_upload)
+
+            if series_dir is not None and series_dir.is_dir():
+                if self.series_dir == series_dir and self.series is not None:
+                    with_masks()
+                else:
+                    self.open_series(series_dir, then=with_masks)
+            else:
+                with_masks()
+
+        def failed(failure: WorkFailure) -> None:
+            if isinstance(failure.error, ApiError) and failure.error.status == 404:
+                self.status("The interrupted upload's group no longer exists on the server; forgotten.")
+                self._forget_entry(entry)
+                return
+            self._worker_error("Cannot resume")(failure)
+
+        self.runner.start(resume_lookup, self.api, entry, on_result=found, on_error=failed, name="resume")
+
+    # --- groups and review ------------------------------------------------------------------------
+
+    def show_group(self, group: dict[str, Any], slices: list[dict[str, Any]]) -> None:
+        """Overlay a stored group on the open series (bytes through the view route, lazily)."""
+        if self.api is None:
+            return
+        if self.series is None:
+            self.status("Open the annotation's DICOM series first to see the group on it.")
+            return
+        source = GroupViewSource(self.api, group, slices)
+        self.viewer.set_overlay(source)
+        labelled = [int(s["slice_index"]) for s in slices if s.get("label")]
+        if labelled and self.viewer.view.index not in labelled:
+            self.viewer.view.set_index(labelled[0])
+        self.status(f"Showing group {group['model_name']} {group['version']} ({len(slices)} slices)")
+
+    def review_group(self, group: dict[str, Any], slices: list[dict[str, Any]]) -> None:
+        """Open the QA review of a group, overlaid on the series."""
+        self.show_group(group, slices)
+        self.review.open_group(group, slices)
+        self.tabs.setCurrentIndex(TAB_REVIEW)
+
+    def _on_reviewed(self, group: dict[str, Any]) -> None:
+        self.groups.refresh(select=group["id"])
+
+    def _on_group_deleted(self, group_id: str) -> None:
+        forget_upload_source(group_id)
+        overlay = self.viewer.view.overlay
+        if isinstance(overlay, GroupViewSource) and overlay.group_id == group_id:
+            self.viewer.set_overlay(self.file_overlay)
+        if self.review.group is not None and self.review.group["id"] == group_id:
+            self.review.clear()
+        self.picker.refresh()
+
+    # --- demo ---------------------------------------------------------------------------------------
+
+    def load_demo(self, folder: Path | None = None, *, slices: int = 120, size: int = 512) -> None:
+        """Create the demo once and open it: series shown, masks checked and overlaid, annotation chosen."""
+        if self.api is None:
+            self.connection.connected.connect(lambda _api: self.load_demo(folder, slices=slices, size=size),
+                                              Qt.ConnectionType.SingleShotConnection)
+            return
+        target = folder or data_dir() / "demo"
+        self.status(f"Preparing the demo in {target}… (the first time writes {slices} slices)")
+
+        def ready(answer: tuple[DemoData, dict[str, Any]]) -> None:
+            demo, annotation = answer
+            self.picker.choose(annotation)
+            self.upload.set_fields("demo-liver-seg", "1", "manual")
+            self.open_series(
+                demo.series_dir,
+                then=lambda: self.add_masks([demo.masks_dir], then=lambda: self._demo_done(demo)),
+            )
+
+        self.runner.start(demo_task, self.api, target, slices, size, on_result=ready, on_error=self._worker_error("Demo"))
+
+    def _demo_done(self, demo: DemoData) -> None:
+        if self.prepared is not None:
+            richest = max((len(r.labels) for r in self.prepared.rows), default=0)
+            indexes = [r.slice_index for r in self.prepared.rows if richest and len(r.labels) == richest]
+            if indexes and indexes[len(indexes) // 2] is not None:
+                self.viewer.view.set_index(indexes[len(indexes) // 2])
+        self.status("Demo ready: scroll with the wheel, right-drag for window/level, Ctrl+U to upload.")
+        self.demoReady.emit(demo)
+
+    # --- help ---------------------------------------------------------------------------------------
+
+    def show_shortcuts(self) -> None:
+        """Help ▸ Keyboard and mouse."""
+        dialogs.show_info(self, "Keyboard and mouse", SHORTCUTS_HELP)
+
+    def open_log_folder(self) -> None:
+        """Help ▸ Open log folder."""
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(log_dir())))
+
+    def show_about(self) -> None:
+        """Help ▸ About."""
+        dialogs.show_info(
+            self,
+            "About PACS Mask Upload",
+            f"PACS Mask Upload {__version__}\nServer: {self.connection.url or 'not connected'}\n"
+            f"Data: {data_dir()}\nLogs: {log_dir()}",
+        )
+
+    # --- drag and drop ----------------------------------------------------------------------------
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if event.mimeData().hasUrls() and any(url.isLocalFile() for url in event.mimeData().urls()):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dragMoveEvent(self, event: Any) -> None:
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        paths = [Path(url.toLocalFile()) for url in event.mimeData().urls() if url.isLocalFile()]
+        if paths:
+            event.acceptProposedAction()
+            self.handle_dropped_paths(paths)
+
+    # --- closing ------------------------------------------------------------------------------------
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self.upload.running and self.confirm_quit_during_upload and not dialogs.confirm(
+            self,
+            "Upload running",
+            "An upload is running. Quit anyway? The slices that landed are kept and you can resume later.",
+        ):
+            event.ignore()
+            return
+        self._closing = True
+        settings = app_settings()
+        settings.setValue("window/state", self.saveState())
+        settings.sync()
+        self.upload.stop()
+        self.runner.shutdown()
+        self.connection.shutdown()
+        if self.series is not None:
+            self.series.clear_cache()
+        super().closeEvent(event)

@@ -1,0 +1,98 @@
+"""Finding the app's resource files (stylesheet, icon) from a source tree or a PyInstaller bundle.
+
+Everything resolves through :func:`resource_path`: in a frozen build the files sit under
+``sys._MEIPASS/resources`` (the spec lists them as data files); from a source tree or an editable
+install they sit in the repository's ``resources/`` folder. A missing file is not fatal: the app falls
+back to the Fusion style with a dark palette and an icon painted at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from PySide6.QtGui import QColor, QGuiApplication, QIcon, QImage, QPalette, QPixmap
+
+from pacs_mask_desktop.ui.icon import paint_app_icon
+
+log = logging.getLogger(__name__)
+
+STYLESHEET = ("styles", "dark.qss")
+APP_ICON = ("icons", "app.png")
+
+
+def resources_root() -> Path:
+    """The ``resources`` folder: PyInstaller's extraction dir when frozen, else the source tree's."""
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle:
+        return Path(bundle) / "resources"
+    return Path(__file__).resolve().parents[2] / "resources"
+
+
+def resource_path(*parts: str) -> Path | None:
+    """The file ``resources/<parts>``, or ``None`` when this build does not ship it."""
+    path = resources_root().joinpath(*parts)
+    return path if path.is_file() else None
+
+
+def load_stylesheet() -> str:
+    """The dark stylesheet's text ('' when missing: the palette alone still gives a dark look)."""
+    path = resource_path(*STYLESHEET)
+    if path is None:
+        log.warning("stylesheet %s not found; using the plain dark palette", "/".join(STYLESHEET))
+        return ""
+    return path.read_text(encoding="utf-8")
+
+
+def app_icon() -> QIcon:
+    """The application icon (the shipped PNG, else the same drawing made now)."""
+    path = resource_path(*APP_ICON)
+    if path is not None:
+        return QIcon(str(path))
+    return QIcon(QPixmap.fromImage(paint_app_icon(256)))
+
+
+def dark_palette() -> QPalette:
+    """A dark palette matching the stylesheet (used by the Fusion style for everything QSS misses)."""
+    palette = QPalette()
+    colours = {
+        QPalette.ColorRole.Window: "#1e2126",
+        QPalette.ColorRole.WindowText: "#d7dae0",
+        QPalette.ColorRole.Base: "#16181c",
+        QPalette.ColorRole.AlternateBase: "#1b1e23",
+        QPalette.ColorRole.ToolTipBase: "#2a2e35",
+        QPalette.ColorRole.ToolTipText: "#e6e8eb",
+        QPalette.ColorRole.Text: "#d7dae0",
+        QPalette.ColorRole.Button: "#2a2e35",
+        QPalette.ColorRole.ButtonText: "#d7dae0",
+        QPalette.ColorRole.BrightText: "#ffffff",
+        QPalette.ColorRole.Highlight: "#2f6fb3",
+        QPalette.ColorRole.HighlightedText: "#ffffff",
+        QPalette.ColorRole.Link: "#5aa9ff",
+        QPalette.ColorRole.PlaceholderText: "#7d838c",
+    }
+    for role, value in colours.items():
+        palette.setColor(role, QColor(value))
+    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText, QPalette.ColorRole.WindowText):
+        palette.setColor(QPalette.ColorGroup.Disabled, role, QColor("#6b7079"))
+    return palette
+
+
+def apply_theme(app: QGuiApplication) -> None:
+    """Fusion style, dark palette, the QSS on top, and the window icon."""
+    from PySide6.QtWidgets import QApplication
+
+    if isinstance(app, QApplication):
+        app.setStyle("Fusion")
+        app.setPalette(dark_palette())
+        app.setStyleSheet(load_stylesheet())
+    app.setWindowIcon(app_icon())
+
+
+def write_icon_png(path: Path, size: int = 256) -> None:
+    """Write the app icon as a PNG (how ``resources/icons/app.png`` was made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image: QImage = paint_app_icon(size)
+    if not image.save(str(path), "PNG"):
+        raise OSError(f"could not write {path}")

@@ -1,0 +1,108 @@
+"""Work the main window runs in its thread pool: each function takes the worker's context first.
+
+Kept apart from the window so what runs off the GUI thread is visible at a glance: reading a folder,
+loading a series (headers only), checking masks with ``prepare()``, reading the resume journal,
+looking up what an interrupted upload needs, writing the demo. None of them touches a widget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pacs_mask_desktop.core.api_client import ApiClient
+from pacs_mask_desktop.core.demo_setup import DemoData, ensure_demo
+from pacs_mask_desktop.core.dicom_series import Series, load_series
+from pacs_mask_desktop.core.journal import Journal, JournalEntry
+from pacs_mask_desktop.core.plan import PreparedUpload, prepare
+from pacs_mask_desktop.ui.workers import WorkContext
+
+SERIES_CACHE_FRAMES = 32
+"""Decoded frames a series keeps (the viewer keeps a few more); a 1000-slice series never sits whole."""
+
+
+def classify_paths(_context: WorkContext, paths: Sequence[Path]) -> tuple[list[Path], list[Path], list[str]]:
+    """Split dropped paths into DICOM series folders and mask inputs (files or folders of PNGs)."""
+    series: list[Path] = []
+    masks: list[Path] = []
+    ignored: list[str] = []
+    for path in paths:
+        if path.is_dir():
+            try:
+                has_png = any(c.suffix.lower() == ".png" for c in path.iterdir() if c.is_file())
+            except OSError as exc:
+                ignored.append(f"{path.name}: {exc.strerror or exc}")
+                continue
+            (masks if has_png else series).append(path)
+        elif path.is_file():
+            if path.suffix.lower() == ".png":
+                masks.append(path)
+            elif path.parent not in series:
+                series.append(path.parent)
+        else:
+            ignored.append(f"{path}: not found")
+    return series, masks, ignored
+
+
+def throttled(context: WorkContext, interval: float = 0.1) -> Callable[[int, int], None]:
+    """A ``(done, total)`` progress callback that reports at most every ``interval`` s (and at the end)."""
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - last[0] >= interval:
+            last[0] = now
+            context.report((done, total))
+
+    return report
+
+
+def load_series_task(context: WorkContext, folder: Path) -> Series:
+    return load_series(folder, cache_size=SERIES_CACHE_FRAMES, on_progress=throttled(context), cancel=context.cancel)
+
+
+def prepare_task(
+    context: WorkContext, paths: list[Path], fields: dict[str, Any], series: Series | None
+) -> PreparedUpload:
+    return prepare(
+        paths,
+        annotation_id=fields["annotation_id"],
+        model_name=fields["model_name"],
+        version=fields["version"],
+        source=fields["source"],
+        series=series,
+        on_progress=throttled(context),
+        cancel=context.cancel,
+    )
+
+
+def unfinished_uploads(_context: WorkContext, journal_path: Path) -> list[JournalEntry]:
+    if not journal_path.exists():
+        return []
+    journal = Journal(journal_path)
+    try:
+        return journal.unfinished()
+    finally:
+        journal.close()
+
+
+def forget_upload(_context: WorkContext, journal_path: Path, group_id: str) -> None:
+    journal = Journal(journal_path)
+    try:
+        journal.forget(group_id)
+    finally:
+        journal.close()
+
+
+def resume_lookup(_context: WorkContext, api: ApiClient, entry: JournalEntry) -> tuple[dict[str, Any], dict[str, Any]]:
+    group = api.group_with_slices(entry.group_id)["group"]
+    return api.get_annotation(entry.annotation_id), group
+
+
+def demo_task(
+    context: WorkContext, api: ApiClient, folder: Path, slices: int, size: int
+) -> tuple[DemoData, dict[str, Any]]:
+    demo = ensure_demo(api, folder, slices=slices, size=size, cancel=context.cancel)
+    return demo, api.get_annotation(demo.annotation_id)

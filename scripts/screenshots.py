@@ -1,0 +1,190 @@
+"""Make the README's screenshots from the real app: ``python scripts/screenshots.py``.
+
+Runs the desktop app in this process (offscreen by default; ``--platform xcb`` under ``xvfb-run``)
+with a temporary data dir, so the window starts its own bundled server exactly as a user's does, and
+opens the demo (120 slices of 512x512). It then drives the window like a user and saves, at 1600x1000:
+
+- ``main-window-overlay.png``: the demo series with its masks overlaid and the matching table;
+- ``upload-in-progress.png``: an upload paused about halfway (per-slice table, bar, speed);
+- ``group-browser.png``: two groups of the annotation (one approved), one shown on the series;
+- ``review-view.png``: the QA review of a group, on a slice with both labels.
+
+Nothing outside the temporary folder and ``docs/screenshots/`` is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "screenshots"
+SIZE = (1600, 1000)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--platform", default="offscreen", help="Qt platform plugin (offscreen, or xcb under Xvfb)")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder for the PNGs")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="pacs-mask-shots-"))
+    os.environ["PACS_MASK_DATA_DIR"] = str(work / "data")
+    os.environ.pop("PACS_MASK_SERVER", None)
+    os.environ.pop("PACS_MASK_TOKEN", None)
+    os.environ["QT_QPA_PLATFORM"] = args.platform
+    try:
+        return _run(args.out, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(out: Path, work: Path) -> int:
+    from PySide6.QtCore import QEventLoop, QSettings
+    from PySide6.QtWidgets import QAbstractItemView, QApplication
+
+    from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState
+    from pacs_mask_desktop.core.plan import prepare
+    from pacs_mask_desktop.core.upload import UploadEngine
+    from pacs_mask_desktop.ui.main_window import TAB_GROUPS, TAB_MASKS, TAB_REVIEW, TAB_UPLOAD, MainWindow
+    from pacs_mask_desktop.ui.resources import apply_theme
+    from pacs_mask_desktop.ui.settings import ServerConfig
+
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(work / "settings"))
+    app = QApplication(["pacs-mask-desktop"])
+    apply_theme(app)
+
+    def wait_until(condition: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out waiting for {what or condition}")
+            app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+            time.sleep(0.005)
+
+    def settle(seconds: float = 0.6) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+            time.sleep(0.01)
+
+    def shoot(name: str) -> None:
+        settle()
+        path = out / name
+        if not window.grab().save(str(path)):
+            raise OSError(f"could not write {path}")
+        print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    window = MainWindow(ServerConfig())  # empty URL: the window starts its own bundled server
+    window.confirm_quit_during_upload = False
+    window.resize(*SIZE)
+    window.show()
+    state: dict[str, Any] = {}
+    window.connected.connect(lambda url: state.setdefault("url", url))
+    window.demoReady.connect(lambda demo: state.setdefault("demo", demo))
+    window.start()
+    wait_until(lambda: "url" in state, what="the bundled server")
+    _example_annotations(window.api)
+    window.load_demo()
+    wait_until(lambda: "demo" in state, 120, "the demo data")
+    view = window.viewer.view
+    wait_until(lambda: view.shown_index() == view.index, what="the first slice")
+
+    # 1. The demo: series, overlay and the matching table.
+    window.tabs.setCurrentIndex(TAB_MASKS)
+    shoot("main-window-overlay.png")
+
+    # 2. An upload held at about half way (the engine's threads wait in the event tap).
+    total = len(window.masks.model.rows)
+    gate = threading.Event()
+    done = {"n": 0}
+    lock = threading.Lock()
+
+    def hold_halfway(event: SliceEvent | GroupEvent) -> None:
+        if isinstance(event, SliceEvent) and event.state is SliceState.DONE:
+            with lock:
+                done["n"] += 1
+                hold = done["n"] > total // 2
+            if hold:
+                gate.wait(60)
+
+    window.upload.event_tap = hold_halfway
+    results: list[Any] = []
+    window.upload.uploadFinished.connect(results.append)
+    window.upload.set_fields("demo-liver-seg", "1.0", "manual")
+    window.start_upload()
+    wait_until(lambda: window.upload.bar.value() >= total // 2, what="half of the upload")
+    window.tabs.setCurrentIndex(TAB_UPLOAD)
+    window.upload.table.scrollTo(
+        window.upload.model.index(total // 2 + 2, 0), QAbstractItemView.ScrollHint.PositionAtCenter
+    )
+    shoot("upload-in-progress.png")
+    gate.set()
+    wait_until(lambda: bool(results), what="the upload to finish")
+    window.upload.event_tap = None
+    manual_group = results[0].group_id
+
+    # 3. A second group as an AI worker would send it, and the manual one approved.
+    api = window.api
+    assert api is not None
+    prepared = prepare(
+        state["demo"].masks_dir, annotation_id=window.annotation["id"], model_name="liver-net", version="2.1",
+        source="ai", confidence=0.91, series=window.series,
+    )
+    assert prepared.plan is not None
+    engine = UploadEngine(api)
+    try:
+        ai_group = engine.run(prepared.plan).group_id
+    finally:
+        engine.close()
+    api.review(manual_group, "approved", "Checked slice by slice; liver and lesion outlines are right.")
+    window.groups.refresh(select=ai_group)
+    window.picker.refresh()
+    wait_until(lambda: window.groups.groups.row_of(ai_group) is not None, what="the group list")
+    wait_until(lambda: window.groups.slice_model.rowCount() == total, what="the group's slices")
+    window.tabs.setCurrentIndex(TAB_GROUPS)
+    window.groups.show_selected()
+    wait_until(lambda: view.overlay is not None and view.overlay.kind == "group", what="the group overlay")
+    wait_until(lambda: view.shown_index() == view.index, what="the group slice")
+    shoot("group-browser.png")
+
+    # 4. QA review of the AI group on a slice with liver and lesion.
+    window.groups.review_selected()
+    wait_until(lambda: window.review.group is not None and window.review.group["id"] == ai_group, what="review")
+    review = window.review
+    lesion = [i for i, s in enumerate(review.slices) if "2" in (s.get("label") or "").split(",")]
+    review.go_to(lesion[len(lesion) // 2])
+    review.comment.setPlainText("Lesion boundary looks tight on the upper slices; please double-check.")
+    window.tabs.setCurrentIndex(TAB_REVIEW)
+    wait_until(lambda: view.shown_index() == view.index, what="the review slice")
+    shoot("review-view.png")
+
+    window.close()
+    app.processEvents()
+    return 0
+
+
+def _example_annotations(api: Any) -> None:
+    """A few other annotations, so the picker looks like a server in use (synthetic UIDs, no data)."""
+    from pydicom.uid import generate_uid
+
+    for patient, description in (
+        ("DEMO-0101", "CT chest, lung nodule follow-up (example)"),
+        ("DEMO-0102", "CT abdomen portal venous (example)"),
+        ("DEMO-0103", "MR brain T1 post-contrast (example)"),
+        ("DEMO-0104", "CT pelvis, bone window (example)"),
+    ):
+        api.create_annotation(generate_uid(), generate_uid(), patient_id=patient, description=description)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

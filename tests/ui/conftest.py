@@ -1,0 +1,160 @@
+"""Fixtures for the desktop tests: the REAL bundled server (a child process through ``core.embedded``),
+a small synthetic series with masks, and checks that fail a test which leaks windows or workers.
+
+- ``ui_server`` (session): the bundled server on a free loopback port with a temp data dir (also the
+  client's ``PACS_MASK_DATA_DIR``, so the upload journal is the test's own); QSettings go to a temp dir.
+- ``ui_api`` (session): an ``ApiClient`` on it (admin token from the data dir, as the app reads it).
+- ``ui_data`` (session): 24 slices of 128x128 with matching masks, a folder of masks with problems
+  (unreadable, size mismatch, no matching slice, duplicate) and the annotation of the series.
+- ``window`` (function): the real ``MainWindow`` connected to ``ui_server``.
+- autouse ``_no_leaks``: after each test (once pytest-qt has closed its widgets) no new top-level
+  widget may be left and no thread-pool work may still run (napari's leak checks).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before any Qt application exists
+
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from PySide6.QtCore import QCoreApplication, QEvent, QMimeData, QPointF, QSettings, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import QApplication, QWidget
+
+from pacs_mask_desktop.core.api_client import ApiClient
+from pacs_mask_desktop.core.demo import write_masks_for_series, write_synthetic_ct
+from pacs_mask_desktop.core.demo_setup import ensure_annotation
+from pacs_mask_desktop.core.dicom_series import load_series
+from pacs_mask_desktop.core.embedded import EmbeddedServer
+from pacs_mask_desktop.ui.main_window import MainWindow
+from pacs_mask_desktop.ui.settings import ServerConfig
+from pacs_mask_desktop.ui.workers import active_work
+
+SLICES = 24
+SIZE = 128
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in this folder drives Qt widgets."""
+    for item in items:
+        if "tests/ui/" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.gui)
+
+
+@dataclass(frozen=True)
+class UiData:
+    """The synthetic series, its masks and the annotation the tests upload to."""
+
+    series_dir: Path
+    masks_dir: Path
+    bad_masks_dir: Path
+    annotation: dict[str, Any]
+    series_uid: str
+
+
+@pytest.fixture(scope="session")
+def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    root = tmp_path_factory.mktemp("ui")
+    data = root / "data"
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PACS_MASK_DATA_DIR", str(data))
+    patch.delenv("PACS_MASK_SERVER", raising=False)
+    patch.delenv("PACS_MASK_TOKEN", raising=False)
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(root / "settings"))
+    server = EmbeddedServer(data, log_path=root / "server.log", startup_timeout=60)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        patch.undo()
+
+
+@pytest.fixture(scope="session")
+def ui_api(ui_server: EmbeddedServer) -> Iterator[ApiClient]:
+    assert ui_server.target is not None
+    with ApiClient(ui_server.target.url, ui_server.target.token) as api:
+        yield api
+
+
+@pytest.fixture(scope="session")
+def ui_data(ui_api: ApiClient, tmp_path_factory: pytest.TempPathFactory) -> UiData:
+    root = tmp_path_factory.mktemp("ui-data")
+    series_dir, masks_dir, bad_dir = root / "series", root / "masks", root / "bad-masks"
+    write_synthetic_ct(series_dir, slices=SLICES, size=SIZE, seed=3)
+    series = load_series(series_dir)
+    write_masks_for_series(series, masks_dir)
+    shutil.copytree(masks_dir, bad_dir)
+    (bad_dir / "mask_0005.png").write_text("not an image\n", encoding="utf-8")  # unreadable
+    Image.fromarray(np.zeros((SIZE - 8, SIZE), dtype=np.uint8), mode="L").save(bad_dir / "mask_0006.png")
+    shutil.copy(masks_dir / "mask_0001.png", bad_dir / "mask_0099.png")  # beyond the series
+    shutil.copy(masks_dir / "mask_0007.png", bad_dir / "slice-7.png")  # a second mask for slice 7
+    annotation = ensure_annotation(
+        ui_api, series.study_instance_uid, series.series_instance_uid, patient_id=series.patient_id,
+        description="UI test phantom",
+    )
+    return UiData(series_dir, masks_dir, bad_dir, annotation, series.series_instance_uid)
+
+
+@pytest.fixture
+def window(qtbot: Any, ui_server: EmbeddedServer) -> MainWindow:
+    assert ui_server.target is not None
+    win = MainWindow(ServerConfig(url=ui_server.target.url, token=ui_server.target.token))
+    win.confirm_quit_during_upload = False
+    qtbot.addWidget(win)
+    win.resize(1400, 900)
+    win.show()
+    with qtbot.waitSignal(win.connected, timeout=15_000):
+        win.start()
+    return win
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks(qapp: QApplication) -> Iterator[None]:
+    """Fail a test that leaves top-level widgets alive or pool work running (runs after pytest-qt's
+    own teardown closed the widgets it was given)."""
+    before = {id(w) for w in QApplication.topLevelWidgets()}
+    yield
+    deadline = time.monotonic() + 5.0
+    while active_work() and time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+    for _ in range(3):
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+        QCoreApplication.processEvents()
+    leaked = [w for w in QApplication.topLevelWidgets() if id(w) not in before]
+    names = [f"{type(w).__name__}({w.objectName() or w.windowTitle()!r})" for w in leaked]
+    running = active_work()
+    for w in leaked:
+        w.close()
+        w.deleteLater()
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    assert not leaked, f"the test leaked top-level widgets: {names}"
+    assert not running, f"{running} thread-pool worker(s) still running after the test"
+
+
+def drop_paths(target: QWidget, paths: list[Path]) -> None:
+    """Simulate dragging ``paths`` from a file manager and dropping them on ``target``."""
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    point = QPointF(target.width() / 2, target.height() / 2)
+    enter = QDragEnterEvent(
+        point.toPoint(), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    )
+    QApplication.sendEvent(target, enter)
+    assert enter.isAccepted(), "the window refused the drag"
+    drop = QDropEvent(
+        point, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    )
+    QApplication.sendEvent(target, drop)
+    assert drop.isAccepted(), "the window refused the drop"

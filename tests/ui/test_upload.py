@@ -1,0 +1,165 @@
+"""Uploading from the real window to the real bundled server: to 100 %, and cancel + resume."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+from PySide6.QtCore import Qt
+
+from pacs_mask_desktop.core.api_client import ApiClient
+from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState
+from pacs_mask_desktop.core.journal import Journal
+from pacs_mask_desktop.ui.main_window import MainWindow
+from pacs_mask_desktop.ui.resume_dialog import ResumeDialog
+from pacs_mask_desktop.ui.upload_model import STATE_TEXT
+from tests.ui.conftest import SLICES, UiData
+
+
+def ready_to_upload(qtbot: Any, window: MainWindow, data: UiData, version: str) -> None:
+    """Series open, good masks dropped, annotation chosen, fields filled."""
+    with qtbot.waitSignal(window.seriesLoaded, timeout=10_000):
+        window.open_series(data.series_dir)
+    with qtbot.waitSignal(window.masksPrepared, timeout=10_000):
+        window.add_masks([data.masks_dir])
+    window.picker.choose(data.annotation)
+    window.upload.set_fields("ui-test", version, "manual")
+
+
+def test_upload_runs_to_100_percent_with_per_slice_signals(
+    qtbot: Any, window: MainWindow, ui_data: UiData, ui_api: ApiClient
+) -> None:
+    ready_to_upload(qtbot, window, ui_data, f"v-{uuid.uuid4().hex[:8]}")
+    panel = window.upload
+    finished: list[tuple[str, str]] = []
+    panel.sliceFinished.connect(lambda name, state: finished.append((name, state)))
+    progress: list[tuple[int, int]] = []
+    panel.progressChanged.connect(lambda done, total: progress.append((done, total)))
+
+    with qtbot.waitSignal(panel.uploadFinished, timeout=30_000) as blocker:
+        qtbot.mouseClick(panel.upload_button, Qt.MouseButton.LeftButton)
+    result = blocker.args[0]
+
+    assert result.ok, result.message
+    assert sorted(finished) == [(f"mask_{i:04d}.png", "done") for i in range(SLICES)]
+    assert progress[-1] == (SLICES, SLICES)
+    assert panel.bar.value() == panel.bar.maximum() == SLICES
+    assert {panel.model.data(panel.model.index(r, 2)) for r in range(SLICES)} == {STATE_TEXT[SliceState.DONE]}
+    assert not panel.cancel_button.isEnabled()
+    assert panel.stats.text().startswith("Complete")
+
+    group = ui_api.group_with_slices(result.group_id)
+    assert group["group"]["status"] == "complete"
+    assert len(group["items"]) == SLICES
+    assert {m["sop_instance_uid"] for m in group["items"]} == {ref.sop_instance_uid for ref in window.series.slices}
+
+    # The group browser lists the new group and selects it.
+    qtbot.waitUntil(lambda: window.groups.groups.row_of(result.group_id) is not None, timeout=10_000)
+    qtbot.waitUntil(lambda: window.groups.selected is not None and window.groups.selected["id"] == result.group_id)
+    qtbot.waitUntil(lambda: window.groups.slice_model.rowCount() == SLICES, timeout=10_000)
+
+
+def test_cancel_leaves_a_resumable_upload_and_resume_completes_it(
+    qtbot: Any, window: MainWindow, ui_data: UiData, ui_api: ApiClient
+) -> None:
+    ready_to_upload(qtbot, window, ui_data, f"v-{uuid.uuid4().hex[:8]}")
+    panel = window.upload
+    gate = threading.Event()
+    passed = {"done": 0}
+    lock = threading.Lock()
+
+    def hold_after_six(event: SliceEvent | GroupEvent) -> None:
+        """Engine threads: let six slices finish, then hold the others until the test cancelled."""
+        if isinstance(event, SliceEvent) and event.state is SliceState.DONE:
+            with lock:
+                passed["done"] += 1
+                hold = passed["done"] > 6
+            if hold:
+                gate.wait(20)
+
+    panel.event_tap = hold_after_six
+    try:
+        with qtbot.waitSignal(panel.uploadFinished, timeout=30_000) as blocker:
+            window.start_upload()
+            qtbot.waitUntil(lambda: panel.bar.value() >= 6, timeout=10_000)
+            assert panel.running
+            qtbot.mouseClick(panel.cancel_button, Qt.MouseButton.LeftButton)
+            gate.set()
+    finally:
+        gate.set()
+        panel.event_tap = None
+    result = blocker.args[0]
+    assert result.status == "cancelled", result.message
+    assert panel.retry_button.isEnabled()
+    assert panel.retry_button.text() == "Resume"
+    group_id = panel.group_id
+    assert group_id
+
+    # Resumable: the journal knows the pending group and the slices that landed; the server agrees.
+    journal = Journal(window.journal_path)
+    try:
+        entry = next(e for e in journal.unfinished() if e.group_id == group_id)
+        landed = len(journal.landed(group_id))
+    finally:
+        journal.close()
+    assert 6 <= entry.landed == landed < SLICES
+    assert entry.total == SLICES
+    assert ui_api.group_with_slices(group_id)["group"]["status"] == "pending"
+
+    # "After a crash the app offers to resume": the offer lists it; Resume sends only the rest.
+    with qtbot.waitSignal(window.resumeOffered, timeout=10_000) as offered:
+        window.check_unfinished_uploads()
+    dialog: ResumeDialog = offered.args[0]
+    row = next(i for i, e in enumerate(dialog.entries) if e.group_id == group_id)
+    dialog.list.setCurrentRow(row)
+    with qtbot.waitSignal(panel.uploadFinished, timeout=30_000) as resumed:
+        qtbot.mouseClick(dialog.resume_button, Qt.MouseButton.LeftButton)
+    again = resumed.args[0]
+    assert again.ok, again.message
+    assert again.group_id == group_id
+    assert again.skipped == landed
+    assert again.uploaded == SLICES - landed
+    assert ui_api.group_with_slices(group_id)["group"]["status"] == "complete"
+    journal = Journal(window.journal_path)
+    try:
+        assert all(e.group_id != group_id for e in journal.unfinished())
+    finally:
+        journal.close()
+
+
+def test_a_refused_upload_is_explained_in_a_dialog(
+    qtbot: Any, window: MainWindow, ui_data: UiData, ui_api: ApiClient, tmp_path: Any
+) -> None:
+    """The server refuses a second, different group under the same model and version: a clear message."""
+    import shutil
+
+    from PySide6.QtWidgets import QMessageBox
+
+    from pacs_mask_desktop.core.plan import prepare
+    from pacs_mask_desktop.core.upload import UploadEngine
+
+    version = f"v-{uuid.uuid4().hex[:8]}"
+    first = prepare(ui_data.masks_dir, annotation_id=ui_data.annotation["id"], model_name="ui-test",
+                    version=version, series=ui_data.series_dir)
+    engine = UploadEngine(ui_api)
+    try:
+        assert engine.run(first.plan).ok
+    finally:
+        engine.close()
+
+    fewer = tmp_path / "fewer"
+    shutil.copytree(ui_data.masks_dir, fewer)
+    (fewer / "mask_0023.png").unlink()
+    ready_to_upload(qtbot, window, ui_data, version)
+    with qtbot.waitSignal(window.masksPrepared, timeout=10_000):
+        window.add_masks([fewer])
+    with qtbot.waitSignal(window.upload.uploadFinished, timeout=30_000) as blocker:
+        window.start_upload()
+    result = blocker.args[0]
+    assert result.status == "incomplete"
+    assert "new version" in result.message
+    boxes = [w for w in window.findChildren(QMessageBox) if w.isVisible()]
+    assert [b.windowTitle() for b in boxes] == ["Upload failed"]
+    assert "Traceback" not in boxes[0].text()
+    assert window.upload.upload_button.isEnabled()
