@@ -167,11 +167,7 @@ def run_upload(
         engine.close()
         if engine.journal is not None:
             engine.journal.close()
-    if not progress.disable:
-        return result
-    if not out.as_json and result.uploaded + result.skipped:
-        out.note(f"sent {result.uploaded} slices ({_human_bytes(result.bytes_sent)}) in {result.seconds:.1f} s")
-    return result
+    return result  # the summary (sent, already there, failed, bytes, time) is printed once by _report
 
 
 def _report(result: UploadResult, out: Output) -> int:
@@ -194,6 +190,8 @@ def _report(result: UploadResult, out: Output) -> int:
             out.err.print(table)
         if result.group_id:
             out.out.print(result.group_id)
+    if result.status == "incomplete" and result.error_code is not None:
+        return EXIT_SERVER  # refused as a whole (or unreachable): not something a plain re-run fixes
     return {"complete": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(result.status, EXIT_INCOMPLETE)
 
 

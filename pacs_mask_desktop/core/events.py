@@ -42,7 +42,11 @@ class GroupEvent:
 
 @dataclass(slots=True)
 class UploadResult:
-    """How an upload ended. ``status`` is complete, incomplete (some slices failed) or cancelled."""
+    """How an upload ended. ``status`` is complete, incomplete (some slices failed) or cancelled.
+
+    ``error_code`` is the server's error code when the server refused the upload as a whole (e.g.
+    ``duplicate_group``, ``annotation_not_found``) or could not be reached (``unreachable``).
+    """
 
     status: str
     group_id: str | None
@@ -53,6 +57,7 @@ class UploadResult:
     bytes_sent: int = 0
     seconds: float = 0.0
     group: dict[str, Any] | None = None
+    error_code: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -71,4 +76,5 @@ class UploadResult:
             "bytes_sent": self.bytes_sent,
             "seconds": round(self.seconds, 3),
             "group": self.group,
+            "error": self.error_code,
         }

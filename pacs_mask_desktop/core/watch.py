@@ -36,6 +36,11 @@ from pacs_mask_desktop.core.upload import UploadEngine
 
 UPLOADED_MARKER = ".uploaded"
 FAILED_MARKER = ".failed"
+REFUSED_CODES = frozenset(
+    {"duplicate_group", "annotation_not_found", "invalid_slices", "slice_count_mismatch", "entity_too_large",
+     "invalid_request"}
+)
+"""Server refusals that name a problem of the result itself: retrying the folder cannot help."""
 
 
 class ManifestError(ValueError):
@@ -158,6 +163,8 @@ class Watcher:
                 skipped=result.skipped, seconds=round(result.seconds, 2),
             )
             self._archive(folder)
+        elif result.error_code in REFUSED_CODES:
+            self._mark_failed(folder, [{"filename": None, "code": result.error_code, "message": result.message}])
         else:
             self.event(
                 "upload.incomplete", folder=folder.name, group_id=result.group_id, message=result.message,
@@ -185,7 +192,7 @@ class Watcher:
                 finally:
                     engine.close()
         except ApiError as exc:
-            return UploadResult("incomplete", None, exc.message)
+            return UploadResult("incomplete", None, exc.message, error_code=exc.code)
         finally:
             journal.close()
 

