@@ -11,7 +11,8 @@ from __future__ import annotations
 import abc
 import base64
 import binascii
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -69,6 +70,15 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def stat(self, key: str) -> ObjectInfo | None:
         """Size and MD5 of the object at ``key``, or ``None`` when nothing is stored there."""
+
+    def stat_many(self, prefix: str, keys: Sequence[str]) -> list[ObjectInfo | None]:  # noqa: ARG002
+        """What :meth:`stat` says for each key, all under ``prefix``, in the order given.
+
+        The default stats the keys in parallel. A backend may answer from one listing instead, where the
+        MD5 comes from the listed ETag: callers confirm any disagreement with :meth:`stat`.
+        """
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            return list(pool.map(self.stat, keys))
 
     @abc.abstractmethod
     def open(self, key: str, chunk_size: int = 64 * 1024) -> Iterator[bytes]:

