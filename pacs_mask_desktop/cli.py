@@ -31,9 +31,9 @@ from pacs_mask_desktop import __version__
 from pacs_mask_desktop.core.api_client import ApiClient, ApiError
 from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState, UploadResult
 from pacs_mask_desktop.core.journal import Journal
-from pacs_mask_desktop.core.paths import NoToken, data_dir, resolve_server
+from pacs_mask_desktop.core.paths import NoToken, journal_path, resolve_server
 from pacs_mask_desktop.core.plan import PreparedUpload, prepare
-from pacs_mask_desktop.core.progress import ProgressCounter
+from pacs_mask_desktop.core.progress import ProgressCounter, human_bytes
 from pacs_mask_desktop.core.upload import UploadEngine
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_BAD_INPUT, EXIT_SERVER, EXIT_CANCELLED = 0, 1, 2, 3, 130
@@ -45,14 +45,6 @@ class CliError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 class Output:
@@ -88,7 +80,7 @@ def _client(args: argparse.Namespace) -> ApiClient:
 
 
 def _journal() -> Journal:
-    return Journal(data_dir() / "upload-journal.sqlite3")
+    return Journal(journal_path())
 
 
 def _problems_report(prepared: PreparedUpload, out: Output) -> None:
@@ -155,7 +147,7 @@ def run_upload(
             task,
             completed=counter.finished,
             rate=counter.rate(),
-            bytes=f"{_human_bytes(counter.bytes_done)}/{_human_bytes(plan.total_bytes)}",
+            bytes=f"{human_bytes(counter.bytes_done)}/{human_bytes(plan.total_bytes)}",
             extra=" ".join(extra),
         )
 
@@ -179,7 +171,7 @@ def _report(result: UploadResult, out: Output) -> int:
         out.err.print(f"[{colour}]{result.status}[/{colour}]: {result.message}")
         out.err.print(
             f"sent {result.uploaded}, already there {result.skipped}, failed {len(result.failed)}; "
-            f"{_human_bytes(result.bytes_sent)} in {result.seconds:.1f} s ({rate:.0f} slices/s)"
+            f"{human_bytes(result.bytes_sent)} in {result.seconds:.1f} s ({rate:.0f} slices/s)"
         )
         if result.failed:
             table = Table(title="failed slices", title_justify="left")
@@ -299,7 +291,7 @@ def cmd_slices(args: argparse.Namespace, out: Output) -> int:
         table.add_column(column)
     for m in found["items"]:
         table.add_row(
-            str(m["slice_index"]), m["filename"], _human_bytes(m["size_bytes"]), f"{m['width']}×{m['height']}",
+            str(m["slice_index"]), m["filename"], human_bytes(m["size_bytes"]), f"{m['width']}×{m['height']}",
             m["label"] or "", m["checksum"],
         )
     out.data(found, table)

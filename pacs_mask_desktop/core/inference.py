@@ -20,7 +20,7 @@ from PIL import Image
 from pacs_mask_desktop.core.api_client import ApiClient
 from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, UploadResult
 from pacs_mask_desktop.core.journal import Journal
-from pacs_mask_desktop.core.paths import data_dir, resolve_server
+from pacs_mask_desktop.core.paths import journal_path, resolve_server
 from pacs_mask_desktop.core.plan import Problem, prepare
 from pacs_mask_desktop.core.upload import UploadEngine
 
@@ -87,7 +87,7 @@ def upload_inference_result(
         if not prepared.ok:
             raise InvalidResult(prepared.problems)
         target = resolve_server(server, token)
-        journal = Journal(data_dir() / "upload-journal.sqlite3")
+        journal = Journal(journal_path())
         with ApiClient(target.url, target.token) as api:
             engine = UploadEngine(api, journal, workers=workers, on_event=on_event)
             try:

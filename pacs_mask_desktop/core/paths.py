@@ -24,6 +24,11 @@ def data_dir() -> Path:
     return Path(configured) if configured else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
 
 
+def journal_path() -> Path:
+    """The upload journal shared by the CLI, the watch worker, the Python API and the desktop app."""
+    return data_dir() / "upload-journal.sqlite3"
+
+
 def log_dir() -> Path:
     """The per-user log dir."""
     return Path(platformdirs.user_log_dir(APP_NAME, appauthor=False))

@@ -9,6 +9,15 @@ from dataclasses import dataclass, field
 from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState
 
 
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KB"``: sizes as the CLI and the desktop app print them."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
 @dataclass(slots=True)
 class ProgressCounter:
     """Totals over every slice event seen so far (thread-safe)."""

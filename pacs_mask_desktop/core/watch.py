@@ -30,7 +30,7 @@ from pacs_mask_desktop.core.api_client import ApiClient, ApiError
 from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState, UploadResult
 from pacs_mask_desktop.core.inference import DONE_MARKER, MANIFEST
 from pacs_mask_desktop.core.journal import Journal
-from pacs_mask_desktop.core.paths import data_dir
+from pacs_mask_desktop.core.paths import journal_path
 from pacs_mask_desktop.core.plan import prepare
 from pacs_mask_desktop.core.upload import UploadEngine
 
@@ -182,7 +182,7 @@ class Watcher:
                     attempt=event.attempt, error=event.error,
                 )
 
-        journal = Journal(data_dir() / "upload-journal.sqlite3")
+        journal = Journal(journal_path())
         try:
             with ApiClient(self.server, self.token) as api:
                 engine = UploadEngine(api, journal, workers=self.workers, on_event=on_event, cancel=self.cancel)

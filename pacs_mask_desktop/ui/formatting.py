@@ -5,16 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from pacs_mask_desktop.core.api_client import ApiError
+from pacs_mask_desktop.core.progress import human_bytes
 from pacs_mask_desktop.ui.workers import WorkFailure
 
-
-def human_bytes(n: float) -> str:
-    """``1536`` -> ``"1.5 KB"``."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+__all__ = ["failure_text", "human_bytes", "short_time"]
 
 
 def short_time(value: str | None) -> str:

@@ -35,7 +35,7 @@ from pacs_mask_desktop.core.api_client import ApiClient, ApiError
 from pacs_mask_desktop.core.demo_setup import DemoData
 from pacs_mask_desktop.core.dicom_series import Series
 from pacs_mask_desktop.core.journal import JournalEntry
-from pacs_mask_desktop.core.paths import data_dir, log_dir
+from pacs_mask_desktop.core.paths import data_dir, journal_path, log_dir
 from pacs_mask_desktop.core.plan import PreparedUpload
 from pacs_mask_desktop.ui import dialogs
 from pacs_mask_desktop.ui.annotation_picker import AnnotationPicker
@@ -71,7 +71,6 @@ from pacs_mask_desktop.ui.workers import TaskHandle, TaskRunner, WorkFailure, fa
 
 log = logging.getLogger(__name__)
 
-JOURNAL_FILE = "upload-journal.sqlite3"
 """The resume journal in the data dir, shared with the ``pacs-mask`` CLI and the watch worker."""
 STATUS_TIMEOUT_MS = 12_000
 TAB_MASKS, TAB_UPLOAD, TAB_GROUPS, TAB_REVIEW = range(4)
@@ -95,7 +94,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("PACS Mask Upload")
         self.setAcceptDrops(True)
         self.config = config
-        self.journal_path = data_dir() / JOURNAL_FILE
+        self.journal_path = journal_path()
         self.confirm_quit_during_upload = True
         favour_gui_thread()
         self.runner = TaskRunner(self)

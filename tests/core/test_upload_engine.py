@@ -21,7 +21,7 @@ import urllib3
 
 from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState, UploadResult
 from pacs_mask_desktop.core.journal import Journal
-from pacs_mask_desktop.core.paths import data_dir
+from pacs_mask_desktop.core.paths import journal_path
 from pacs_mask_desktop.core.plan import prepare
 from pacs_mask_desktop.core.upload import UploadEngine, is_expired_answer
 from server.storage.local import LocalStorage
@@ -164,7 +164,7 @@ def run_engine(
     assert prepared.ok, prepared.problems
     assert prepared.plan is not None
     events: list[SliceEvent | GroupEvent] = []
-    journal = Journal(data_dir() / "upload-journal.sqlite3")
+    journal = Journal(journal_path())
     with server.api() as api:
         engine = UploadEngine(
             api,
@@ -315,7 +315,7 @@ def test_upload_resumes_after_an_objects_missing_answer(
     annotation = live_server.new_annotation()
     prepared = prepare(tmp_path / "masks", annotation_id=annotation, model_name="fault-test", version="1")
     assert prepared.plan is not None
-    journal = Journal(data_dir() / "upload-journal.sqlite3")
+    journal = Journal(journal_path())
     with live_server.api() as api:
         group = api.create_group(
             {"annotation_id": annotation, "model_name": "fault-test", "version": "1", "source": "manual"}
@@ -368,9 +368,9 @@ def test_same_identity_with_different_slices_is_refused_not_reported_done(
     changed, _ = run_engine(live_server, tmp_path / "masks", annotation)
     assert (changed.status, changed.error_code) == ("incomplete", "duplicate_group")
     assert "differ" in changed.message
-    (data_dir() / "upload-journal.sqlite3").unlink()  # the same without the journal (another machine)
+    journal_path().unlink()  # the same without the journal (another machine)
     for suffix in ("-wal", "-shm"):
-        (data_dir() / f"upload-journal.sqlite3{suffix}").unlink(missing_ok=True)
+        journal_path().with_name(journal_path().name + suffix).unlink(missing_ok=True)
     changed, _ = run_engine(live_server, tmp_path / "masks", annotation)
     assert (changed.status, changed.error_code) == ("incomplete", "duplicate_group")
     assert "differ" in changed.message
