@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -21,60 +21,35 @@ from PySide6.QtWidgets import (
 from pacs_mask_desktop.core.api_client import ApiClient
 from pacs_mask_desktop.core.dicom_series import Series
 from pacs_mask_desktop.ui.formatting import failure_text, short_time
-from pacs_mask_desktop.ui.tables import make_table
+from pacs_mask_desktop.ui.tables import RowsModel, make_table
 from pacs_mask_desktop.ui.workers import TaskRunner, WorkContext, WorkFailure
 
 ModelIndex = QModelIndex | QPersistentModelIndex
 
 
-class AnnotationModel(QAbstractTableModel):
+class AnnotationModel(RowsModel):
     """Annotations as rows: id, patient, description, groups, series UID."""
 
     HEADERS = ("ID", "Description", "Patient", "Groups")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.items: list[dict[str, Any]] = []
-
-    def set_items(self, items: list[dict[str, Any]]) -> None:
-        """Replace the rows."""
-        self.beginResetModel()
-        self.items = list(items)
-        self.endResetModel()
 
     def row_of(self, annotation_id: int) -> int | None:
         """Row number of ``annotation_id``."""
         return next((i for i, item in enumerate(self.items) if item["id"] == annotation_id), None)
 
-    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008 - Qt API
-        return 0 if parent.isValid() else len(self.items)
+    def cell(self, item: dict[str, Any], column: int) -> Any:
+        return (
+            item["id"],
+            item.get("description") or "",
+            item.get("patient_id") or "",
+            item.get("group_count", 0),
+        )[column]
 
-    def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008 - Qt API
-        return 0 if parent.isValid() else len(self.HEADERS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return self.HEADERS[section]
-        return None
-
-    def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
-            return None
-        item = self.items[index.row()]
-        if role == Qt.ItemDataRole.DisplayRole:
-            return (
-                item["id"],
-                item.get("description") or "",
-                item.get("patient_id") or "",
-                item.get("group_count", 0),
-            )[index.column()]
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return (
-                f"{item.get('description') or '(no description)'}\nStudy {item['study_instance_uid']}\n"
-                f"Series {item['series_instance_uid']}\nCreated {short_time(item.get('created_at'))} by "
-                f"{item.get('created_by', '?')}"
-            )
-        return None
+    def tooltip(self, item: dict[str, Any]) -> str | None:
+        return (
+            f"{item.get('description') or '(no description)'}\nStudy {item['study_instance_uid']}\n"
+            f"Series {item['series_instance_uid']}\nCreated {short_time(item.get('created_at'))} by "
+            f"{item.get('created_by', '?')}"
+        )
 
 
 def _search(_context: WorkContext, api: ApiClient, text: str) -> list[dict[str, Any]]:

@@ -11,8 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
-from PySide6.QtGui import QColor
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt, Signal
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -26,7 +25,7 @@ from pacs_mask_desktop.core.api_client import ApiClient
 from pacs_mask_desktop.core.journal import Journal
 from pacs_mask_desktop.ui import dialogs
 from pacs_mask_desktop.ui.formatting import failure_text, human_bytes, short_time
-from pacs_mask_desktop.ui.tables import make_table
+from pacs_mask_desktop.ui.tables import RowsModel, make_table
 from pacs_mask_desktop.ui.workers import TaskRunner, WorkContext, WorkFailure
 
 ModelIndex = QModelIndex | QPersistentModelIndex
@@ -35,55 +34,7 @@ REVIEW_COLOUR = {"approved": "#3ddc84", "rejected": "#ff5c5c"}
 STATUS_COLOUR = {"complete": "#3ddc84", "pending": "#ffb020", "deleting": "#ff5c5c"}
 
 
-class _RowsModel(QAbstractTableModel):
-    """A read-only table over a list of dicts; subclasses say how each column reads."""
-
-    HEADERS: tuple[str, ...] = ()
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.items: list[dict[str, Any]] = []
-
-    def set_items(self, items: list[dict[str, Any]]) -> None:
-        """Replace the rows."""
-        self.beginResetModel()
-        self.items = list(items)
-        self.endResetModel()
-
-    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008 - Qt API
-        return 0 if parent.isValid() else len(self.items)
-
-    def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008 - Qt API
-        return 0 if parent.isValid() else len(self.HEADERS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return self.HEADERS[section]
-        return None
-
-    def cell(self, item: dict[str, Any], column: int) -> Any:
-        raise NotImplementedError
-
-    def colour(self, item: dict[str, Any], column: int) -> str | None:  # noqa: ARG002 - overridden
-        return None
-
-    def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
-            return None
-        item = self.items[index.row()]
-        if role == Qt.ItemDataRole.DisplayRole:
-            return self.cell(item, index.column())
-        if role == Qt.ItemDataRole.ForegroundRole and (colour := self.colour(item, index.column())):
-            return QColor(colour)
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return self.tooltip(item)
-        return None
-
-    def tooltip(self, item: dict[str, Any]) -> str | None:  # noqa: ARG002 - overridden
-        return None
-
-
-class GroupModel(_RowsModel):
+class GroupModel(RowsModel):
     """Groups of an annotation."""
 
     HEADERS = ("Model", "Version", "Source", "Status", "Review", "Slices", "Confidence", "Created by", "Created")
@@ -125,7 +76,7 @@ class GroupModel(_RowsModel):
         return next((i for i, item in enumerate(self.items) if item["id"] == group_id), None)
 
 
-class SliceModel(_RowsModel):
+class SliceModel(RowsModel):
     """Slices of one group."""
 
     HEADERS = ("Slice", "File", "Labels", "Size", "Bytes", "SOP Instance UID")

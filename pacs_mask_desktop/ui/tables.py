@@ -1,4 +1,4 @@
-"""One way to set up the app's table views, cheap enough for tables of thousands of rows.
+"""One way to set up the app's table views and their models, cheap enough for thousands of rows.
 
 ``ResizeToContents`` columns make Qt measure every row whenever a layout is recomputed (a label's
 text changing next to the table is enough); with 1000 upload rows that cost 100-200 ms per progress
@@ -9,9 +9,13 @@ but only ever measure a bounded number of rows.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from PySide6.QtCore import QAbstractItemModel
+from PySide6.QtCore import QAbstractItemModel, QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView
+
+ModelIndex = QModelIndex | QPersistentModelIndex
 
 ROW_HEIGHT = 22
 MEASURED_ROWS = 64
@@ -54,3 +58,51 @@ def make_table(
     else:
         header.setStretchLastSection(True)
     return table
+
+
+class RowsModel(QAbstractTableModel):
+    """A read-only table over a list of dicts; subclasses say how each column reads."""
+
+    HEADERS: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: list[dict[str, Any]] = []
+
+    def set_items(self, items: list[dict[str, Any]]) -> None:
+        """Replace the rows."""
+        self.beginResetModel()
+        self.items = list(items)
+        self.endResetModel()
+
+    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008 - Qt API
+        return 0 if parent.isValid() else len(self.items)
+
+    def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008 - Qt API
+        return 0 if parent.isValid() else len(self.HEADERS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return self.HEADERS[section]
+        return None
+
+    def cell(self, item: dict[str, Any], column: int) -> Any:
+        raise NotImplementedError
+
+    def colour(self, item: dict[str, Any], column: int) -> str | None:  # noqa: ARG002 - overridden
+        return None
+
+    def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        item = self.items[index.row()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self.cell(item, index.column())
+        if role == Qt.ItemDataRole.ForegroundRole and (colour := self.colour(item, index.column())):
+            return QColor(colour)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self.tooltip(item)
+        return None
+
+    def tooltip(self, item: dict[str, Any]) -> str | None:  # noqa: ARG002 - overridden
+        return None
