@@ -20,6 +20,7 @@ from PySide6.QtGui import (
     QDesktopServices,
     QDragEnterEvent,
     QDropEvent,
+    QShowEvent,
 )
 from PySide6.QtWidgets import (
     QDockWidget,
@@ -174,10 +175,17 @@ class MainWindow(QMainWindow):
         state = settings.value("window/state")
         if isinstance(state, QByteArray) and self.restoreState(state):
             return
-        # First start: give the side panels room; the viewer takes the rest.
-        QTimer.singleShot(0, lambda: self.resizeDocks(
-            [self.left_dock, self.right_dock], [340, 620], Qt.Orientation.Horizontal
-        ))
+        # First start: give the side panels room once the window has its real size (see showEvent).
+        self._default_docks_pending = True
+
+    def showEvent(self, event: QShowEvent) -> None:
+        """On the first show without a saved layout, size the side panels; the viewer takes the rest."""
+        super().showEvent(event)
+        if getattr(self, "_default_docks_pending", False):
+            self._default_docks_pending = False
+            QTimer.singleShot(0, lambda: self.resizeDocks(
+                [self.left_dock, self.right_dock], [340, 620], Qt.Orientation.Horizontal
+            ))
 
     # --- small helpers ----------------------------------------------------------------------------
 
