@@ -36,6 +36,7 @@ from pacs_mask_desktop.core.plan import PreparedUpload, prepare
 from pacs_mask_desktop.core.progress import ProgressCounter, human_bytes
 from pacs_mask_desktop.core.upload import UploadEngine
 
+LOG_WIDTH = 160
 EXIT_OK, EXIT_INCOMPLETE, EXIT_BAD_INPUT, EXIT_SERVER, EXIT_CANCELLED = 0, 1, 2, 3, 130
 
 
@@ -54,6 +55,9 @@ class Output:
         self.as_json = as_json
         self.out = Console(highlight=False, soft_wrap=True)
         self.err = Console(stderr=True, highlight=False)
+        for console in (self.out, self.err):
+            if not console.is_terminal:
+                console.width = LOG_WIDTH  # tables in logs and pipes keep their columns whole
 
     def data(self, payload: Any, human: Any = None) -> None:
         """Print ``payload`` as JSON, or ``human`` (a rich renderable or text) for people."""
@@ -116,7 +120,7 @@ def run_upload(
     counter = ProgressCounter()
     progress = Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(complete_style="green", finished_style="green"),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:>5.0f} slices/s"),
         TextColumn("{task.fields[bytes]}"),
@@ -398,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pacs-mask", description="Upload and manage PACS segmentation masks."
     )
     parser.add_argument("--version", action="version", version=f"pacs-mask {__version__}")
+    # The common options work before the command too (``pacs-mask --json groups …``); argparse would
+    # let a subcommand's defaults overwrite them, so they land under other names and are merged in main().
+    parser.add_argument("--server", dest="global_server", help=argparse.SUPPRESS)
+    parser.add_argument("--token", dest="global_token", help=argparse.SUPPRESS)
+    parser.add_argument("--json", dest="global_json", action="store_true", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("upload", parents=[common], help="check and upload a folder of mask slices")
@@ -459,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pacs-mask``."""
     args = build_parser().parse_args(argv)
+    args.server = args.server or args.global_server
+    args.token = args.token or args.global_token
+    args.json = args.json or args.global_json
     out = Output(args.json)
     try:
         return int(args.func(args, out))

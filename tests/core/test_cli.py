@@ -450,3 +450,14 @@ def test_the_client_journal_lives_in_the_test_data_dir(client_env: Any, tmp_path
     client_env()
     assert data_dir() == tmp_path / "client-data"
     assert os.environ["PACS_MASK_DATA_DIR"] == str(tmp_path / "client-data")
+
+
+def test_common_options_work_before_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """``pacs-mask --json --server URL --token T groups …`` means the same as putting them after ``groups``."""
+    from pacs_mask_desktop.cli import main
+
+    code = main(["--json", "--server", "http://127.0.0.1:9", "--token", "t", "groups", "--annotation", "1"])
+    assert code == 3
+    report = json.loads(capsys.readouterr().out)
+    assert report["error"] == "unreachable"
+    assert "127.0.0.1:9" in report["message"]
