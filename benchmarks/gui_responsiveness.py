@@ -43,8 +43,12 @@ TARGETS = {"first_image_s": 1.0, "step_ms": 16.0, "stall_ms": 50.0}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--platform", default="offscreen", help="Qt platform plugin (offscreen, or xcb under Xvfb)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--platform", default="offscreen", help="Qt platform plugin (offscreen, or xcb under Xvfb)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="pacs-mask-bench-"))
@@ -77,7 +81,9 @@ def run(work: Path) -> int:
     from pacs_mask_desktop.ui.resources import apply_theme
     from pacs_mask_desktop.ui.settings import ServerConfig
 
-    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, Qt platform {os.environ['QT_QPA_PLATFORM']}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, Qt platform {os.environ['QT_QPA_PLATFORM']}"
+    )
     t = time.perf_counter()
     series_dir, masks_dir = work / "series", work / "masks"
     write_synthetic_ct(series_dir, slices=SERIES_SLICES, size=SIZE, seed=11)
@@ -87,8 +93,10 @@ def run(work: Path) -> int:
     upload_dir.mkdir()
     for i in range(UPLOAD_SLICES):
         shutil.copy(masks_dir / f"mask_{i % SERIES_SLICES:04d}.png", upload_dir / f"mask_{i:04d}.png")
-    print(f"setup: {SERIES_SLICES}-slice {SIZE}x{SIZE} series, masks and {UPLOAD_SLICES} upload masks "
-          f"written in {time.perf_counter() - t:.1f} s")
+    print(
+        f"setup: {SERIES_SLICES}-slice {SIZE}x{SIZE} series, masks and {UPLOAD_SLICES} upload masks "
+        f"written in {time.perf_counter() - t:.1f} s"
+    )
     # A cold-ish start for the first-image measurement: drop our own reference to the headers.
     middle_path = series_for_masks[len(series_for_masks) // 2].path
     del series_for_masks
@@ -165,8 +173,9 @@ def run(work: Path) -> int:
     target = server.start()
     try:
         api = ApiClient(target.url, target.token)
-        annotation = ensure_annotation(api, "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2",
-                                       description="benchmark")
+        annotation = ensure_annotation(
+            api, "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2", description="benchmark"
+        )
         window = MainWindow(ServerConfig(url=target.url, token=target.token))
         window.confirm_quit_during_upload = False
         window.resize(1600, 1000)
@@ -215,8 +224,13 @@ def run(work: Path) -> int:
         app.processEvents()
 
         t = time.perf_counter()
-        prepared = prepare(upload_dir, annotation_id=annotation["id"], model_name="bench-engine",
-                           version=uuid.uuid4().hex[:8], source="ai")
+        prepared = prepare(
+            upload_dir,
+            annotation_id=annotation["id"],
+            model_name="bench-engine",
+            version=uuid.uuid4().hex[:8],
+            source="ai",
+        )
         assert prepared.plan is not None
         engine = UploadEngine(api, workers=8)
         try:
@@ -235,24 +249,32 @@ def run(work: Path) -> int:
 
     print()
     print(f"{'measure':58s} {'measured':>10s} {'target':>8s}")
-    print(f"{'time to first image (500 slices, open -> painted)':58s} {results['first_image_s']:>8.3f} s "
-          f"{TARGETS['first_image_s']:>6.1f} s  {verdict('first_image_s')}")
+    print(
+        f"{'time to first image (500 slices, open -> painted)':58s} {results['first_image_s']:>8.3f} s "
+        f"{TARGETS['first_image_s']:>6.1f} s  {verdict('first_image_s')}"
+    )
     print(f"{'  peer: pydicom read + window of one slice':58s} {peer_one:>8.3f} s")
     print(f"{'  peer: pydicom header scan of all 500 files':58s} {peer_headers:>8.3f} s")
-    print(f"{'slice step with overlay, median (200 steps)':58s} {results['step_ms']:>7.2f} ms "
-          f"{TARGETS['step_ms']:>5.0f} ms  {verdict('step_ms')}")
+    print(
+        f"{'slice step with overlay, median (200 steps)':58s} {results['step_ms']:>7.2f} ms "
+        f"{TARGETS['step_ms']:>5.0f} ms  {verdict('step_ms')}"
+    )
     print(f"{'slice step with overlay, p95':58s} {step_p95:>7.2f} ms")
     print(f"{f'  ({with_mask} of the {STEPS} steps had a mask on the slice)':58s}")
     print(f"{'  peer: pydicom decode + window + mask read, no Qt':58s} {peer_step:>7.2f} ms")
-    print(f"{'longest GUI stall, 1000-slice upload, median of 3 uploads':58s} {results['stall_ms']:>7.1f} ms "
-          f"{TARGETS['stall_ms']:>5.0f} ms  {verdict('stall_ms')}")
+    print(
+        f"{'longest GUI stall, 1000-slice upload, median of 3 uploads':58s} {results['stall_ms']:>7.1f} ms "
+        f"{TARGETS['stall_ms']:>5.0f} ms  {verdict('stall_ms')}"
+    )
     print(f"{'  longest stall of each upload':58s} {', '.join(f'{v:.1f}' for v in stalls)} ms")
     print(f"{'  heartbeat gap p99 of each upload':58s} {', '.join(f'{v:.1f}' for v in p99s)} ms")
     print(f"{'  upload time in the GUI (check + upload + complete)':58s} {gui_upload_s:>8.2f} s")
     print(f"{'  peer: same upload, engine alone (pacs-mask upload)':58s} {headless_s:>8.2f} s")
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    print(f"load average at the end (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
-          f"on {os.cpu_count()} CPUs - other work on the machine inflates the stall figures")
+    print(
+        f"load average at the end (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+        f"on {os.cpu_count()} CPUs - other work on the machine inflates the stall figures"
+    )
     return 0 if all(verdict(k) == "PASS" for k in TARGETS) else 1
 
 

