@@ -163,7 +163,7 @@ def create_app(
             run_validation,
         ],
         dependencies={"call": Provide(provide_call, sync_to_thread=False)},
-        middleware=[DefineMiddleware(TokenAuthMiddleware, exclude=[r"^/health$", r"^/storage/", r"^/schema", r"^/metrics$"])],
+        middleware=[DefineMiddleware(TokenAuthMiddleware, exclude=[r"^/health$", r"^/storage/", r"^/schema"])],
         exception_handlers={
             ApiError: _api_error,
             ValidationException: _validation_error,

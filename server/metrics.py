@@ -32,6 +32,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from server.security import require
+
 if TYPE_CHECKING:
     from server.context import AppParts
 
@@ -211,9 +213,10 @@ class StatsRefresher:
         return True
 
 
-@get("/metrics", include_in_schema=False, sync_to_thread=False)
+@get("/metrics", guards=[require("reviewer")], include_in_schema=False, sync_to_thread=False)
 def metrics_endpoint(request: Request) -> Response[bytes]:
-    """Prometheus text format; no token needed (restrict it at the reverse proxy, see operations.md)."""
+    """Prometheus text format, for a reviewer or admin token (Prometheus: ``authorization`` in the scrape
+    config, e.g. ``pacs-mask-server create-token --name prometheus --role reviewer``)."""
     parts: AppParts = request.app.state.parts
     # Litestar appends the charset itself.
     return Response(parts.metrics.exposition(), media_type=CONTENT_TYPE_LATEST.split("; charset")[0])

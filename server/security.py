@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from server.db.session import Database
 
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
-PUBLIC_PATHS = ("/health", "/storage/", "/schema", "/metrics")
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,15 +44,15 @@ def value(scrape: dict, name: str, **labels: str) -> float:
     return scrape.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def scrape(client: Any) -> dict:
-    response = client.get("/metrics")
+def scrape(client: Any, token: str) -> dict:
+    response = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     return samples(response.text)
 
 
 def test_counters_and_histograms_move_with_a_real_flow(ops: OpsEnv) -> None:
-    before = scrape(ops.client)
+    before = scrape(ops.client, ops.admin)
     group = ops.upload_group(3)
     # Failures: no token (auth), a reviewer-only call by an uploader (auth), a corrupted PUT (digest),
     # and a complete before the upload landed (missing_object).
@@ -73,7 +73,7 @@ def test_counters_and_histograms_move_with_a_real_flow(ops: OpsEnv) -> None:
         },
     )
     assert missing.status_code == 409
-    after = scrape(ops.client)
+    after = scrape(ops.client, ops.admin)
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -136,6 +136,13 @@ def wait_for(predicate: Any, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def test_metrics_need_a_reviewer_or_admin_token(ops: OpsEnv) -> None:
+    """Every call is authenticated: Prometheus scrapes with a reviewer (or admin) token."""
+    assert ops.client.get("/metrics").status_code == 401
+    assert ops.api("GET", "/metrics", token=ops.token("uploader")).status_code == 403
+    assert ops.api("GET", "/metrics", token=ops.token("reviewer")).status_code == 200
+
+
 def test_store_gauges_refresh_on_a_schedule_not_per_scrape(ops: OpsEnv) -> None:
     ops.upload_group(2)
     ops.upload_group(1, complete=False, upload=1)
@@ -143,9 +150,9 @@ def test_store_gauges_refresh_on_a_schedule_not_per_scrape(ops: OpsEnv) -> None:
     storage = CountingStorage(ops.parts.storage)
     with TestClient(create_app(slow, storage=storage), base_url=PUBLIC_URL) as client:
         wait_for(lambda: storage.usage_calls == 1)  # once at startup
-        wait_for(lambda: value(scrape(client), "pacs_mask_storage_objects") == 3)
+        wait_for(lambda: value(scrape(client, ops.admin), "pacs_mask_storage_objects") == 3)
         for _ in range(5):
-            got = scrape(client)
+            got = scrape(client, ops.admin)
         assert storage.usage_calls == 1, "a scrape must not list storage"
         assert value(got, "pacs_mask_groups", status="complete") == 1
         assert value(got, "pacs_mask_groups", status="pending") == 1
@@ -158,7 +165,7 @@ def test_store_gauges_refresh_on_a_schedule_not_per_scrape(ops: OpsEnv) -> None:
     with TestClient(create_app(fast, storage=storage), base_url=PUBLIC_URL) as client:
         wait_for(lambda: storage.usage_calls >= 3)
         ops.upload_group(1)
-        wait_for(lambda: value(scrape(client), "pacs_mask_groups", status="complete") == 2)
+        wait_for(lambda: value(scrape(client, ops.admin), "pacs_mask_groups", status="complete") == 2)
     calls = storage.usage_calls
     time.sleep(0.2)
     assert storage.usage_calls == calls, "the refresh thread must stop with the app"
@@ -171,7 +178,7 @@ def _metric_names(text: str) -> set[str]:
 def test_dashboard_and_alerts_query_only_exported_metrics(ops: OpsEnv) -> None:
     ops.upload_group(1)
     ops.client.get("/api/annotations")  # one labelled request counter sample at least
-    exported = {name for name, _labels in scrape(ops.client)}
+    exported = {name for name, _labels in scrape(ops.client, ops.admin)}
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     exprs = [
         t["expr"]
@@ -255,10 +262,11 @@ def test_several_workers_aggregate_their_metrics(tmp_path: Path) -> None:
             except httpx.TransportError:
                 time.sleep(0.1)
         wait_for(lambda: len({p.name.split("_")[-1] for p in prom.glob("counter_*.db")}) >= 2, timeout=30)
+        auth = {"Authorization": "Bearer " + (tmp_path / "data" / "admin.token").read_text().strip()}
         for _ in range(30):  # a new connection each time, so both workers take some
             assert httpx.get(f"{base}/api/annotations", headers={"Connection": "close"}).status_code == 401
         for _ in range(6):
-            got = samples(httpx.get(f"{base}/metrics", headers={"Connection": "close"}).text)
+            got = samples(httpx.get(f"{base}/metrics", headers={"Connection": "close", **auth}).text)
             assert value(got, "pacs_mask_upload_failures_total", reason="auth") == 30
             assert (
                 value(
@@ -267,7 +275,7 @@ def test_several_workers_aggregate_their_metrics(tmp_path: Path) -> None:
                 == 30
             )
         refreshed = ("pacs_mask_groups", (("status", "pending"),))
-        wait_for(lambda: refreshed in samples(httpx.get(f"{base}/metrics").text), timeout=20)
+        wait_for(lambda: refreshed in samples(httpx.get(f"{base}/metrics", headers=auth).text), timeout=20)
         assert (prom / "stats-refresh.lock").exists()
     finally:
         proc.terminate()
