@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
-from PySide6.QtGui import QColor
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Signal
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -21,7 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from pacs_mask_desktop.core.plan import STATUS_ORDER, MaskRow, PreparedUpload
-from pacs_mask_desktop.ui.tables import make_table
+from pacs_mask_desktop.ui.tables import RowsModel, make_table
 
 STATUS_TEXT = {
     "ok": "ok",
@@ -47,56 +46,25 @@ OK_STATUSES = ("ok", "empty")
 ModelIndex = QModelIndex | QPersistentModelIndex
 
 
-class MaskTableModel(QAbstractTableModel):
-    """``prepare()`` rows as a table: slice, file, status, details."""
+class MaskTableModel(RowsModel):
+    """``prepare()`` rows (:class:`MaskRow`) as a table: slice, file, status, details."""
 
     HEADERS = ("Slice", "File", "Status", "Details")
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: list[MaskRow] = []
+    def cell(self, item: MaskRow, column: int) -> Any:
+        if column == 0:
+            return "" if item.slice_index is None else item.slice_index + 1
+        return (None, item.filename, STATUS_TEXT.get(item.status, item.status), item.message)[column]
 
-    def set_rows(self, rows: list[MaskRow]) -> None:
-        """Replace every row."""
-        self.beginResetModel()
-        self.rows = list(rows)
-        self.endResetModel()
+    def colour(self, item: MaskRow, column: int) -> str | None:
+        return STATUS_COLOUR.get(item.status, PROBLEM_COLOUR) if column == 2 else None
 
-    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008 - Qt API
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008 - Qt API
-        return 0 if parent.isValid() else len(self.HEADERS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return self.HEADERS[section]
-        return None
-
-    def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
-            return None
-        row = self.rows[index.row()]
-        column = index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
-            if column == 0:
-                return "" if row.slice_index is None else row.slice_index + 1
-            if column == 1:
-                return row.filename
-            if column == 2:
-                return STATUS_TEXT.get(row.status, row.status)
-            return row.message
-        if role == Qt.ItemDataRole.ForegroundRole and column == 2:
-            return QColor(STATUS_COLOUR.get(row.status, PROBLEM_COLOUR))
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return row.message or None
-        if role == Qt.ItemDataRole.UserRole:
-            return row.status
-        return None
+    def tooltip(self, item: MaskRow) -> str | None:
+        return item.message or None
 
     def problem_rows(self) -> list[int]:
         """Row numbers whose status blocks the upload."""
-        return [i for i, row in enumerate(self.rows) if row.status not in OK_STATUSES]
+        return [i for i, row in enumerate(self.items) if row.status not in OK_STATUSES]
 
 
 class MaskPanel(QWidget):
@@ -142,7 +110,7 @@ class MaskPanel(QWidget):
     def set_prepared(self, prepared: PreparedUpload | None) -> None:
         """Show the result of ``prepare()`` (``None`` clears the table)."""
         self.prepared = prepared
-        self.model.set_rows(prepared.rows if prepared is not None else [])
+        self.model.set_items(prepared.rows if prepared is not None else [])
         self.clear_button.setEnabled(prepared is not None)
         if prepared is None:
             self.summary.setText("No masks. Drop mask PNGs or a folder of masks on the window.")
@@ -161,7 +129,7 @@ class MaskPanel(QWidget):
 
     def status_of(self, filename: str) -> str | None:
         """The status shown for ``filename`` (for tests and scripts)."""
-        return next((row.status for row in self.model.rows if row.filename == filename), None)
+        return next((row.status for row in self.model.items if row.filename == filename), None)
 
     def jump_to_next_problem(self) -> int | None:
         """Select the next row that blocks the upload and show its slice; returns the row."""
@@ -178,6 +146,6 @@ class MaskPanel(QWidget):
     def _on_clicked(self, index: QModelIndex) -> None:
         if not index.isValid():
             return
-        slice_index = self.model.rows[index.row()].slice_index
+        slice_index = self.model.items[index.row()].slice_index
         if slice_index is not None:
             self.sliceRequested.emit(slice_index)

@@ -61,15 +61,16 @@ def make_table(
 
 
 class RowsModel(QAbstractTableModel):
-    """A read-only table over a list of dicts; subclasses say how each column reads."""
+    """A read-only table over a list of rows (API dicts, or e.g. ``MaskRow``); subclasses say how each
+    column reads (``cell``), and optionally its colour and the row's tooltip."""
 
     HEADERS: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
-        self.items: list[dict[str, Any]] = []
+        self.items: list[Any] = []
 
-    def set_items(self, items: list[dict[str, Any]]) -> None:
+    def set_items(self, items: list[Any]) -> None:
         """Replace the rows."""
         self.beginResetModel()
         self.items = list(items)
@@ -86,10 +87,10 @@ class RowsModel(QAbstractTableModel):
             return self.HEADERS[section]
         return None
 
-    def cell(self, item: dict[str, Any], column: int) -> Any:
+    def cell(self, item: Any, column: int) -> Any:
         raise NotImplementedError
 
-    def colour(self, item: dict[str, Any], column: int) -> str | None:  # noqa: ARG002 - overridden
+    def colour(self, item: Any, column: int) -> str | None:  # noqa: ARG002 - overridden
         return None
 
     def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
@@ -104,5 +105,5 @@ class RowsModel(QAbstractTableModel):
             return self.tooltip(item)
         return None
 
-    def tooltip(self, item: dict[str, Any]) -> str | None:  # noqa: ARG002 - overridden
+    def tooltip(self, item: Any) -> str | None:  # noqa: ARG002 - overridden
         return None

@@ -42,10 +42,10 @@ def test_dropped_folder_shows_each_masks_status(qtbot: Any, window: MainWindow, 
     assert panel.next_problem.isEnabled()
     row = panel.jump_to_next_problem()
     assert row is not None
-    first = panel.model.rows[row]
+    first = panel.model.items[row]
     assert first.status not in ("ok", "empty")
     assert window.viewer.view.index == first.slice_index
-    second = panel.model.rows[panel.jump_to_next_problem()]
+    second = panel.model.items[panel.jump_to_next_problem()]
     assert second.filename != first.filename
 
     # Uploading is refused before anything is sent, and the problems are named.
