@@ -33,12 +33,12 @@ import http.client
 import select
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
@@ -47,37 +47,9 @@ from tenacity.wait import wait_random_exponential
 from pacs_mask_desktop.core.api_client import ApiClient, ApiError
 from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState, UploadResult
 from pacs_mask_desktop.core.journal import Journal
+from pacs_mask_desktop.core.plan import PlannedSlice, UploadPlan
 
 EventSink = Callable[[SliceEvent | GroupEvent], None]
-
-
-class PlannedSliceLike(Protocol):
-    """What the engine needs of each planned slice (see ``core.plan.PlannedSlice``)."""
-
-    filename: str
-    path: Any
-    size: int
-    md5_hex: str
-    content_md5_b64: str
-    content_type: str
-    slice_index: int
-    sop_instance_uid: str | None
-    width: int
-    height: int
-    labels: tuple[int, ...]
-
-
-class PlanLike(Protocol):
-    """What the engine needs of a plan (see ``core.plan.UploadPlan``)."""
-
-    annotation_id: int
-    model_name: str
-    version: str
-    source: str
-    confidence: float | None
-    params: dict[str, Any] | None
-    expected_slices: int | None
-    slices: Sequence[PlannedSliceLike]
 
 
 class UploadCancelled(Exception):
@@ -205,7 +177,7 @@ def _dropped(conn: http.client.HTTPConnection) -> bool:
 class _UrlBook:
     """Signed URLs for one group, signed lazily in batches and re-signed when they expire."""
 
-    def __init__(self, api: ApiClient, group_id: str, order: list[PlannedSliceLike], batch: int) -> None:
+    def __init__(self, api: ApiClient, group_id: str, order: list[PlannedSlice], batch: int) -> None:
         self._api = api
         self._group_id = group_id
         self._order = order
@@ -299,7 +271,7 @@ class UploadEngine:
 
     # --- the whole upload ----------------------------------------------------------------------------
 
-    def run(self, plan: PlanLike, *, source_path: str | None = None) -> UploadResult:
+    def run(self, plan: UploadPlan, *, source_path: str | None = None) -> UploadResult:
         """Upload ``plan``; never raises for upload failures, returns how it ended."""
         started = time.monotonic()
         try:
@@ -312,7 +284,7 @@ class UploadEngine:
         self._emit(GroupEvent(result.status if result.status != "incomplete" else "failed", result.group_id, result.message))
         return result
 
-    def _run(self, plan: PlanLike, source_path: str | None) -> UploadResult:
+    def _run(self, plan: UploadPlan, source_path: str | None) -> UploadResult:
         slices = sorted(plan.slices, key=lambda s: s.slice_index)
         group_id, status, known = self._open_group(plan)
         if status == "complete":
@@ -359,7 +331,7 @@ class UploadEngine:
             uploaded=uploaded, skipped=skipped, bytes_sent=sent_bytes, group=group,
         )
 
-    def _open_group(self, plan: PlanLike) -> tuple[str, str, dict[str, Any] | None]:
+    def _open_group(self, plan: UploadPlan) -> tuple[str, str, dict[str, Any] | None]:
         """Continue the journal's pending group, or create one, or adopt the server's on a 409."""
         if self.journal is not None:
             entry = self.journal.find(self.api.base_url, plan.annotation_id, plan.model_name, plan.version)
@@ -405,7 +377,7 @@ class UploadEngine:
         self._emit(GroupEvent("opened", group["id"], f"Created group {group['id']}"))
         return group["id"], "pending", group
 
-    def _adopt_existing(self, plan: PlanLike, exc: ApiError) -> tuple[str, str, dict[str, Any] | None]:
+    def _adopt_existing(self, plan: UploadPlan, exc: ApiError) -> tuple[str, str, dict[str, Any] | None]:
         group_id, status = exc.details["group_id"], exc.details["status"]
         if status == "pending":
             self._emit(GroupEvent("resumed", group_id, f"Continuing pending group {group_id}"))
@@ -422,13 +394,13 @@ class UploadEngine:
 
     # --- PUTs ----------------------------------------------------------------------------------------
 
-    def _put_all(self, group_id: str, todo: list[PlannedSliceLike]) -> tuple[dict[str, str], int, int]:
+    def _put_all(self, group_id: str, todo: list[PlannedSlice]) -> tuple[dict[str, str], int, int]:
         book = _UrlBook(self.api, group_id, todo, self.sign_batch)
         failed: dict[str, str] = {}
         counts = {"uploaded": 0, "bytes": 0}
         lock = threading.Lock()
 
-        def one(s: PlannedSliceLike) -> None:
+        def one(s: PlannedSlice) -> None:
             if self.cancel.is_set():
                 return
             try:
@@ -458,7 +430,7 @@ class UploadEngine:
                 self._http.close()  # the pool's threads (and so their keep-alive connections) are done
         return failed, counts["uploaded"], counts["bytes"]
 
-    def _put_with_retries(self, book: _UrlBook, s: PlannedSliceLike) -> None:
+    def _put_with_retries(self, book: _UrlBook, s: PlannedSlice) -> None:
         body = _read(s)
         state: dict[str, _Signed | None] = {"expired": None}
 
@@ -519,7 +491,7 @@ class UploadEngine:
 
     # --- complete ------------------------------------------------------------------------------------
 
-    def _complete(self, group_id: str, slices: list[PlannedSliceLike]) -> dict[str, Any] | UploadResult:
+    def _complete(self, group_id: str, slices: list[PlannedSlice]) -> dict[str, Any] | UploadResult:
         payload = [_complete_item(s) for s in slices]
         try:
             return self.api.complete(group_id, payload)
@@ -546,18 +518,18 @@ class UploadEngine:
         )
 
 
-def _same_slices(found: dict[str, Any], plan: PlanLike) -> bool:
+def _same_slices(found: dict[str, Any], plan: UploadPlan) -> bool:
     """True when a stored group (``GET /api/mask/{id}``) holds exactly the plan's files and checksums."""
     stored = {(m["filename"], m["checksum"]) for m in found["items"]}
     return stored == {(s.filename, s.md5_hex) for s in plan.slices}
 
 
-def _read(s: PlannedSliceLike) -> bytes:
+def _read(s: PlannedSlice) -> bytes:
     with open(s.path, "rb") as handle:
         return handle.read()
 
 
-def _complete_item(s: PlannedSliceLike) -> dict[str, Any]:
+def _complete_item(s: PlannedSlice) -> dict[str, Any]:
     item: dict[str, Any] = {
         "filename": s.filename,
         "slice_index": s.slice_index,

@@ -20,7 +20,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QBrush, QColor, QStandardItem, QStandardItemModel
 
 from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState
-from pacs_mask_desktop.core.upload import PlanLike
+from pacs_mask_desktop.core.plan import UploadPlan
 from pacs_mask_desktop.ui.formatting import human_bytes
 
 STATE_COLOUR = {
@@ -105,7 +105,7 @@ class UploadTableModel(QStandardItemModel):
         """Rows per state, kept up to date by :meth:`apply` (no per-refresh scan of 1000s of rows)."""
         self.retries = 0
 
-    def set_plan(self, plan: PlanLike) -> None:
+    def set_plan(self, plan: UploadPlan) -> None:
         """One queued row per planned slice (1000 rows take a few milliseconds)."""
         self.clear_rows()
         self.rows = [UploadRow(s.filename, s.slice_index, s.size) for s in sorted(plan.slices, key=lambda s: s.slice_index)]
