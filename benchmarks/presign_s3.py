@@ -3,8 +3,9 @@
 Presigning is local CPU work (no request is sent), so no server is needed. All contenders run in the
 same process on the same inputs; the numbers are only meaningful relative to each other:
 
-- ``S3Storage.presign_put``: botocore's ``S3SigV4QueryAuth`` applied directly, signing key cached;
-- ``S3SigV4QueryAuth`` (no key cache): the same signer as botocore ships it;
+- ``S3Storage.presign_put``: the project's SigV4 query signer (``server/storage/sigv4.py``), whose
+  output the tests pin byte for byte to botocore's;
+- ``S3SigV4QueryAuth``: botocore's signer applied directly to an ``AWSRequest``;
 - ``generate_presigned_url`` on one reused client: the peer every boto3 user starts from.
 
 Usage: ``python benchmarks/presign_s3.py [--count 1000] [--repeat 7]``
@@ -93,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     contenders = [
-        ("S3Storage.presign_put (cached key)", ours),
-        ("S3SigV4QueryAuth (no key cache)", query_auth),
+        ("S3Storage.presign_put (sigv4.py)", ours),
+        ("botocore S3SigV4QueryAuth", query_auth),
         ("generate_presigned_url, reused client", boto3_presign),
     ]
     print(f"presigning {args.count} PUT URLs, best/median of {args.repeat} runs")

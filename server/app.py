@@ -25,7 +25,7 @@ from server.api.annotations import AnnotationController
 from server.api.deps import provide_call
 from server.api.health import health
 from server.api.mask_groups import MaskController, MaskGroupController
-from server.api.storage_routes import get_object, put_object
+from server.api.storage_routes import StorageUploads, get_object, put_object
 from server.context import AppParts
 from server.db.session import Database
 from server.errors import ApiError
@@ -144,9 +144,7 @@ def create_app(
         version=__version__,
         path="/schema",
         render_plugins=[SwaggerRenderPlugin()],
-        components=Components(
-            security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer")}
-        ),
+        components=Components(security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer")}),
         security=[{"BearerToken": []}],
     )
     app = Litestar(
@@ -163,7 +161,9 @@ def create_app(
             run_validation,
         ],
         dependencies={"call": Provide(provide_call, sync_to_thread=False)},
-        middleware=[DefineMiddleware(TokenAuthMiddleware, exclude=[r"^/health$", r"^/storage/", r"^/schema"])],
+        middleware=[
+            DefineMiddleware(TokenAuthMiddleware, exclude=[r"^/health$", r"^/storage/", r"^/schema"])
+        ],
         exception_handlers={
             ApiError: _api_error,
             ValidationException: _validation_error,
@@ -177,6 +177,7 @@ def create_app(
         logging_config=None,
     )
     app.state.parts = parts
-    # Outermost, so routing, authentication and error responses are all timed and logged.
-    app.asgi_handler = RequestLogMiddleware(app.asgi_handler, parts.metrics)
+    # The request log is outermost, so routing, authentication and error responses are all timed and
+    # logged; signed uploads to local storage are served just inside it (see StorageUploads).
+    app.asgi_handler = RequestLogMiddleware(StorageUploads(app.asgi_handler, parts), parts.metrics)
     return app

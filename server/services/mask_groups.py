@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -166,7 +166,11 @@ def sign_urls(call: Call, group_ref: str, data: schemas.SignRequest) -> schemas.
         for item in data.slices:
             key = mask_key(group.annotation_id, group.id, item.filename)
             signed = storage.presign_put(
-                key, size=item.size, content_md5=item.content_md5, content_type=item.content_type, ttl_seconds=ttl
+                key,
+                size=item.size,
+                content_md5=item.content_md5,
+                content_type=item.content_type,
+                ttl_seconds=ttl,
             )
             urls.append(
                 schemas.SignedUrl(
@@ -212,7 +216,9 @@ def complete_group(call: Call, group_ref: str, data: schemas.CompleteRequest) ->
     if status == "complete":
         return _repeat_complete(call, group_id, data)
     if status != "pending":
-        raise Conflict(f"Mask group {group_id} is {status}.", code="group_not_pending", details={"status": status})
+        raise Conflict(
+            f"Mask group {group_id} is {status}.", code="group_not_pending", details={"status": status}
+        )
     if expected is not None and len(data.slices) != expected:
         raise Unprocessable(
             f"The group expects {expected} slices but the request lists {len(data.slices)}; nothing was "
@@ -223,25 +229,26 @@ def complete_group(call: Call, group_ref: str, data: schemas.CompleteRequest) ->
     checked = _verify_objects(call, annotation_id, group_id, data)
     with call.db.session() as session:
         now = utcnow()
-        session.add_all(
-            Mask(
-                group_id=group_id,
-                filename=c.item.filename,
-                storage_key=c.key,
-                slice_index=c.item.slice_index,
-                sop_instance_uid=c.item.sop_instance_uid,
-                width=c.item.width,
-                height=c.item.height,
-                label=c.item.label,
-                checksum=c.item.checksum.lower(),
-                size_bytes=c.info.size,  # type: ignore[union-attr]
-                content_type="image/png",
-                created_at=now,
-            )
+        rows = [
+            {
+                "group_id": group_id,
+                "filename": c.item.filename,
+                "storage_key": c.key,
+                "slice_index": c.item.slice_index,
+                "sop_instance_uid": c.item.sop_instance_uid,
+                "width": c.item.width,
+                "height": c.item.height,
+                "label": c.item.label,
+                "checksum": c.item.checksum.lower(),
+                "size_bytes": c.info.size,  # type: ignore[union-attr]
+                "content_type": "image/png",
+                "created_at": now,
+            }
             for c in checked
-        )
+        ]
         try:
-            session.flush()
+            # One Core executemany: flushing 1000 Mask objects took ~3x as long (measured).
+            session.execute(insert(Mask.__table__), rows)
         except IntegrityError:
             session.rollback()
             return _repeat_complete(call, group_id, data)
@@ -296,7 +303,7 @@ def _check_complete_body(data: schemas.CompleteRequest) -> None:
 def _verify_objects(
     call: Call, annotation_id: int, group_id: uuid.UUID, data: schemas.CompleteRequest
 ) -> list[_Checked]:
-    """Look up every object and compare it with the claims; a disagreement is confirmed with ``stat``.
+    """Look up every object, compare it with the claims, then make the objects durable.
 
     ``stat_many`` may answer from a listing (S3: one ListObjectsV2 walk, where the MD5 is the ETag);
     a missing or differing object is stat'ed on its own before the call is refused, so an ETag that is
@@ -339,6 +346,11 @@ def _verify_objects(
             code="checksum_mismatch",
             details={"mismatched": corrupt},
         )
+    try:
+        call.storage.make_durable(keys)
+    except StorageError as exc:
+        call.metrics.failure("storage")
+        raise StorageUnavailable(f"Storage could not make the slices durable: {exc}") from exc
     return checked
 
 
@@ -416,8 +428,10 @@ def view_slice(call: Call, group_ref: str, filename: str | None, slice_index: in
     with call.db.session() as session:
         group = _load_group(session, group_id)
         query = select(Mask).where(Mask.group_id == group_id)
-        query = query.where(Mask.filename == filename) if filename is not None else query.where(
-            Mask.slice_index == slice_index
+        query = (
+            query.where(Mask.filename == filename)
+            if filename is not None
+            else query.where(Mask.slice_index == slice_index)
         )
         mask = session.scalar(query)
         if mask is None:
@@ -498,7 +512,11 @@ def delete_group(call: Call, group_ref: str) -> schemas.DeleteResult:
         call.metrics.failure("storage")
         with call.db.session() as session:
             audit.record(
-                session, call, "group.delete_failed", annotation_id=annotation_id, group_id=group_id,
+                session,
+                call,
+                "group.delete_failed",
+                annotation_id=annotation_id,
+                group_id=group_id,
                 detail={"error": str(exc)},
             )
         raise StorageUnavailable(
@@ -519,4 +537,6 @@ def delete_group(call: Call, group_ref: str) -> schemas.DeleteResult:
             group_id=group_id,
             detail={"objects": deleted_objects, "slices": deleted_slices},
         )
-    return schemas.DeleteResult(id=str(group_id), deleted_objects=deleted_objects, deleted_slices=deleted_slices)
+    return schemas.DeleteResult(
+        id=str(group_id), deleted_objects=deleted_objects, deleted_slices=deleted_slices
+    )

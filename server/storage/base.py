@@ -80,6 +80,13 @@ class Storage(abc.ABC):
         with ThreadPoolExecutor(max_workers=16) as pool:
             return list(pool.map(self.stat, keys))
 
+    def make_durable(self, keys: Sequence[str]) -> None:  # noqa: B027 - S3 and its kin need nothing
+        """Make sure the objects at ``keys`` survive a crash or power cut; raise :class:`StorageError` if not.
+
+        ``complete`` calls this after checking the objects and before registering them. Object stores
+        are durable once they answer a PUT, so the default does nothing; local disk fsyncs here.
+        """
+
     @abc.abstractmethod
     def open(self, key: str, chunk_size: int = 64 * 1024) -> Iterator[bytes]:
         """Stream the object's bytes in chunks. Raises ``KeyError`` when it does not exist."""

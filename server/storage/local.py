@@ -9,13 +9,14 @@ which writes atomically (temp file, fsync, rename) and never outside the root.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import os
-import tempfile
+import secrets
 import time
-import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
@@ -121,34 +122,62 @@ class LocalStorage(Storage):
         return parts
 
     def path_for(self, key: str) -> Path:
-        """The file for ``key``; raises :class:`InvalidKey` for anything that could leave the root."""
+        """The file for ``key``; raises :class:`InvalidKey` for anything that could leave the root.
+
+        The key is checked lexically, then its folder is resolved (symlinks followed) and must lie
+        inside the root. The folder's answer is cached: a group's 1000 objects share one folder, and
+        resolving costs a system call per path component. Swapping a checked folder for a symlink
+        afterwards needs write access to the data dir itself, which already holds every object.
+        """
         parts = self.check_key(key)
-        path = (self.root / Path(*parts)).resolve()
-        if not path.is_relative_to(self.root):
+        folder = _resolved_inside(self.root, tuple(parts[:-1]))
+        if folder is None:
+            raise InvalidKey(f"invalid storage key {key!r}")
+        path = folder / parts[-1]
+        if path.is_symlink():
             raise InvalidKey(f"invalid storage key {key!r}")
         return path
 
     def write(self, key: str, chunks: Iterable[bytes]) -> ObjectInfo:
-        """Write ``chunks`` to ``key`` atomically: temp file, fsync, rename. Returns what was written."""
+        """Write ``chunks`` to ``key`` atomically (temp file, rename); durable after :meth:`make_durable`."""
         path = self.path_for(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{uuid.uuid4().hex}.", suffix=".tmp")
+        tmp = path.parent / f".{secrets.token_hex(8)}.tmp"  # dot-files are never listed as objects
         try:
-            with os.fdopen(fd, "wb") as handle:
+            with open(tmp, "xb") as handle:
                 for chunk in chunks:
                     handle.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, path)
+            os.replace(tmp, path)
         except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)
         return ObjectInfo(key=key, size=size, md5_hex=digest.hexdigest())
+
+    def stat_many(self, prefix: str, keys: Sequence[str]) -> list[ObjectInfo | None]:  # noqa: ARG002
+        """:meth:`stat` of each key, one after the other.
+
+        Mask files are small and freshly written (in the page cache): 1000 take ~20 ms in a loop, while
+        the base class's thread pool spent ~0.25 s on futures and GIL hand-offs for the same work.
+        """
+        return [self.stat(key) for key in keys]
+
+    def make_durable(self, keys: Sequence[str]) -> None:
+        """fsync every object in ``keys`` and then their folders, so they survive a power cut."""
+        paths = [self.path_for(key) for key in keys]
+        # Concurrent fsyncs share the file system's journal commits (1000 files here: 0.10 s one by
+        # one, 0.06 s from 16 threads); each thread takes a slice, not one future per file.
+        slices = [paths[i::16] for i in range(min(16, len(paths)))]
+        try:
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                list(pool.map(_fsync_files, slices))
+            for folder in sorted({path.parent for path in paths}):
+                _fsync_dir(folder)
+        except OSError as exc:
+            raise StorageError(f"cannot make the stored objects durable: {exc.strerror or exc}") from exc
 
     def stat(self, key: str) -> ObjectInfo | None:
         """Size and MD5 of the file, hashing its bytes (the truth, not a cached claim)."""
@@ -221,6 +250,22 @@ def _read_chunks(handle, chunk_size: int) -> Iterator[bytes]:  # type: ignore[no
     with handle:
         while chunk := handle.read(chunk_size):
             yield chunk
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolved_inside(root: Path, parts: tuple[str, ...]) -> Path | None:
+    """``root/parts`` with symlinks resolved, or ``None`` when that lies outside ``root``."""
+    folder = root.joinpath(*parts).resolve()
+    return folder if folder.is_relative_to(root) else None
+
+
+def _fsync_files(paths: Sequence[Path]) -> None:
+    for path in paths:
+        fd = os.open(path, os.O_RDWR)  # Windows' fsync needs a handle open for writing
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

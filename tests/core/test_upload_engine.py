@@ -215,7 +215,10 @@ def test_dropped_and_refused_puts_are_retried_until_everything_lands(
     stats = server.proxy.stats
     assert stats.dropped >= 5
     assert stats.failed >= 5
-    assert states(events)[SliceState.RETRYING] == stats.dropped + stats.failed
+    # Every 503 is an engine retry. A drop may be re-sent by libcurl itself, once, without the engine
+    # seeing it: it cannot tell a request dropped on a reused connection from a keep-alive connection
+    # the server had closed. Either way each lost PUT is sent again exactly once.
+    assert stats.failed <= states(events)[SliceState.RETRYING] <= stats.dropped + stats.failed
     assert stats.puts_total == len(files) + stats.dropped + stats.failed
     assert_each_put_once(server, files)
     assert_group_matches(server, result.group_id, files)  # type: ignore[arg-type]
@@ -234,7 +237,8 @@ def test_lost_answers_after_the_object_landed_are_resent_without_duplicates(
     assert result.ok, (result.message, result.failed)
     stats = server.proxy.stats
     assert stats.dropped_after >= 5
-    assert states(events)[SliceState.RETRYING] == stats.dropped_after
+    # The engine retries what libcurl did not already re-send itself (see the test above).
+    assert states(events)[SliceState.RETRYING] <= stats.dropped_after
     # Storage accepted those slices twice (same key, same bytes): still one object and one row each.
     assert stats.ok_put_total == len(files) + stats.dropped_after
     assert_group_matches(server, result.group_id, files)  # type: ignore[arg-type]
@@ -388,7 +392,7 @@ def test_connections_are_reused_and_a_connection_closed_while_idle_is_replaced()
     import socket
     import threading
 
-    from pacs_mask_desktop.core.upload import _Connections
+    from pacs_mask_desktop.core.transport import PutTransport
 
     accepted: list[int] = []
     listener = socket.create_server(("127.0.0.1", 0))
@@ -409,14 +413,14 @@ def test_connections_are_reused_and_a_connection_closed_while_idle_is_replaced()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    pool = _Connections(timeout=5)
+    pool = PutTransport(timeout=5)
     url = f"http://127.0.0.1:{port}/bucket/key?X-Amz-Signature=abc"
     try:
-        assert pool.request("PUT", url, b"one", {"Content-MD5": "x"}) == (200, b"ok")
-        assert pool.request("PUT", url, b"two", {"Content-MD5": "x"}) == (200, b"ok")
+        assert pool.put(url, b"one", {"Content-MD5": "x"}) == (200, b"ok")
+        assert pool.put(url, b"two", {"Content-MD5": "x"}) == (200, b"ok")
         assert accepted == [0]  # the same connection served both
         time.sleep(0.2)  # the server has hung up by now
-        assert pool.request("PUT", url, b"three", {"Content-MD5": "x"}) == (200, b"ok")
+        assert pool.put(url, b"three", {"Content-MD5": "x"}) == (200, b"ok")
         assert accepted == [0, 1]
     finally:
         pool.close()

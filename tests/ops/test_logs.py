@@ -49,13 +49,17 @@ def test_one_json_line_per_request_without_secrets(ops: OpsEnv, captured: io.Str
     ).json()["urls"][0]
     put = ops.client.put(signed["url"], content=b"abc", headers=signed["headers"])
     assert put.status_code == 200
+    wrong = ops.client.put(signed["url"], content=b"abd", headers=signed["headers"])
+    assert wrong.status_code == 400
     refused = ops.client.get("/api/annotations", headers={"Authorization": "Bearer not-a-real-token-xyz"})
     assert refused.status_code == 401
 
     text = captured.getvalue()
     records = lines(captured)
+    # The successful upload is a DEBUG line (one per slice adds nothing the audit log lacks); the
+    # refused one is logged like any other request.
     assert len(records) == 3, text
-    sign, upload, denied = records
+    sign, bad_upload, denied = records
     assert sign["route"] == "/api/mask-group/{group_id}/signed-url"
     assert sign["method"] == "POST"
     assert sign["status"] == 200
@@ -63,15 +67,34 @@ def test_one_json_line_per_request_without_secrets(ops: OpsEnv, captured: io.Str
     assert sign["group"] == group.id
     assert isinstance(sign["duration_ms"], float)
     assert {"ts", "level", "event"} <= set(sign)
-    assert upload["route"] == "/storage/{key}"
-    assert upload["status"] == 200
-    assert upload["actor"] is None
+    assert bad_upload["route"] == "/storage/{key}"
+    assert bad_upload["status"] == 400
+    assert bad_upload["level"] == "info"
+    assert bad_upload["actor"] is None
     assert denied["status"] == 401
     assert denied["actor"] is None
 
     signature = parse_qs(urlsplit(signed["url"]).query)["signature"][0]
     for secret in (ops.admin, signature, "not-a-real-token-xyz", "signature="):
         assert secret not in text
+
+
+def test_successful_uploads_are_logged_at_debug(ops: OpsEnv, captured: io.StringIO) -> None:
+    logging.getLogger("pacs_mask.access").setLevel(logging.DEBUG)
+    group = ops.upload_group(1, complete=False, upload=0)
+    signed = ops.api(
+        "POST",
+        f"/api/mask-group/{group.id}/signed-url",
+        json={"slices": [{"filename": "a.png", "size": 3, "content_md5": md5_b64(b"abc")}]},
+    ).json()["urls"][0]
+    captured.truncate(0)
+    captured.seek(0)
+
+    assert ops.client.put(signed["url"], content=b"abc", headers=signed["headers"]).status_code == 200
+
+    (upload,) = lines(captured)
+    assert (upload["route"], upload["status"], upload["level"]) == ("/storage/{key}", 200, "debug")
+    assert "signature" not in captured.getvalue()
 
 
 def test_unknown_routes_are_logged_too(ops: OpsEnv, captured: io.StringIO) -> None:

@@ -250,3 +250,30 @@ def test_annotations_search(app_client: Server) -> None:
     one = app_client.api("GET", f"/api/annotations/{first}", role="uploader")
     assert one.status_code == 200
     assert one.json()["created_by"] == "test-uploader"
+
+
+# --- durability ------------------------------------------------------------------------------------
+
+
+class FailingDurability:
+    """Mixin for a backend that cannot make objects durable (a disk that fails its fsync)."""
+
+    def make_durable(self, keys: Any) -> None:
+        from server.storage.base import StorageError
+
+        raise StorageError("fsync failed: Input/output error")
+
+
+def test_complete_registers_nothing_when_storage_cannot_make_the_slices_durable(server_factory) -> None:
+    server: Server = server_factory(storage_hook=lambda storage: with_mixin(storage, FailingDurability))
+    _annotation_id, group, slices = uploaded_group(server, 3)
+    before = server.snapshot()
+
+    refused = complete(server, group["id"], slices)
+
+    body = assert_error(refused, 503, "storage_unavailable")
+    assert "durable" in body["message"]
+    assert server.snapshot() == before  # no slice rows, no audit row, group still pending
+    listed = server.api("GET", f"/api/mask/{group['id']}").json()
+    assert listed["group"]["status"] == "pending"
+    assert listed["items"] == []

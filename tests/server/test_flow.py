@@ -19,6 +19,7 @@ from tests.server.conftest import (
     Server,
     Slice,
     assert_error,
+    complete,
     create_annotation,
     create_group,
     make_slices,
@@ -181,3 +182,49 @@ def test_sign_batch_of_1000_in_one_request(app_client: Server) -> None:
     urls = sign(app_client, group["id"], many)
     assert len(urls) == 1000
     assert len({u["url"] for u in urls}) == 1000
+
+
+def test_a_browser_upload_to_local_storage_gets_cors_headers(server_factory) -> None:
+    """Uploads carrying an Origin go through the framework's CORS layer, then the same upload code."""
+    origin = "https://viewer.example-clinic.org"
+    server: Server = server_factory(cors_origins=[origin])
+    annotation_id = create_annotation(server)
+    group = create_group(server, annotation_id)
+    pieces = make_slices(2)
+    first, second = sign(server, group["id"], pieces)
+
+    from_browser = server.client.put(first["url"], content=pieces[0].body, headers={**first["headers"], "Origin": origin})
+    plain = server.put_signed(second, pieces[1].body)
+    tampered = server.client.put(
+        second["url"], content=pieces[0].body, headers={**second["headers"], "Origin": origin}
+    )
+
+    assert from_browser.status_code == 200, from_browser.text
+    assert from_browser.headers["access-control-allow-origin"] == origin
+    assert from_browser.headers["etag"] == f'"{md5_hex(pieces[0].body)}"'
+    assert plain.status_code == 200
+    assert plain.headers["etag"] == f'"{md5_hex(pieces[1].body)}"'
+    assert "access-control-allow-origin" not in plain.headers
+    assert tampered.status_code in (400, 403), tampered.text  # same checks on the browser path
+    assert complete(server, group["id"], pieces).status_code == 200
+
+
+@pytest.mark.parametrize("storage_kind", ALL_STORAGES)
+def test_a_slice_larger_than_the_inline_write_limit_lands_intact(app_client: Server) -> None:
+    """Small uploads to local storage are written on the event loop, larger ones in a worker thread."""
+    from server.api.storage_routes import INLINE_WRITE_MAX
+
+    big = Slice("slice_0000.png", 0, bytes(range(256)) * (INLINE_WRITE_MAX // 256 + 10))
+    small = Slice("slice_0001.png", 1, b"small mask bytes")
+    annotation_id = create_annotation(app_client)
+    group = create_group(app_client, annotation_id)
+    for signed, piece in zip(sign(app_client, group["id"], [big, small]), [big, small], strict=True):
+        response = app_client.put_signed(signed, piece.body)
+        assert response.status_code == 200, response.text
+
+    assert complete(app_client, group["id"], [big, small]).status_code == 200
+    stored = app_client.api("GET", f"/api/mask/{group['id']}").json()["items"]
+    assert {item["filename"]: item["checksum"] for item in stored} == {
+        big.filename: md5_hex(big.body),
+        small.filename: md5_hex(small.body),
+    }

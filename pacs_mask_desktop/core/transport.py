@@ -1,0 +1,104 @@
+"""PUTs of slice bytes to signed storage URLs: libcurl (pycurl), one kept-alive handle per worker thread.
+
+Why libcurl rather than httpx, urllib3 or ``http.client``: on two cores the client and the storage
+server share the CPU, so every millisecond of Python per request slows the server too. Measured on the
+2-core development machine, 1000 PUTs of 512x512 label PNGs (~0.7 KB) with URLs signed beforehand, 8
+worker threads, median of 4:
+
+=========================  ========================  ========================
+client                     to ``rclone serve s3``    to the embedded server
+=========================  ========================  ========================
+``http.client`` per thread 0.61 s wall, 0.38 s CPU   0.73 s wall, 0.27 s CPU
+pycurl easy per thread     0.38 s wall, 0.12 s CPU   0.69 s wall, 0.13 s CPU
+=========================  ========================  ========================
+
+Earlier on the same machine: urllib3 PoolManager 0.85-1.05 s (0.30 s CPU), httpx.Client 2.1-2.5 s,
+httpx.AsyncClient 2.7 s. libcurl parses the answer in C and releases the GIL for the whole exchange;
+``http.client`` spends most of its CPU in the ``email`` header parser. httpx stays the API client (a
+few calls per upload).
+
+Behaviour kept from the ``http.client`` transport: proxies from the environment are not used (storage
+is reached directly, as it always was), a connection the server closed while idle is replaced without
+costing a retry (libcurl checks before reuse), and the timeout is an idle timeout: a PUT fails when no
+byte moves for ``timeout`` seconds, however long a slow link takes overall.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import certifi
+import pycurl
+
+# Errors that retrying cannot fix: a URL libcurl cannot use, a certificate nobody trusts.
+_BAD_URL = {pycurl.E_UNSUPPORTED_PROTOCOL, pycurl.E_URL_MALFORMAT}
+_UNTRUSTED = {pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_CACERT_BADFILE}
+
+
+class TransportError(Exception):
+    """The PUT got no answer: connection refused, dropped or idle too long. Worth retrying."""
+
+
+class PermanentTransportError(Exception):
+    """The PUT cannot be made at all (a malformed URL, an untrusted certificate). Retrying will not help."""
+
+
+class PutTransport:
+    """Sends PUTs from many threads; each thread reuses its own libcurl handle (and so its connections)."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = max(1, round(timeout))
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._handles: list[pycurl.Curl] = []
+
+    def put(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        """PUT ``body`` to ``url`` with exactly ``headers``; return ``(status, answer body)``."""
+        curl = self._handle()
+        answer: list[bytes] = []
+        curl.setopt(pycurl.URL, url)
+        curl.setopt(pycurl.POSTFIELDS, body)  # sent from memory: libcurl can re-send it on a fresh connection
+        curl.setopt(pycurl.POSTFIELDSIZE, len(body))
+        # "Expect:" and an empty Content-Type (when none is signed) stop libcurl adding its own.
+        lines = [f"{name}: {value}" for name, value in headers.items()]
+        if not any(name.lower() == "content-type" for name in headers):
+            lines.append("Content-Type:")
+        curl.setopt(pycurl.HTTPHEADER, [*lines, "Expect:"])
+        curl.setopt(pycurl.WRITEFUNCTION, answer.append)
+        try:
+            curl.perform()
+        except pycurl.error as exc:
+            code, message = exc.args
+            if code in _BAD_URL:
+                raise PermanentTransportError(f"cannot PUT to the signed URL: {message}") from None
+            if code in _UNTRUSTED:
+                raise PermanentTransportError(
+                    f"storage's TLS certificate is not trusted: {message}"
+                ) from None
+            raise TransportError(f"connection problem: {message}") from None
+        return int(curl.getinfo(pycurl.RESPONSE_CODE)), b"".join(answer)
+
+    def _handle(self) -> pycurl.Curl:
+        curl: pycurl.Curl | None = getattr(self._local, "curl", None)
+        if curl is None:
+            curl = pycurl.Curl()
+            curl.setopt(pycurl.CUSTOMREQUEST, "PUT")
+            curl.setopt(pycurl.NOSIGNAL, 1)  # required with threads
+            curl.setopt(pycurl.PROXY, "")
+            curl.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+            curl.setopt(pycurl.CAINFO, certifi.where())
+            curl.setopt(pycurl.CONNECTTIMEOUT, self._timeout)
+            curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+            curl.setopt(pycurl.LOW_SPEED_TIME, self._timeout)
+            self._local.curl = curl
+            with self._lock:
+                self._handles.append(curl)
+        return curl
+
+    def close(self) -> None:
+        """Close every handle and its connections (call when no PUT is in flight)."""
+        with self._lock:
+            handles, self._handles = self._handles, []
+        for curl in handles:
+            curl.close()
+        self._local = threading.local()

@@ -1,0 +1,49 @@
+"""Local storage writes without fsync and makes a group durable in one pass at ``complete``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from server.storage.local import LocalStorage
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names fsynced descriptors through /proc")
+def test_make_durable_fsyncs_every_object_and_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = LocalStorage(tmp_path / "root", public_url="http://x", signing_key=b"k" * 32)
+    keys = [f"mask/1/g/{i:03d}.png" for i in range(20)]
+    for key in keys:
+        storage.write(key, [key.encode()])
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr("server.storage.local.os.fsync", recording_fsync)
+
+    storage.make_durable(keys)
+
+    folder = str(storage.root / "mask" / "1" / "g")
+    assert sorted(synced) == sorted([str(storage.root / key) for key in keys] + [folder])
+
+
+def test_make_durable_of_a_missing_object_is_a_storage_error(tmp_path: Path) -> None:
+    from server.storage.base import StorageError
+
+    storage = LocalStorage(tmp_path / "root", public_url="http://x", signing_key=b"k" * 32)
+    storage.write("mask/1/g/a.png", [b"a"])
+    with pytest.raises(StorageError, match="durable"):
+        storage.make_durable(["mask/1/g/a.png", "mask/1/g/gone.png"])
+
+
+def test_writes_leave_no_temporary_files_and_replace_atomically(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "root", public_url="http://x", signing_key=b"k" * 32)
+    storage.write("mask/1/g/a.png", [b"first"])
+    info = storage.write("mask/1/g/a.png", [b"sec", b"ond"])
+    assert info.size == 6
+    assert (storage.root / "mask/1/g/a.png").read_bytes() == b"second"
+    assert sorted(p.name for p in (storage.root / "mask/1/g").iterdir()) == ["a.png"]
