@@ -17,11 +17,14 @@ import re
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit, urlunsplit
+from xml.etree.ElementTree import ParseError
 
 import boto3
 import botocore.session
+import defusedxml.ElementTree
 from botocore import auth as botocore_auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -298,12 +301,56 @@ class S3Storage(Storage):
         Measured against rclone serve s3 for 1000 objects: 1000 HEADs (16 threads) 1.2 s, one listing
         0.1 s. Keys whose listed ETag is not a plain MD5 (multipart) are stat'ed one by one.
         """
-        listed = {info.key: info for info in self.list(prefix)}
+        listed = self._quick_listing(prefix)
+        if listed is None:
+            listed = {info.key: info for info in self.list(prefix)}
         found: list[ObjectInfo | None] = []
         for key in keys:
             info = listed.get(key)
             found.append(info if info is None or info.md5_hex else self.stat(key))
         return found
+
+    def _quick_listing(self, prefix: str, page_size: int = 1000) -> dict[str, ObjectInfo] | None:
+        """Every object under ``prefix`` from ListObjectsV2 pages read with ElementTree, or ``None``.
+
+        ``complete`` waits on this listing. botocore's response parser spent ~0.1 s on a 1000-key page
+        (measured, its shapes walked in Python), ElementTree ~13 ms. The request is signed here
+        (``sigv4``) and sent through the client's own HTTP session, so TLS and proxy settings stay
+        botocore's. Anything unexpected (an error answer, a page that does not parse) returns
+        ``None`` and the caller lists through botocore, which reports errors the usual way.
+        """
+        try:
+            session = self._client._endpoint.http_session
+            prefix_url, region = self._base()
+            credentials = self._frozen_credentials()
+            found: dict[str, ObjectInfo] = {}
+            params = {"list-type": "2", "prefix": prefix, "encoding-type": "url", "max-keys": str(page_size)}
+            while True:
+                url = sigv4.presign(
+                    "GET", prefix_url, "", {}, access_key=credentials.access_key,
+                    secret_key=credentials.secret_key, token=credentials.token, region=region, expires=60,
+                    now=botocore_auth.get_current_datetime().replace(microsecond=0), params=params,
+                )  # fmt: skip
+                response = session.send(AWSRequest(method="GET", url=url).prepare())
+                if response.status_code != 200:
+                    return None
+                root = defusedxml.ElementTree.fromstring(response.content)  # no DTDs or entities
+                for item in root.findall("{*}Contents"):
+                    key = unquote_plus(item.findtext("{*}Key") or "")
+                    found[key] = ObjectInfo(
+                        key=key,
+                        size=int(item.findtext("{*}Size") or 0),
+                        md5_hex=_md5_from_etag(item.findtext("{*}ETag")),
+                    )
+                token = root.findtext("{*}NextContinuationToken")
+                if root.findtext("{*}IsTruncated") != "true":
+                    return found
+                if not token:
+                    return None
+                params = {**params, "continuation-token": token}
+        except (AttributeError, BotoCoreError, ParseError, defusedxml.DefusedXmlException, ValueError) as exc:
+            log.debug("quick listing of %s unavailable (%s); listing through botocore", prefix, type(exc).__name__)
+            return None
 
     # -- writing ----------------------------------------------------------------------------------
 

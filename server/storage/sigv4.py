@@ -66,11 +66,13 @@ def presign(
     region: str,
     expires: int,
     now: dt.datetime,
+    params: Mapping[str, str] | None = None,
 ) -> str:
     """The presigned URL for ``method`` on ``prefix + quoted key``, binding ``headers`` and ``host``.
 
     ``prefix`` is the bucket's object URL prefix ending in ``/`` (path- or virtual-host style), ``now``
-    a naive or aware UTC time; the URL is valid for ``expires`` seconds from it.
+    a naive or aware UTC time; the URL is valid for ``expires`` seconds from it. ``params`` are the
+    operation's own query parameters (``list-type`` …), placed before the signature's as botocore does.
     """
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     date = stamp[:8]
@@ -81,7 +83,7 @@ def presign(
     signed.setdefault("host", host)
     names = sorted(signed)
     signed_headers = ";".join(names)
-    params = [
+    auth = [
         ("X-Amz-Algorithm", ALGORITHM),
         ("X-Amz-Credential", f"{access_key}/{scope}"),
         ("X-Amz-Date", stamp),
@@ -89,8 +91,9 @@ def presign(
         ("X-Amz-SignedHeaders", signed_headers),
     ]
     if token is not None:
-        params.append(("X-Amz-Security-Token", token))
-    encoded = [(_encode(name), _encode(value)) for name, value in params]
+        auth.append(("X-Amz-Security-Token", token))
+    operation = [(_encode(name), _encode(value)) for name, value in (params or {}).items()]
+    encoded = operation + [(_encode(name), _encode(value)) for name, value in auth]
     query = "&".join(f"{name}={value}" for name, value in encoded)
     canonical_request = "\n".join(
         [

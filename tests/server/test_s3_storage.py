@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import botocore.auth
 import httpx
@@ -551,3 +551,31 @@ def test_client_errors_become_storage_errors_without_signatures(offline_storage:
         with pytest.raises(StorageError, match=r"HEAD failed for .*InternalError \(HTTP 500\)") as caught:
             offline_storage.stat(KEY)
     assert "Signature" not in str(caught.value)
+
+
+@pytest.mark.parametrize("token", [None, "session/token+x="])
+def test_hand_written_signer_with_operation_parameters_matches_botocore(
+    monkeypatch: pytest.MonkeyPatch, token: str | None
+) -> None:
+    """The listing request's signature (operation parameters before the signature's) equals botocore's."""
+    from botocore.auth import S3SigV4QueryAuth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from server.storage import sigv4
+
+    when = dt.datetime(2026, 11, 27, 8, 0, 1)
+    _freeze_botocore_clock(monkeypatch, when)
+    prefix = "https://minio.clinic.example:9000/pacs-masks/"
+    secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+    params = {"list-type": "2", "prefix": "mask/7/a b+c/", "encoding-type": "url", "continuation-token": "x/y+z=="}
+    query = "&".join(f"{name}={quote(value, safe='-_.~')}" for name, value in params.items())
+    request = AWSRequest(method="GET", url=f"{prefix}?{query}")
+    S3SigV4QueryAuth(Credentials("AKIDEXAMPLE", secret, token), "s3", "eu-central-1", expires=60).add_auth(request)
+
+    ours = sigv4.presign(
+        "GET", prefix, "", {}, access_key="AKIDEXAMPLE", secret_key=secret, token=token, region="eu-central-1",
+        expires=60, now=when, params=params,
+    )  # fmt: skip
+
+    assert ours == request.url

@@ -36,3 +36,29 @@ def test_stat_many_on_local_disk(tmp_path: Path) -> None:
     for key, body in bodies.items():
         storage.write(key, [body])
     _check(storage, bodies)
+
+
+def test_quick_listing_pages_and_decodes_keys_like_botocore(s3_storage: S3Storage) -> None:
+    """The ElementTree listing ``complete`` uses: paged (7 keys a page here), keys that need quoting
+    decoded, the same answer as the listing through botocore."""
+    names = [f"slice_{i:03d}.png" for i in range(17)] + ["a b+c.png", "x%41y.png", "\u00e9t\u00e9.png"]
+    for i, name in enumerate(names):
+        put(s3_storage, PREFIX + name, f"body {i}".encode())
+    put(s3_storage, "mask/7/other/unrelated.png", b"elsewhere")
+
+    quick = s3_storage._quick_listing(PREFIX, page_size=7)
+
+    assert quick is not None  # the quick path answered; it did not fall back
+    assert quick == {info.key: info for info in s3_storage.list(PREFIX)}
+    assert set(quick) == {PREFIX + name for name in names}
+
+
+def test_quick_listing_falls_back_when_storage_refuses(s3_storage: S3Storage, monkeypatch) -> None:
+    """An error answer (here: credentials the server does not know) leaves the listing to botocore,
+    whose error is the one the caller sees."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(
+        s3_storage, "_frozen_credentials", lambda: SimpleNamespace(access_key="nobody", secret_key="x", token=None)
+    )
+    assert s3_storage._quick_listing(PREFIX) is None
