@@ -17,15 +17,23 @@ httpx.AsyncClient 2.7 s. libcurl parses the answer in C and releases the GIL for
 ``http.client`` spends most of its CPU in the ``email`` header parser. httpx stays the API client (a
 few calls per upload).
 
-Behaviour kept from the ``http.client`` transport: proxies from the environment are not used (storage
-is reached directly, as it always was), a connection the server closed while idle is replaced without
-costing a retry (libcurl checks before reuse), and the timeout is an idle timeout: a PUT fails when no
-byte moves for ``timeout`` seconds, however long a slow link takes overall.
+Behaviour kept from the ``http.client`` transport: only ``http`` and ``https`` URLs are followed;
+proxies from the environment are not used (storage is reached directly, as it always was); a
+connection the server closed while idle is replaced without costing a retry (libcurl checks before
+reuse); the timeout is an idle timeout: a PUT fails when no byte moves for ``timeout`` seconds, however
+long a slow link takes overall; TLS trusts what Python's ``ssl`` trusts by default (the system's CA
+bundle and ``SSL_CERT_FILE``, e.g. a clinic's private CA), plus certifi's, handed to libcurl in memory
+so that no file path (a user folder with non-ASCII letters) has to pass through libcurl.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import ssl
+import sys
 import threading
+from pathlib import Path
 
 import certifi
 import pycurl
@@ -56,7 +64,10 @@ class PutTransport:
         """PUT ``body`` to ``url`` with exactly ``headers``; return ``(status, answer body)``."""
         curl = self._handle()
         answer: list[bytes] = []
-        curl.setopt(pycurl.URL, url)
+        try:
+            curl.setopt(pycurl.URL, url)
+        except UnicodeEncodeError:
+            raise PermanentTransportError("cannot PUT to the signed URL: it is not plain ASCII") from None
         curl.setopt(pycurl.POSTFIELDS, body)  # sent from memory: libcurl can re-send it on a fresh connection
         curl.setopt(pycurl.POSTFIELDSIZE, len(body))
         # "Expect:" and an empty Content-Type (when none is signed) stop libcurl adding its own.
@@ -86,7 +97,11 @@ class PutTransport:
             curl.setopt(pycurl.NOSIGNAL, 1)  # required with threads
             curl.setopt(pycurl.PROXY, "")
             curl.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
-            curl.setopt(pycurl.CAINFO, certifi.where())
+            curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+            curl.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+            curl.setopt(pycurl.CAINFO_BLOB, trusted_certificates())
+            if sys.platform == "win32":
+                curl.setopt(pycurl.SSL_OPTIONS, pycurl.SSLOPT_NATIVE_CA)  # and the Windows certificate store
             curl.setopt(pycurl.CONNECTTIMEOUT, self._timeout)
             curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
             curl.setopt(pycurl.LOW_SPEED_TIME, self._timeout)
@@ -102,3 +117,17 @@ class PutTransport:
         for curl in handles:
             curl.close()
         self._local = threading.local()
+
+
+@functools.lru_cache(maxsize=1)
+def trusted_certificates() -> bytes:
+    """PEM of every CA a PUT trusts: certifi's bundle, the system's default bundle, ``SSL_CERT_FILE``."""
+    paths = ssl.get_default_verify_paths()
+    found = [certifi.where(), os.environ.get("SSL_CERT_FILE"), paths.cafile, paths.openssl_cafile]
+    bundles: list[bytes] = []
+    for name in dict.fromkeys(f for f in found if f):  # in order, without repeats
+        try:
+            bundles.append(Path(name).read_bytes())
+        except OSError:
+            continue  # a default path this system does not have
+    return b"\n".join(bundles)

@@ -19,6 +19,7 @@ per worker thread); why not httpx is measured there. httpx stays the API client 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,8 @@ from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState, Up
 from pacs_mask_desktop.core.journal import Journal
 from pacs_mask_desktop.core.plan import PlannedSlice, UploadPlan
 from pacs_mask_desktop.core.transport import PermanentTransportError, PutTransport, TransportError
+
+log = logging.getLogger(__name__)
 
 EventSink = Callable[[SliceEvent | GroupEvent], None]
 
@@ -106,6 +109,7 @@ class _UrlBook:
         self._done: set[str] = set()
         self._frontier = 0  # everything before this position has been signed once
         self._signing = False
+        self._prefetcher: threading.Thread | None = None
         self._cond = threading.Condition()
 
     def mark_done(self, filename: str) -> None:
@@ -147,18 +151,30 @@ class _UrlBook:
             or self._frontier - position > self._batch // 2
         ):
             return
+        thread = threading.Thread(target=self._prefetch, args=(self._frontier,), name="pacs-sign", daemon=True)
         self._signing = True
-        threading.Thread(target=self._prefetch, args=(self._frontier,), name="pacs-sign", daemon=True).start()
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: workers sign for themselves
+            self._signing = False
+            return
+        self._prefetcher = thread
 
     def _prefetch(self, position: int) -> None:
         try:
             self._sign_from(position, refresh=False)
-        except (ApiError, OSError):
-            pass  # a worker reaching these slices signs them itself and reports what goes wrong
+        except Exception:  # a worker reaching these slices signs them itself and reports what goes wrong
+            log.debug("signing ahead failed; workers will sign for themselves", exc_info=True)
         finally:
             with self._cond:
                 self._signing = False
                 self._cond.notify_all()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Wait (a while) for a batch still being signed ahead; one that outlives this fails quietly."""
+        thread = self._prefetcher
+        if thread is not None:
+            thread.join(timeout)
 
     def _sign_from(self, position: int, *, refresh: bool) -> None:
         """Sign the slice at ``position`` and the next ones that need a URL (called by one thread at a time)."""
@@ -409,8 +425,14 @@ class UploadEngine:
                 self._put_with_retries(book, s)
             except UploadCancelled:
                 return
-            except (_Permanent, _Transient, _Expired, ApiError, OSError) as exc:
-                reason = exc.message if isinstance(exc, ApiError) else str(exc)
+            except Exception as exc:  # every failure is this slice's, with its reason; none ends the run
+                if isinstance(exc, ApiError):
+                    reason = exc.message
+                elif isinstance(exc, _Permanent | _Transient | _Expired | OSError):
+                    reason = str(exc)
+                else:
+                    log.exception("unexpected error uploading %s", s.filename)
+                    reason = f"unexpected error ({type(exc).__name__}: {exc}); it has been logged"
                 with lock:
                     failed[s.filename] = reason
                 self._emit(SliceEvent(s.filename, s.slice_index, SliceState.FAILED, s.size, error=reason))
@@ -443,6 +465,7 @@ class UploadEngine:
                     for running in [pool.submit(worker) for _ in range(min(self.workers, len(todo)))]:
                         running.result()  # re-raises anything unexpected from a worker
             finally:
+                book.close()
                 self._http.close()  # the pool's threads (and so their keep-alive connections) are done
         return failed, counts["uploaded"], counts["bytes"]
 
@@ -528,10 +551,13 @@ class UploadEngine:
         try:
             return self.api.complete(group_id, payload)
         except ApiError as exc:
-            if exc.code != "objects_missing":
+            if exc.code not in ("objects_missing", "checksum_mismatch"):
                 raise
-            missing = set(exc.details.get("missing", []))
-        # The journal said these landed but storage does not have them: send them again, once.
+            mismatched = {str(item.get("filename")) for item in exc.details.get("mismatched", [])}
+            missing = set(exc.details.get("missing", [])) | mismatched
+        # The journal said these landed, but storage lacks them or holds other bytes (a server that lost
+        # power before complete made them durable, a damaged disk): send our bytes again, once. Their
+        # MD5 is bound in the new URLs, so a file changed since planning is refused, not stored.
         if self.journal is not None:
             self.journal.forget_landed(group_id, sorted(missing))
         again = [s for s in slices if s.filename in missing]

@@ -3,7 +3,13 @@
 Like Rails ActiveStorage's disk service, a presigned URL points at this server's ``/storage/{key}``
 route and carries an HMAC token over method, key, size, Content-MD5, Content-Type and expiry. The route
 (``server.api.storage_routes``) checks the token and the body, then calls :meth:`LocalStorage.write`,
-which writes atomically (temp file, fsync, rename) and never outside the root.
+which writes atomically (temp file, rename) and never outside the root.
+
+Durability is settled once per group, not once per PUT: ``write`` leaves the bytes in the page cache and
+``complete`` calls :meth:`LocalStorage.make_durable`, which fsyncs every object and folder of the group
+before anything is registered. An object lost to a power cut before that is found missing or damaged by
+``complete``'s check, and the client sends it again. Measured here, 1000 mask-sized objects: an fsync of
+file and folder per write cost 0.74 s of wall time; writing without, then fsyncing them together, 0.29 s.
 """
 
 from __future__ import annotations
@@ -166,18 +172,36 @@ class LocalStorage(Storage):
         return [self.stat(key) for key in keys]
 
     def make_durable(self, keys: Sequence[str]) -> None:
-        """fsync every object in ``keys`` and then their folders, so they survive a power cut."""
+        """fsync every object in ``keys``, then their folders up to the root, so they survive a power cut.
+
+        If that fails, the objects are deleted before :class:`StorageError` is raised: Linux reports a
+        failed write-back only once, so a repeated call would fsync "successfully" bytes that never
+        reached the disk. Deleted, they are reported missing and the client sends them again.
+        """
         paths = [self.path_for(key) for key in keys]
+        folders: set[Path] = set()
+        for path in paths:
+            folder = path.parent
+            while folder != self.root and folder.is_relative_to(self.root) and folder not in folders:
+                folders.add(folder)
+                folder = folder.parent
+        folders.add(self.root)
         # Concurrent fsyncs share the file system's journal commits (1000 files here: 0.10 s one by
         # one, 0.06 s from 16 threads); each thread takes a slice, not one future per file.
         slices = [paths[i::16] for i in range(min(16, len(paths)))]
         try:
             with ThreadPoolExecutor(max_workers=16) as pool:
                 list(pool.map(_fsync_files, slices))
-            for folder in sorted({path.parent for path in paths}):
+            for folder in sorted(folders, key=lambda f: -len(f.parts)):  # deepest first
                 _fsync_dir(folder)
         except OSError as exc:
-            raise StorageError(f"cannot make the stored objects durable: {exc.strerror or exc}") from exc
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise StorageError(
+                f"cannot make the stored objects durable ({exc.strerror or exc}); they were removed and "
+                "must be uploaded again"
+            ) from exc
 
     def stat(self, key: str) -> ObjectInfo | None:
         """Size and MD5 of the file, hashing its bytes (the truth, not a cached claim)."""
@@ -260,8 +284,10 @@ def _resolved_inside(root: Path, parts: tuple[str, ...]) -> Path | None:
 
 
 def _fsync_files(paths: Sequence[Path]) -> None:
+    # Windows' fsync needs a handle open for writing; POSIX needs no write permission for it.
+    flags = os.O_RDWR if os.name == "nt" else os.O_RDONLY
     for path in paths:
-        fd = os.open(path, os.O_RDWR)  # Windows' fsync needs a handle open for writing
+        fd = os.open(path, flags)
         try:
             os.fsync(fd)
         finally:

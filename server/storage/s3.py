@@ -324,6 +324,7 @@ class S3Storage(Storage):
             prefix_url, region = self._base()
             credentials = self._frozen_credentials()
             found: dict[str, ObjectInfo] = {}
+            tokens: set[str] = set()
             params = {"list-type": "2", "prefix": prefix, "encoding-type": "url", "max-keys": str(page_size)}
             while True:
                 url = sigv4.presign(
@@ -335,8 +336,10 @@ class S3Storage(Storage):
                 if response.status_code != 200:
                     return None
                 root = defusedxml.ElementTree.fromstring(response.content)  # no DTDs or entities
+                encoded = root.findtext("{*}EncodingType") == "url"  # as botocore: only when echoed
                 for item in root.findall("{*}Contents"):
-                    key = unquote_plus(item.findtext("{*}Key") or "")
+                    key = item.findtext("{*}Key") or ""
+                    key = unquote_plus(key) if encoded else key
                     found[key] = ObjectInfo(
                         key=key,
                         size=int(item.findtext("{*}Size") or 0),
@@ -345,8 +348,9 @@ class S3Storage(Storage):
                 token = root.findtext("{*}NextContinuationToken")
                 if root.findtext("{*}IsTruncated") != "true":
                     return found
-                if not token:
+                if not token or token in tokens:  # a server going round in circles: let botocore say so
                     return None
+                tokens.add(token)
                 params = {**params, "continuation-token": token}
         except (AttributeError, BotoCoreError, ParseError, defusedxml.DefusedXmlException, ValueError) as exc:
             log.debug("quick listing of %s unavailable (%s); listing through botocore", prefix, type(exc).__name__)

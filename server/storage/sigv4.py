@@ -45,12 +45,14 @@ def _encode(value: str) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _host_and_path(prefix: str) -> tuple[str, str]:
-    """The canonical ``host`` header (no default port, no user info) and the path of ``prefix``."""
+    """The canonical ``host`` header and the path of ``prefix``, as botocore derives the host: lower
+    case, IPv6 in brackets, no user info, the port only when it is not the scheme's default."""
     parts = urlsplit(prefix)
-    if _DEFAULT_PORTS.get(parts.scheme) == parts.port:
-        host = parts.hostname or ""
-    else:
-        host = parts.netloc.rsplit("@", 1)[-1]
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None and parts.port != _DEFAULT_PORTS.get(parts.scheme):
+        host = f"{host}:{parts.port}"
     return host, parts.path
 
 

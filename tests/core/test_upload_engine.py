@@ -351,6 +351,39 @@ def test_upload_resumes_after_an_objects_missing_answer(
     assert_group_matches(live_server, group["id"], files)
 
 
+def test_a_slice_damaged_in_storage_before_complete_is_sent_again(
+    live_server: LiveServer, ct_1000: Volume, tmp_path: Path, client_env: Any
+) -> None:
+    """Local storage makes uploads durable at complete; a server that lost power before that can hold
+    an empty file. Complete names it (checksum_mismatch) and the engine sends that slice again, once."""
+    client_env(live_server)
+    files = copy_masks(ct_1000, tmp_path / "masks", 600, 12)
+    annotation = live_server.new_annotation()
+    prepared = prepare(tmp_path / "masks", annotation_id=annotation, model_name="power-cut", version="1")
+    assert prepared.plan is not None
+    damaged = prepared.plan.slices[3].filename
+    truncated: list[str] = []
+
+    def on_event(event: SliceEvent | GroupEvent) -> None:
+        if isinstance(event, GroupEvent) and event.kind == "completing" and not truncated:
+            (key,) = [k for k in live_server.stored_keys(f"mask/{annotation}/") if k.endswith("/" + damaged)]
+            (live_server.data_dir / "objects" / key).write_bytes(b"")  # what ext4 can leave after a power cut
+            truncated.append(key)
+
+    with live_server.api() as api:
+        engine = UploadEngine(api, on_event=on_event)
+        try:
+            result = engine.run(prepared.plan)
+        finally:
+            engine.close()
+
+    assert truncated
+    assert result.ok, result.message
+    assert result.uploaded == len(files) + 1  # every slice once, the damaged one twice
+    assert live_server.object_bytes(truncated[0]) == (tmp_path / "masks" / damaged).read_bytes()
+    assert_group_matches(live_server, result.group_id, files)  # type: ignore[arg-type]
+
+
 def test_same_identity_with_different_slices_is_refused_not_reported_done(
     live_server: LiveServer, ct_1000: Volume, tmp_path: Path, client_env: Any
 ) -> None:
@@ -463,3 +496,37 @@ def test_local_storage_routes_refuse_keys_that_escape_the_root_through_a_symlink
     sig = signer.signature("GET", get_key, expires=expires, size=None, content_md5="", content_type="")
     answer = urllib3.request("GET", f"{live_server.url}/storage/{get_key}?expires={expires}&signature={sig}")
     assert (answer.status, answer.json()["error"]) == (403, "signature_mismatch")
+
+
+def test_transport_refuses_urls_that_are_not_http(tmp_path: Path) -> None:
+    """A signed URL is only ever http(s): libcurl is not allowed to read local files or speak other protocols."""
+    from pacs_mask_desktop.core.transport import PermanentTransportError, PutTransport
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not send")
+    transport = PutTransport(timeout=5)
+    try:
+        for url in (secret.as_uri(), "ftp://127.0.0.1:9/x", "http://j\u00f6rg.example/x"):
+            with pytest.raises(PermanentTransportError) as caught:
+                transport.put(url, b"x", {"Content-Type": "image/png"})
+            assert "do not send" not in str(caught.value)
+    finally:
+        transport.close()
+
+
+def test_transport_trusts_ssl_cert_file_as_well_as_certifi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clinic's private CA named by SSL_CERT_FILE (as Python's ssl honours it) is trusted for PUTs."""
+    import certifi
+
+    from pacs_mask_desktop.core import transport
+
+    private = tmp_path / "clinic-ca.pem"
+    private.write_bytes(b"-----BEGIN CERTIFICATE-----\nclinic\n-----END CERTIFICATE-----\n")
+    monkeypatch.setenv("SSL_CERT_FILE", str(private))
+    transport.trusted_certificates.cache_clear()
+    try:
+        bundle = transport.trusted_certificates()
+    finally:
+        transport.trusted_certificates.cache_clear()
+    assert private.read_bytes() in bundle
+    assert Path(certifi.where()).read_bytes() in bundle

@@ -27,17 +27,20 @@ def test_make_durable_fsyncs_every_object_and_its_folder(tmp_path: Path, monkeyp
 
     storage.make_durable(keys)
 
-    folder = str(storage.root / "mask" / "1" / "g")
-    assert sorted(synced) == sorted([str(storage.root / key) for key in keys] + [folder])
+    folders = [storage.root / "mask" / "1" / "g", storage.root / "mask" / "1", storage.root / "mask", storage.root]
+    assert sorted(synced) == sorted([str(storage.root / key) for key in keys] + [str(f) for f in folders])
 
 
-def test_make_durable_of_a_missing_object_is_a_storage_error(tmp_path: Path) -> None:
+def test_make_durable_that_fails_removes_the_objects_and_says_so(tmp_path: Path) -> None:
     from server.storage.base import StorageError
 
     storage = LocalStorage(tmp_path / "root", public_url="http://x", signing_key=b"k" * 32)
     storage.write("mask/1/g/a.png", [b"a"])
     with pytest.raises(StorageError, match="durable"):
         storage.make_durable(["mask/1/g/a.png", "mask/1/g/gone.png"])
+    # What could not be made durable is removed, so a retried complete reports it missing (the client
+    # sends it again) instead of trusting bytes that may never have reached the disk.
+    assert storage.stat("mask/1/g/a.png") is None
 
 
 def test_writes_leave_no_temporary_files_and_replace_atomically(tmp_path: Path) -> None:

@@ -388,6 +388,9 @@ def test_presign_put_signs_length_md5_and_type(offline_storage: S3Storage) -> No
         ("https://minio.clinic.example:443", "path", "eu-central-1"),
         ("https://s3.eu-west-1.amazonaws.com", "virtual", "eu-west-1"),
         ("http://storage.local:80", "virtual", "us-east-1"),
+        ("http://MinIO.Clinic.Example:9000", "path", "us-east-1"),
+        ("https://[fd00::5]:443", "path", "us-east-1"),
+        ("http://[fd00::5]:9000", "path", "us-east-1"),
     ],
 )
 @pytest.mark.parametrize("token", [None, "FwoGZXIvYXdzEJr//////////token+with/odd=chars"])
