@@ -319,6 +319,21 @@ def offline_storage(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Storage]:
     storage.close()
 
 
+def _botocore_put_url(storage: S3Storage, key: str, data: bytes, ttl: int) -> str:
+    """The PUT URL the client's own presigner makes for the same inputs (the reference for ours)."""
+    return storage._client.generate_presigned_url(
+        "put_object",
+        Params={
+            "Bucket": storage.bucket,
+            "Key": key,
+            "ContentMD5": md5_b64(data),
+            "ContentType": "image/png",
+            "ContentLength": len(data),
+        },
+        ExpiresIn=ttl,
+    )
+
+
 def _freeze_botocore_clock(monkeypatch: pytest.MonkeyPatch, when: dt.datetime) -> None:
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda *_args, **_kwargs: when)
 
@@ -339,17 +354,7 @@ def test_presign_put_matches_botocore_generate_presigned_url(
     ours = offline_storage.presign_put(
         key, size=len(data), content_md5=md5_b64(data), content_type="image/png", ttl_seconds=900
     )
-    theirs = offline_storage._client.generate_presigned_url(
-        "put_object",
-        Params={
-            "Bucket": "pacs-masks",
-            "Key": key,
-            "ContentMD5": md5_b64(data),
-            "ContentType": "image/png",
-            "ContentLength": len(data),
-        },
-        ExpiresIn=900,
-    )
+    theirs = _botocore_put_url(offline_storage, key, data, 900)
 
     assert ours.url == theirs
     assert ours.expires_at == when.replace(tzinfo=dt.UTC) + dt.timedelta(seconds=900)
@@ -414,17 +419,7 @@ def test_hand_written_signer_matches_botocore_byte_for_byte(
         ours_put = storage.presign_put(
             key, size=len(data), content_md5=md5_b64(data), content_type="image/png", ttl_seconds=3600
         )
-        theirs_put = storage._client.generate_presigned_url(
-            "put_object",
-            Params={
-                "Bucket": "pacs-masks",
-                "Key": key,
-                "ContentMD5": md5_b64(data),
-                "ContentType": "image/png",
-                "ContentLength": len(data),
-            },
-            ExpiresIn=3600,
-        )
+        theirs_put = _botocore_put_url(storage, key, data, 3600)
         ours_get = storage.presign_get(key, ttl_seconds=60)
         theirs_get = storage._client.generate_presigned_url(
             "get_object", Params={"Bucket": "pacs-masks", "Key": key}, ExpiresIn=60
