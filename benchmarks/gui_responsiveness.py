@@ -193,6 +193,7 @@ def run(work: Path) -> int:
         stalls: list[float] = []
         p99s: list[float] = []
         gui_times: list[float] = []
+        where: list[str] = []
         for _ in range(UPLOAD_RUNS):
             window.upload.set_fields("bench-gui", uuid.uuid4().hex[:8], "ai")
             finished.clear()
@@ -202,11 +203,19 @@ def run(work: Path) -> int:
             heartbeat.setTimerType(Qt.TimerType.PreciseTimer)
             heartbeat.setInterval(HEARTBEAT_MS)
 
-            def beat(gaps: list[float] = gaps, clock: QElapsedTimer = clock) -> None:
+            ticks: list[float] = []  # when each gap ended (perf_counter)
+            opened: list[float] = []
+
+            def beat(gaps: list[float] = gaps, clock: QElapsedTimer = clock, ticks: list[float] = ticks) -> None:
                 gaps.append(clock.nsecsElapsed() / 1e6)
+                ticks.append(time.perf_counter())
                 clock.restart()
 
+            def on_opened(*_args: object, opened: list[float] = opened) -> None:
+                opened.append(time.perf_counter())
+
             heartbeat.timeout.connect(beat)
+            window.upload.groupOpened.connect(on_opened)
             clock.start()
             heartbeat.start()
             upload_start = time.perf_counter()
@@ -214,6 +223,11 @@ def run(work: Path) -> int:
             wait_until(lambda: bool(finished), timeout=300)
             gui_times.append(time.perf_counter() - upload_start)
             heartbeat.stop()
+            window.upload.groupOpened.disconnect(on_opened)
+            worst = max(range(len(gaps)), key=gaps.__getitem__)
+            ended, group_at = ticks[worst] - upload_start, (opened[0] - upload_start) if opened else float("nan")
+            phase = "uploading" if ended >= group_at else "checking the masks"
+            where.append(f"{ended:.2f} s ({phase}; group opened at {group_at:.2f} s)")
             if not finished[0].ok:
                 raise RuntimeError(f"upload failed: {finished[0].message}")
             stalls.append(max(gaps))
@@ -268,6 +282,7 @@ def run(work: Path) -> int:
     )
     print(f"{'  longest stall of each upload':58s} {', '.join(f'{v:.1f}' for v in stalls)} ms")
     print(f"{'  heartbeat gap p99 of each upload':58s} {', '.join(f'{v:.1f}' for v in p99s)} ms")
+    print(f"{'  when the longest stall ended, after the Upload click':58s} {'; '.join(where)}")
     print(f"{'  upload time in the GUI (check + upload + complete)':58s} {gui_upload_s:>8.2f} s")
     print(f"{'  peer: same upload, engine alone (pacs-mask upload)':58s} {headless_s:>8.2f} s")
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
