@@ -64,6 +64,8 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 _access_log = logging.getLogger("pacs_mask.access")
+CLIENT_CLOSED = 499
+"""The status logged for a request whose client disconnected before it was answered."""
 UPLOAD_ROUTE = "/storage/{key}"
 """The route template of signed uploads to local storage, as the request log shows it."""
 
@@ -94,7 +96,9 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        # Until an answer starts: 499 (nginx's "client closed request") if the app returns without one,
+        # which it only does when the client hung up; 500 if it raises.
+        status = CLIENT_CLOSED
 
         async def send_wrapper(message: dict[str, Any]) -> None:
             nonlocal status
@@ -104,6 +108,10 @@ class RequestLogMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except BaseException:
+            if status == CLIENT_CLOSED:
+                status = 500
+            raise
         finally:
             self._log(scope, status, time.perf_counter() - started)
 

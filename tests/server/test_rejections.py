@@ -494,3 +494,42 @@ def test_health_needs_no_token(app_client: Server) -> None:
     response = app_client.client.get("/health")
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "ok"
+
+
+def test_a_client_that_hangs_up_mid_upload_leaves_nothing_behind(
+    app_client: Server, pending: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The signed-upload route gets half the body, then the client disconnects: nothing is written,
+    nothing is answered (there is nobody to answer) and the request log says 499, not a server error.
+    Driven at the ASGI level to inject the hang-up."""
+    import asyncio
+    import logging
+
+    signed, piece = pending["urls"][0], pending["slices"][0]
+    parts = urlsplit(signed["url"])
+    headers = [(name.lower().encode(), value.encode()) for name, value in signed["headers"].items()]
+    headers.append((b"content-length", str(len(piece.body)).encode()))
+    scope = {
+        "type": "http", "method": "PUT", "path": parts.path, "raw_path": parts.path.encode(),
+        "query_string": parts.query.encode(), "headers": headers, "http_version": "1.1", "scheme": "http",
+        "server": ("testserver.local", 80), "client": ("127.0.0.1", 5555), "root_path": "", "state": {},
+    }  # fmt: skip
+    incoming = [
+        {"type": "http.request", "body": piece.body[: len(piece.body) // 2], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with caplog.at_level(logging.INFO, logger="pacs_mask.access"):
+        asyncio.run(app_client.app(scope, receive, send))
+
+    assert sent == []
+    assert app_client.snapshot() == pending["before"]
+    (record,) = [r for r in caplog.records if r.name == "pacs_mask.access"]
+    assert (record.levelname, record.status) == ("INFO", 499)  # type: ignore[attr-defined]
