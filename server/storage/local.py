@@ -284,21 +284,19 @@ def _resolved_inside(root: Path, parts: tuple[str, ...]) -> Path | None:
 
 
 def _fsync_files(paths: Sequence[Path]) -> None:
-    # Windows' fsync needs a handle open for writing; POSIX needs no write permission for it.
-    flags = os.O_RDWR if os.name == "nt" else os.O_RDONLY
     for path in paths:
-        fd = os.open(path, flags)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path)
 
 
 def _fsync_dir(path: Path) -> None:
     """Make a rename durable where the platform allows opening directories (not on Windows)."""
-    if os.name == "nt":
-        return
-    fd = os.open(path, os.O_RDONLY)
+    if os.name != "nt":
+        _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    # Windows' fsync needs a handle open for writing; POSIX needs no write permission for it.
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

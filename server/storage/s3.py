@@ -189,21 +189,27 @@ class S3Storage(Storage):
             raise ValueError("key must not be empty")
         if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
             raise ValueError(f"ttl_seconds must be between 1 and {MAX_TTL_SECONDS}")
-        prefix, region = self._base()
-        credentials = self._frozen_credentials()
-        # botocore's clock (whole seconds, UTC), so a test freezing botocore freezes this signer too.
-        now = botocore_auth.get_current_datetime().replace(microsecond=0)
-        url = sigv4.presign(
-            method, prefix, key, headers, access_key=credentials.access_key, secret_key=credentials.secret_key,
-            token=credentials.token, region=region, expires=ttl_seconds, now=now,
-        )  # fmt: skip
-        signed_at = now.replace(tzinfo=dt.UTC)
+        url, signed_at = self._sign(method, key, headers, ttl_seconds)
         return PresignedRequest(
             url=url,
             method=method,
             headers=dict(headers),
             expires_at=signed_at + dt.timedelta(seconds=ttl_seconds),
         )
+
+    def _sign(
+        self, method: str, key: str, headers: dict[str, str], ttl_seconds: int, params: dict[str, str] | None = None
+    ) -> tuple[str, dt.datetime]:
+        """``(URL, signing time)`` of a presigned request on ``key`` (``""``: the bucket), via ``sigv4``."""
+        prefix, region = self._base()
+        credentials = self._frozen_credentials()
+        # botocore's clock (whole seconds, UTC), so a test freezing botocore freezes this signer too.
+        now = botocore_auth.get_current_datetime().replace(microsecond=0)
+        url = sigv4.presign(
+            method, prefix, key, headers, access_key=credentials.access_key, secret_key=credentials.secret_key,
+            token=credentials.token, region=region, expires=ttl_seconds, now=now, params=params,
+        )  # fmt: skip
+        return url, now.replace(tzinfo=dt.UTC)
 
     def presign_put(
         self, key: str, *, size: int, content_md5: str, content_type: str, ttl_seconds: int
@@ -321,17 +327,11 @@ class S3Storage(Storage):
         """
         try:
             session = self._client._endpoint.http_session
-            prefix_url, region = self._base()
-            credentials = self._frozen_credentials()
             found: dict[str, ObjectInfo] = {}
             tokens: set[str] = set()
             params = {"list-type": "2", "prefix": prefix, "encoding-type": "url", "max-keys": str(page_size)}
             while True:
-                url = sigv4.presign(
-                    "GET", prefix_url, "", {}, access_key=credentials.access_key,
-                    secret_key=credentials.secret_key, token=credentials.token, region=region, expires=60,
-                    now=botocore_auth.get_current_datetime().replace(microsecond=0), params=params,
-                )  # fmt: skip
+                url, _ = self._sign("GET", "", {}, 60, params)
                 response = session.send(AWSRequest(method="GET", url=url).prepare())
                 if response.status_code != 200:
                     return None
