@@ -198,7 +198,12 @@ class S3Storage(Storage):
         )
 
     def _sign(
-        self, method: str, key: str, headers: dict[str, str], ttl_seconds: int, params: dict[str, str] | None = None
+        self,
+        method: str,
+        key: str,
+        headers: dict[str, str],
+        ttl_seconds: int,
+        params: dict[str, str] | None = None,
     ) -> tuple[str, dt.datetime]:
         """``(URL, signing time)`` of a presigned request on ``key`` (``""``: the bucket), via ``sigv4``."""
         prefix, region = self._base()
@@ -353,7 +358,9 @@ class S3Storage(Storage):
                 tokens.add(token)
                 params = {**params, "continuation-token": token}
         except (AttributeError, BotoCoreError, ParseError, defusedxml.DefusedXmlException, ValueError) as exc:
-            log.debug("quick listing of %s unavailable (%s); listing through botocore", prefix, type(exc).__name__)
+            log.debug(
+                "quick listing of %s unavailable (%s); listing through botocore", prefix, type(exc).__name__
+            )
             return None
 
     # -- writing ----------------------------------------------------------------------------------

@@ -110,5 +110,7 @@ def presign(
     string_to_sign = "\n".join(
         [ALGORITHM, stamp, scope, hashlib.sha256(canonical_request.encode("utf-8")).hexdigest()]
     )
-    signature = hmac.new(signing_key(secret_key, date, region), string_to_sign.encode("utf-8"), hashlib.sha256)
+    signature = hmac.new(
+        signing_key(secret_key, date, region), string_to_sign.encode("utf-8"), hashlib.sha256
+    )
     return f"{prefix}{quoted_key}?{query}&X-Amz-Signature={signature.hexdigest()}"
