@@ -41,6 +41,7 @@ from pydicom.uid import generate_uid
 from pacs_mask_desktop.core.api_client import ApiClient
 from pacs_mask_desktop.core.demo import write_masks_for_series, write_synthetic_ct
 from tests.faultproxy import FaultProxy
+from tests.processes import stop_process
 from tests.s3_server import RcloneS3
 
 _START_TIMEOUT = 30.0
@@ -132,13 +133,7 @@ class LiveServer:
 
     def stop(self) -> None:
         """Stop the server (and its proxy)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         if self.proxy is not None:
             self.proxy.stop()
 

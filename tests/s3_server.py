@@ -35,6 +35,7 @@ import pytest
 from botocore.config import Config
 
 from server.storage.s3 import S3Storage
+from tests.processes import stop_process
 
 BUCKET = "pacs-masks"
 REGION = "us-east-1"
@@ -108,16 +109,6 @@ def _wait_until_up(proc: subprocess.Popen[bytes], endpoint: str, log_path: Path)
     raise RuntimeError(f"rclone serve s3 did not answer within {_START_TIMEOUT:.0f}s:\n{_log_tail(log_path)}")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def rclone_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RcloneS3]:
     """A running ``rclone serve s3`` on a temp dir, with bucket ``pacs-masks``; stopped at session end."""
@@ -148,7 +139,7 @@ def rclone_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RcloneS3]:
         try:
             up = _wait_until_up(proc, endpoint, log_path)
         except BaseException:
-            _stop(proc)
+            stop_process(proc, grace=10)
             raise
         if up:
             break
@@ -159,7 +150,7 @@ def rclone_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RcloneS3]:
             endpoint_url=endpoint, access_key=access_key, secret_key=secret_key, bucket=BUCKET, root=root
         )
     finally:
-        _stop(proc)
+        stop_process(proc, grace=10)
 
 
 def use_rclone_credentials(monkeypatch: pytest.MonkeyPatch, server: RcloneS3) -> None:

@@ -25,6 +25,7 @@ from server.cli import prepare_metrics_dir
 from server.metrics import FAILURE_REASONS, MULTIPROC_ENV
 from server.storage.base import Storage, Usage
 from tests.ops.conftest import PUBLIC_URL, OpsEnv, md5_b64
+from tests.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "pacs-masks-dashboard.json"
@@ -278,10 +279,5 @@ def test_several_workers_aggregate_their_metrics(tmp_path: Path) -> None:
         wait_for(lambda: refreshed in samples(httpx.get(f"{base}/metrics", headers=auth).text), timeout=20)
         assert (prom / "stats-refresh.lock").exists()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, grace=20)
         log.close()

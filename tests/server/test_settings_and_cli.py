@@ -19,6 +19,7 @@ import pytest
 from server.db.session import Database
 from server.security import lookup_actor
 from server.settings import Settings, SettingsError
+from tests.processes import stop_process
 from tests.server.conftest import png_bytes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -239,10 +240,5 @@ def test_serve_really_starts(tmp_path: Path) -> None:
             assert api.get("/schema/openapi.json").status_code == 200
             assert httpx.get(f"{base}/api/annotations", timeout=5).status_code == 401
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc, after_kill=5)
         log.close()
