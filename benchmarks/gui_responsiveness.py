@@ -206,7 +206,9 @@ def run(work: Path) -> int:
             ticks: list[float] = []  # when each gap ended (perf_counter)
             opened: list[float] = []
 
-            def beat(gaps: list[float] = gaps, clock: QElapsedTimer = clock, ticks: list[float] = ticks) -> None:
+            def beat(
+                gaps: list[float] = gaps, clock: QElapsedTimer = clock, ticks: list[float] = ticks
+            ) -> None:
                 gaps.append(clock.nsecsElapsed() / 1e6)
                 ticks.append(time.perf_counter())
                 clock.restart()
@@ -225,7 +227,10 @@ def run(work: Path) -> int:
             heartbeat.stop()
             window.upload.groupOpened.disconnect(on_opened)
             worst = max(range(len(gaps)), key=gaps.__getitem__)
-            ended, group_at = ticks[worst] - upload_start, (opened[0] - upload_start) if opened else float("nan")
+            ended, group_at = (
+                ticks[worst] - upload_start,
+                (opened[0] - upload_start) if opened else float("nan"),
+            )
             phase = "uploading" if ended >= group_at else "checking the masks"
             where.append(f"{ended:.2f} s ({phase}; group opened at {group_at:.2f} s)")
             if not finished[0].ok:

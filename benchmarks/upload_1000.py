@@ -330,7 +330,12 @@ def main(argv: list[str] | None = None) -> int:
 
         row("embedded upload", "embedded: create, sign, PUT, complete (checksums verified)", "rclone", 0.8)
         row("embedded full", "embedded: the same with prepare() (decode and check every PNG) first")
-        row("s3 upload", "S3 (rclone serve s3): create, sign, PUT, complete (checksums verified)", "s5cmd", 1.0)
+        row(
+            "s3 upload",
+            "S3 (rclone serve s3): create, sign, PUT, complete (checksums verified)",
+            "s5cmd",
+            1.0,
+        )
         row("s3 full", "S3 (rclone serve s3): the same with prepare() first")
         row("rclone copy", "`rclone copy --transfers 16` to rclone serve s3")
         row("s5cmd cp", "`s5cmd cp` to rclone serve s3")

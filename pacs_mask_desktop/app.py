@@ -43,8 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo", action="store_true", help="create the demo data once and open it")
     parser.add_argument("--server", metavar="URL", help="server URL (default: the bundled server)")
     parser.add_argument("--token", help="API token for --server")
-    parser.add_argument("--screenshot", metavar="PATH", type=Path, help="save the ready window as PNG and quit")
-    parser.add_argument("--self-test", dest="self_test", action="store_true", help="check this build headlessly and exit")
+    parser.add_argument(
+        "--screenshot", metavar="PATH", type=Path, help="save the ready window as PNG and quit"
+    )
+    parser.add_argument(
+        "--self-test", dest="self_test", action="store_true", help="check this build headlessly and exit"
+    )
     parser.add_argument(RUN_SERVER_FLAG, dest="run_server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=8765, help=argparse.SUPPRESS)
@@ -63,8 +67,12 @@ def configure_logging() -> Path:
     folder = log_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOG_FILE
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s [%(threadName)s] %(name)s: %(message)s"))
+    handler = logging.handlers.RotatingFileHandler(
+        path, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
+    )
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s [%(threadName)s] %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     root.addHandler(handler)
@@ -94,7 +102,9 @@ def _install_error_hooks(log_path: Path) -> None:
         if window is not None:
             window.statusBar().showMessage(f"Unexpected error: {error}. Details are in {log_path}", 15000)
             dialogs.show_error(
-                window, "Unexpected error", f"{kind.__name__}: {error}\n\nThe details are in the log file:\n{log_path}"
+                window,
+                "Unexpected error",
+                f"{kind.__name__}: {error}\n\nThe details are in the log file:\n{log_path}",
             )
 
     sys.excepthook = hook
@@ -111,7 +121,9 @@ def _install_error_hooks(log_path: Path) -> None:
         QtMsgType.QtFatalMsg: logging.CRITICAL,
     }
     qt_log = logging.getLogger("qt")
-    qInstallMessageHandler(lambda kind, _context, message: qt_log.log(levels.get(kind, logging.INFO), message))
+    qInstallMessageHandler(
+        lambda kind, _context, message: qt_log.log(levels.get(kind, logging.INFO), message)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,7 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_theme(app)
     _install_error_hooks(log_path)
 
-    window = MainWindow(load_server_config(args.server, args.token))
+    config = load_server_config(args.server, args.token)
+    if config.notice:  # the token could not go to a keyring: say what happens to it
+        log.warning("%s", config.notice)
+    window = MainWindow(config)
     screen = app.primaryScreen()
     if screen is not None and args.screenshot is None:
         room = screen.availableGeometry()
@@ -178,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     window.connected.connect(after_connect)
     window.connection.failed.connect(after_failure)
+    if config.notice:
+        QTimer.singleShot(1500, lambda: window.status(config.notice))
     window.demoReady.connect(after_demo)
     window.start()
     code = app.exec()

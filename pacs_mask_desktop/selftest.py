@@ -3,8 +3,8 @@
 It starts the embedded server exactly as the app does (from the frozen executable when frozen),
 which migrates a fresh database; creates an annotation; signs, uploads and completes one mask slice
 through the real upload engine; reads it back through the view route; and decodes compressed DICOM
-pixel data (JPEG 2000 through the pylibjpeg plugins, RLE through pydicom) to show the decoders were
-bundled. Prints one JSON document and returns 0 when every step passed.
+pixel data (JPEG 2000 through pylibjpeg-openjpeg, JPEG-LS through pyjpegls, JPEG lossless through
+GDCM, 12-bit JPEG through imagecodecs, RLE through pydicom) to show the decoders were bundled. Prints one JSON document and returns 0 when every step passed.
 """
 
 from __future__ import annotations
@@ -32,20 +32,33 @@ from pacs_mask_desktop.core.upload import UploadEngine
 
 
 def _decode_compressed() -> dict[str, Any]:
-    """Round-trip a synthetic CT slice through JPEG 2000 lossless and RLE lossless."""
+    """Round-trip a synthetic CT slice through every compressed syntax family the decoders cover.
+
+    pydicom encodes JPEG 2000, JPEG-LS and RLE itself; JPEG lossless and 12-bit JPEG Extended are
+    encoded with imagecodecs (libjpeg-turbo) and decoded through pydicom like a PACS file.
+    """
+    import imagecodecs
     from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
     from pydicom.uid import (
         CTImageStorage,
         ExplicitVRLittleEndian,
         JPEG2000Lossless,
+        JPEGExtended12Bit,
+        JPEGLosslessSV1,
+        JPEGLSLossless,
         RLELossless,
         generate_uid,
     )
 
+    from pacs_mask_desktop.core import dicom_series  # noqa: F401  (registers core/jpeg12.py)
+
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 4000, size=(64, 64), dtype=np.uint16)
+    smooth = (np.add.outer(np.arange(64), np.arange(64)) * 30).astype(np.uint16)  # 0..3780, for lossy JPEG
     results = {}
-    for syntax in (JPEG2000Lossless, RLELossless):
+    for syntax in (JPEG2000Lossless, JPEGLSLossless, RLELossless, JPEGLosslessSV1, JPEGExtended12Bit):
+        source = smooth if syntax == JPEGExtended12Bit else pixels
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -54,11 +67,18 @@ def _decode_compressed() -> dict[str, Any]:
         ds.Rows, ds.Columns = pixels.shape
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = pixels.tobytes()
-        ds.compress(syntax)
-        decoded = ds.pixel_array
-        if not np.array_equal(decoded, pixels):
-            raise AssertionError(f"{syntax.name}: decoded pixels differ from the original")
+        if syntax in (JPEGLosslessSV1, JPEGExtended12Bit):
+            lossless = syntax == JPEGLosslessSV1
+            frame = imagecodecs.jpeg8_encode(source, lossless=lossless, level=95, bitspersample=12)
+            ds.file_meta.TransferSyntaxUID = syntax
+            ds.PixelData = encapsulate([bytes(frame)])
+            ds["PixelData"].VR = "OB"
+        else:
+            ds.PixelData = source.tobytes()
+            ds.compress(syntax)
+        error = np.abs(ds.pixel_array.astype(np.int64) - source).max()
+        if error > (16 if syntax == JPEGExtended12Bit else 0):
+            raise AssertionError(f"{syntax.name}: decoded pixels differ from the original by up to {error}")
         results[syntax.name] = "ok"
     return results
 
@@ -80,15 +100,20 @@ def run_self_test(folder: Path | None = None, *, log: Callable[[str], None] | No
             say(f"embedded server answered at {target.url}")
             with ApiClient(target.url, target.token) as api:
                 report["steps"]["health"] = api.health()
-                annotation = api.create_annotation("1.2.826.0.1.1", "1.2.826.0.1.1.1", description="self-test")
+                annotation = api.create_annotation(
+                    "1.2.826.0.1.1", "1.2.826.0.1.1.1", description="self-test"
+                )
                 masks = work / "masks"
                 masks.mkdir(parents=True, exist_ok=True)
                 label = np.zeros((128, 128), np.uint8)
                 label[32:96, 40:90] = 1
                 Image.fromarray(label).save(masks / "mask_0000.png")
                 prepared = prepare(
-                    masks, annotation_id=annotation["id"], model_name="self-test",
-                    version=uuid.uuid4().hex[:12], source="manual",
+                    masks,
+                    annotation_id=annotation["id"],
+                    model_name="self-test",
+                    version=uuid.uuid4().hex[:12],
+                    source="manual",
                 )
                 if not prepared.ok:
                     raise AssertionError(f"prepare found problems: {prepared.problems}")
@@ -103,7 +128,10 @@ def run_self_test(folder: Path | None = None, *, log: Callable[[str], None] | No
                     raise AssertionError(f"upload did not complete: {result.message}")
                 stored = api.view(result.group_id, filename="mask_0000.png")  # type: ignore[arg-type]
                 original = (masks / "mask_0000.png").read_bytes()
-                if hashlib.md5(stored, usedforsecurity=False).digest() != hashlib.md5(original, usedforsecurity=False).digest():
+                if (
+                    hashlib.md5(stored, usedforsecurity=False).digest()
+                    != hashlib.md5(original, usedforsecurity=False).digest()
+                ):
                     raise AssertionError("the stored slice differs from the uploaded file")
                 report["steps"]["upload"] = {"group_id": result.group_id, "slices": 1, "verified": True}
                 say(f"uploaded and verified one slice in group {result.group_id}")

@@ -7,7 +7,11 @@ opens the demo (120 slices of 512x512). It then drives the window like a user an
 - ``main-window-overlay.png``: the demo series with its masks overlaid and the matching table;
 - ``upload-in-progress.png``: an upload paused about halfway (per-slice table, bar, speed);
 - ``group-browser.png``: two groups of the annotation (one approved), one shown on the series;
-- ``review-view.png``: the QA review of a group, on a slice with both labels.
+- ``review-view.png``: the QA review of a group, on a slice with both labels;
+- ``group-seg-export.png``: the approved group exported as DICOM SEG (Export / Send to PACS, where it went);
+- ``pacs-browser.png``: File ▸ Open from PACS on a real Orthanc holding the demo CT, a sagittal reformat
+  of it and pydicom's multi-frame MR (skipped with a message where Orthanc is not installed);
+- ``pacs-series-markers.png``: the sagittal reformat opened from that PACS, with its orientation markers.
 
 Nothing outside the temporary folder and ``docs/screenshots/`` is touched.
 """
@@ -26,13 +30,19 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the PACS shots start Orthanc with the tests' helper
+    sys.path.insert(0, str(ROOT))
 OUT = ROOT / "docs" / "screenshots"
 SIZE = (1600, 1000)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--platform", default="offscreen", help="Qt platform plugin (offscreen, or xcb under Xvfb)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--platform", default="offscreen", help="Qt platform plugin (offscreen, or xcb under Xvfb)"
+    )
     parser.add_argument("--out", type=Path, default=OUT, help="folder for the PNGs")
     args = parser.parse_args(argv)
 
@@ -104,7 +114,7 @@ def _run(out: Path, work: Path) -> int:
     shoot("main-window-overlay.png")
 
     # 2. An upload held at about half way (the engine's threads wait in the event tap).
-    total = len(window.masks.model.rows)
+    total = len(window.masks.model.items)
     gate = threading.Event()
     done = {"n": 0}
     lock = threading.Lock()
@@ -137,8 +147,13 @@ def _run(out: Path, work: Path) -> int:
     api = window.api
     assert api is not None
     prepared = prepare(
-        state["demo"].masks_dir, annotation_id=window.annotation["id"], model_name="liver-net", version="2.1",
-        source="ai", confidence=0.91, series=window.series,
+        state["demo"].masks_dir,
+        annotation_id=window.annotation["id"],
+        model_name="liver-net",
+        version="2.1",
+        source="ai",
+        confidence=0.91,
+        series=window.series,
     )
     assert prepared.plan is not None
     engine = UploadEngine(api)
@@ -159,7 +174,9 @@ def _run(out: Path, work: Path) -> int:
 
     # 4. QA review of the AI group on a slice with liver and lesion.
     window.groups.review_selected()
-    wait_until(lambda: window.review.group is not None and window.review.group["id"] == ai_group, what="review")
+    wait_until(
+        lambda: window.review.group is not None and window.review.group["id"] == ai_group, what="review"
+    )
     review = window.review
     lesion = [i for i, s in enumerate(review.slices) if "2" in (s.get("label") or "").split(",")]
     review.go_to(lesion[len(lesion) // 2])
@@ -168,9 +185,128 @@ def _run(out: Path, work: Path) -> int:
     wait_until(lambda: view.shown_index() == view.index, what="the review slice")
     shoot("review-view.png")
 
+    # 4b. The approved group exported as DICOM SEG (Send stays off: this bundled server has no PACS).
+    groups = window.groups
+    exported: list[Any] = []
+    groups.segExported.connect(lambda _path, meta: exported.append(meta))
+    window.tabs.setCurrentIndex(TAB_GROUPS)
+    wait_until(lambda: groups.select_group(manual_group), what="the approved group")
+    wait_until(lambda: groups.export_button.isEnabled(), what="the export button")
+    groups.export_selected(work / "demo-liver-seg.dcm")
+    wait_until(lambda: bool(exported), 120, "the DICOM SEG export")
+    wait_until(lambda: "DICOM SEG built" in groups.seg_label.text(), what="the group's SEG state")
+    shoot("group-seg-export.png")
+
+    # 5. The PACS browser and a PACS series with its orientation markers.
+    _pacs_shots(window, work, out, state["demo"].series_dir, shoot, wait_until)
+
     window.close()
     app.processEvents()
     return 0
+
+
+def _pacs_shots(
+    window: Any,
+    work: Path,
+    out: Path,
+    demo_series: Path,
+    shoot: Callable[[str], None],
+    wait_until: Callable[..., None],
+) -> None:
+    """Put the demo CT, a sagittal reformat of it and pydicom's MR into a real Orthanc, browse, open one."""
+    import contextlib
+
+    import pydicom
+
+    from pacs_mask_desktop.core.dicom_cache import DicomCache
+    from pacs_mask_desktop.core.pacs import PacsClient
+    from tests.orthanc import emri_small_path, running_orthanc
+
+    with contextlib.ExitStack() as stack:
+        try:
+            orthanc = stack.enter_context(running_orthanc(work / "orthanc", "shots", "shots-password"))
+        except RuntimeError as exc:
+            print(f"skipped the PACS screenshots: {exc}")
+            return
+        axial = _sorted_axial(demo_series)
+        sagittal = _sagittal_reformat(axial, every=8)
+        mr_path = emri_small_path()
+        orthanc.stow(axial[::3] + sagittal + ([pydicom.dcmread(mr_path)] if mr_path else []))
+        window.use_pacs_client(
+            PacsClient(
+                orthanc.dicomweb_url, (orthanc.user, orthanc.password), cache=DicomCache(work / "cache")
+            )
+        )
+        browser = window.open_pacs_browser()
+        browser.resize(1180, 640)
+        listed: list[bool] = []
+        browser.seriesListed.connect(lambda: listed.append(True))
+        browser.search()
+        wait_until(lambda: browser.studies.rowCount() >= 2, what="the PACS studies")
+        row = next(
+            i
+            for i, s in enumerate(browser.studies.items)
+            if s.study_instance_uid == axial[0].StudyInstanceUID
+        )
+        browser.study_table.selectRow(row)
+        browser.study_table.clicked.emit(browser.studies.index(row, 0))
+        wait_until(lambda: bool(listed), what="the study's series")
+        browser.select_series(sagittal[0].SeriesInstanceUID)
+        time.sleep(0.3)
+        path = out / "pacs-browser.png"
+        if not browser.grab().save(str(path)):
+            raise OSError(f"could not write {path}")
+        print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+        done: list[object] = []
+        window.seriesComplete.connect(done.append)
+        browser.open_selected()
+        wait_until(lambda: bool(done), what="the PACS series")
+        view = window.viewer.view
+        view.set_index(len(window.series) // 2)
+        window.tabs.setCurrentIndex(0)  # the masks tab: the review of the demo group was cleared with it
+        wait_until(lambda: view.shown_index() == view.index, what="the PACS slice")
+        shoot("pacs-series-markers.png")
+
+
+def _sorted_axial(folder: Path) -> list[Any]:
+    """The demo CT's datasets, lowest slice first (the project's slice order)."""
+    import pydicom
+
+    datasets = [pydicom.dcmread(p) for p in sorted(folder.iterdir())]
+    return sorted(datasets, key=lambda ds: float(ds.ImagePositionPatient[2]))
+
+
+def _sagittal_reformat(axial: list[Any], every: int) -> list[Any]:
+    """Sagittal slices of the axial CT (every ``every``-th column), head at the top, anterior on the left."""
+    import copy
+
+    import numpy as np
+    from pydicom.uid import generate_uid
+
+    volume = np.stack([ds.pixel_array for ds in axial])  # [z, y, x], z ascending (feet first)
+    first = axial[0]
+    row_mm, col_mm = (float(v) for v in first.PixelSpacing)
+    z_mm = abs(float(axial[1].ImagePositionPatient[2]) - float(first.ImagePositionPatient[2]))
+    x0, y0, _z = (float(v) for v in first.ImagePositionPatient)
+    top_z = float(axial[-1].ImagePositionPatient[2])
+    series_uid = generate_uid()
+    out = []
+    for number, column in enumerate(range(every // 2, volume.shape[2], every), start=1):
+        image = np.ascontiguousarray(
+            volume[::-1, :, column]
+        )  # rows: head to feet; columns: anterior to posterior
+        ds = copy.deepcopy(first)
+        ds.SOPInstanceUID, ds.SeriesInstanceUID = generate_uid(), series_uid
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = "Sagittal reformat", 2, number
+        ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+        ds.ImagePositionPatient = [x0 + column * col_mm, y0, top_z]
+        ds.PixelSpacing = [z_mm, row_mm]
+        ds.SliceThickness = col_mm * every
+        ds.Rows, ds.Columns = image.shape
+        ds.PixelData = image.astype(first.pixel_array.dtype).tobytes()
+        out.append(ds)
+    return out
 
 
 def _example_annotations(api: Any) -> None:

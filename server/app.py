@@ -22,17 +22,20 @@ from litestar.openapi.spec import Components, SecurityScheme
 from server import __version__
 from server.api.admin import AuditController, TokenController
 from server.api.annotations import AnnotationController
+from server.api.config import config
 from server.api.deps import provide_call
 from server.api.health import health
 from server.api.mask_groups import MaskController, MaskGroupController
+from server.api.openapi import document_errors
 from server.api.storage_routes import StorageUploads, get_object, put_object
 from server.context import AppParts
 from server.db.session import Database
-from server.errors import ApiError
+from server.errors import ApiError, from_validation
 from server.jobs.api import run_validation
 from server.logs import RequestLogMiddleware
 from server.metrics import Metrics, StatsRefresher, metrics_endpoint
-from server.security import TokenAuthMiddleware
+from server.request import ApiRequest
+from server.security import TokenAuthMiddleware, TokenCache
 from server.settings import Settings
 from server.storage import Storage, create_storage
 
@@ -65,13 +68,13 @@ def _api_error(_request: Request, exc: ApiError) -> Response:
 
 
 def _validation_error(_request: Request, exc: ValidationException) -> Response:
-    details = {"errors": exc.extra} if exc.extra else {}
     message = exc.detail or "The request is not valid."
     if "JSON" in message or "decode" in message.lower():
-        code, message = "malformed_json", f"The request body is not valid JSON: {message}"
-    else:
-        code, message = "invalid_request", f"The request is not valid: {message}"
-    return Response({"error": code, "message": message, "details": details}, status_code=400)
+        details = {"errors": exc.extra} if exc.extra else {}
+        body = {"error": "malformed_json", "message": f"The request body is not valid JSON: {message}"}
+        return Response(body | {"details": details}, status_code=400)
+    error = from_validation(exc.extra if isinstance(exc.extra, list) else [])
+    return Response(error.body(), status_code=error.status_code)
 
 
 _HTTP_CODES = {
@@ -120,7 +123,13 @@ def create_app(
     base_url = settings.public_url or public_url or DEFAULT_PUBLIC_URL
     if storage is None:
         storage = create_storage(settings, public_url=base_url, signing_key=load_signing_key(settings))
-    parts = AppParts(settings=settings, db=db, storage=storage, metrics=Metrics())
+    parts = AppParts(
+        settings=settings,
+        db=db,
+        storage=storage,
+        metrics=Metrics(),
+        tokens=TokenCache(settings.auth_cache_seconds),
+    )
 
     refresher = StatsRefresher(parts, settings.metrics_refresh_seconds)
 
@@ -155,6 +164,7 @@ def create_app(
             AuditController,
             TokenController,
             health,
+            config,
             put_object,
             get_object,
             metrics_endpoint,
@@ -172,10 +182,12 @@ def create_app(
         },
         cors_config=cors,
         openapi_config=openapi,
+        request_class=ApiRequest,
         on_startup=[refresher.start],
         on_shutdown=[refresher.stop, shutdown],
         logging_config=None,
     )
+    document_errors(app)
     app.state.parts = parts
     # The request log is outermost, so routing, authentication and error responses are all timed and
     # logged; signed uploads to local storage are served just inside it (see StorageUploads).

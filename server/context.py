@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from server.db.session import Database
 from server.metrics import Metrics
-from server.security import Actor
+from server.security import Actor, TokenCache
 from server.settings import Settings
 from server.storage.base import Storage
 
@@ -19,6 +19,8 @@ class AppParts:
     db: Database
     storage: Storage
     metrics: Metrics
+    tokens: TokenCache = field(default_factory=TokenCache)
+    """Valid tokens seen lately (server/security.py: how long a revoked one may still pass)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,8 @@ Every error response has the same shape: ``{"error": code, "message": sentence, 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -13,8 +15,12 @@ class ApiError(Exception):
 
     status_code = 400
     code = "bad_request"
+    status_codes: tuple[int, ...] = ()
+    """Every status this error can have, when it is not just :attr:`status_code` (the API document)."""
 
-    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
@@ -51,6 +57,13 @@ class Conflict(ApiError):
     code = "conflict"
 
 
+class PreconditionFailed(ApiError):
+    """A create-only write found an object already there (as S3 answers ``If-None-Match: *``)."""
+
+    status_code = 412
+    code = "object_exists"
+
+
 class TooLarge(ApiError):
     status_code = 413
     code = "entity_too_large"
@@ -64,3 +77,59 @@ class Unprocessable(ApiError):
 class StorageUnavailable(ApiError):
     status_code = 503
     code = "storage_unavailable"
+
+
+class PacsFailed(ApiError):
+    """The PACS the server reads from failed: 502 (bad answer, credentials refused), 503 (down or not
+    configured) or 504 (too slow). The code names which (``server/pacs.py``)."""
+
+    status_code = 502
+    code = "pacs_error"
+    status_codes = (404, 502, 503, 504)
+
+    def __init__(
+        self, message: str, *, code: str, status_code: int = 502, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        self.status_code = status_code
+
+
+class JsonTooDeep(InvalidRequest):
+    """A JSON body nested deeper than the API allows (``server.request``)."""
+
+    code = "json_too_deep"
+
+
+# msgspec's words for a value of the right type outside its bounds (range, length, pattern): a 422.
+# Anything else it refuses (wrong type, missing or unknown field, unknown enum value) is a 400.
+_OUT_OF_BOUNDS = re.compile(
+    r"^Expected `[^`]+` (?:of length )?(?:<=|>=|<|>|matching regex|that's a multiple)"
+)
+_CONTROL_CHARACTERS = "\\x00-"  # how msgspec quotes the safe-text patterns (server.api.schemas)
+
+
+def from_validation(errors: Sequence[Mapping[str, Any]]) -> ApiError:
+    """The API error for a request Litestar refused while reading its parameters or body.
+
+    A value out of its bounds (an integer no column can hold, text too long or holding control
+    characters) is a 422 ``invalid_value``; a request of the wrong shape is a 400 ``invalid_request``.
+    The message names the first offending field in words; ``details.errors`` lists them all.
+    """
+    if not errors:
+        return InvalidRequest("The request is not valid.", code="invalid_request")
+    described = []
+    for error in errors:
+        source = error.get("source", "request")
+        source = getattr(source, "value", source)  # Litestar's ParamType for parameters
+        where = f"'{error['key']}' ({source})" if error.get("key") else "The request"
+        text = str(error.get("message", "is not valid"))
+        if _CONTROL_CHARACTERS in text:
+            text = "it must not contain control characters (NUL and the like cannot be stored)"
+        described.append(f"{where} is refused: {text[:1].lower()}{text[1:]}")
+    bounded = all(_OUT_OF_BOUNDS.match(str(e.get("message", ""))) for e in errors)
+    details = {"errors": [dict(e) for e in errors]}
+    if bounded:
+        return Unprocessable(f"{described[0]}.", code="invalid_value", details=details)
+    return InvalidRequest(
+        f"The request is not valid: {described[0]}.", code="invalid_request", details=details
+    )

@@ -66,6 +66,8 @@ def configure_logging(level: str = "INFO") -> None:
 _access_log = logging.getLogger("pacs_mask.access")
 CLIENT_CLOSED = 499
 """The status logged for a request whose client disconnected before it was answered."""
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods counted under their own label; anything else is counted as ``OTHER`` (bounded labels)."""
 UPLOAD_ROUTE = "/storage/{key}"
 """The route template of signed uploads to local storage, as the request log shows it."""
 
@@ -119,7 +121,9 @@ class RequestLogMiddleware:
         route = scope.get("path_template") or "(no route)"
         method = scope.get("method", "")
         if self.metrics is not None:
-            self.metrics.http_requests.labels(method=method, route=route, status=str(status)).inc()
+            label = method if method in KNOWN_METHODS else "OTHER"  # any token is a valid HTTP method
+            self.metrics.http_requests.labels(method=label, route=route, status=str(status)).inc()
+            self.metrics.http_request_seconds.labels(method=label, route=route).observe(seconds)
         if status >= 500:
             level = logging.ERROR
         elif status < 400 and method == "PUT" and route == UPLOAD_ROUTE:

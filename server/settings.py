@@ -46,6 +46,21 @@ class Settings(BaseSettings):
     stale_pending_hours: float = Field(default=24.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_refresh_seconds: float = Field(default=60.0, gt=0)
+    # The PACS (DICOMweb) the server reads series headers from; see server/pacs.py. Secrets never logged.
+    dicomweb_url: str | None = None
+    dicomweb_user: str | None = None
+    dicomweb_password: str | None = Field(default=None, repr=False)
+    dicomweb_token: str | None = Field(default=None, repr=False)
+    dicomweb_verify: str = "true"
+    """``true`` (default: check TLS certificates), ``false``, or the path of a CA bundle."""
+    dicomweb_timeout: float = Field(default=30.0, gt=0, le=600)
+    #: DICOM SEG to the PACS (server/services/seg_send.py): send a group's SEG when a reviewer approves it,
+    #: and whether groups not (yet) approved may be sent at all.
+    send_approved_seg: bool = False
+    send_unreviewed: bool = False
+    #: How long a valid API token is remembered without asking the database (0: never); a revoked
+    #: token may pass on another worker process for this long (server/security.py).
+    auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -54,7 +69,7 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("public_url", "s3_endpoint_url")
+    @field_validator("public_url", "s3_endpoint_url", "dicomweb_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
         if value is None or value == "":
@@ -71,6 +86,23 @@ class Settings(BaseSettings):
         if not value.startswith(("sqlite", "postgresql")):
             raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
         return value
+
+    @field_validator("dicomweb_verify")
+    @classmethod
+    def _verify_flag_or_path(cls, value: str) -> str:
+        flag = value.strip().lower()
+        if flag in ("", "1", "true", "yes", "on"):
+            return "true"
+        if flag in ("0", "false", "no", "off"):
+            return "false"
+        if not Path(value).is_file():
+            raise ValueError("must be true, false or the path of an existing CA bundle file")
+        return value
+
+    @property
+    def dicomweb_tls_verify(self) -> bool | str:
+        """What ``requests`` takes as ``verify``: True, False, or the CA bundle path."""
+        return {"true": True, "false": False}.get(self.dicomweb_verify, self.dicomweb_verify)
 
     @model_validator(mode="after")
     def _check_signing_key(self) -> Settings:

@@ -9,7 +9,9 @@ Put it between the upload engine and storage:
   proxy forwards the raw request to rclone *with the Host header the client sent*; rclone checks the
   signature against the Host it receives, which is the one that was signed.
 
-What it can do to requests whose method is in ``fault_methods`` (PUT by default):
+What it can do to requests whose method is in ``fault_methods`` (PUT by default) and whose path ends
+with ``fault_path_suffix`` (any path by default; e.g. ``/complete`` with ``fault_methods={"POST"}`` when
+the API goes through the proxy too):
 
 - ``drop``: this fraction is read completely, then the connection is closed without any answer;
 - ``drop_after``: this fraction is forwarded (the object lands) and then the answer is thrown away and
@@ -76,6 +78,7 @@ class FaultConfig:
     seed: int = 0
     max_faults_per_path: int = 3
     fault_methods: frozenset[str] = frozenset({"PUT"})
+    fault_path_suffix: str = ""
 
 
 @dataclass
@@ -315,7 +318,7 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 return
             path = urlsplit(self.path).path
             config = proxy.config
-            faulted = method in config.fault_methods
+            faulted = method in config.fault_methods and path.endswith(config.fault_path_suffix)
             fault, hold = proxy._decide(path) if faulted else ("", 0.0)
             if hold:
                 time.sleep(hold)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from pacs_mask_desktop.core import masks
 from pacs_mask_desktop.core.masks import check_upload_filename
+from server import naming
 from server.naming import filename_problem
 
 NAMES = [
@@ -24,3 +26,10 @@ def test_client_and_server_agree(name: str) -> None:
     client, server = check_upload_filename(name), filename_problem(name)
     assert (client is None) == (server is None), f"{name!r}: client says {client!r}, server says {server!r}"
     assert client == server
+
+
+def test_client_and_server_bound_the_slice_index_alike() -> None:
+    """A file whose name holds a larger number is refused by the client (issue 11: a PostgreSQL INTEGER)."""
+    assert masks.MAX_SLICE_INDEX == naming.MAX_SLICE_INDEX == naming.INT32_MAX == 2**31 - 1
+    assert masks.slice_index_problem(naming.MAX_SLICE_INDEX) is None
+    assert masks.slice_index_problem(naming.MAX_SLICE_INDEX + 1)

@@ -30,6 +30,9 @@ def test_frozen_build_passes_its_self_test(tmp_path: Path) -> None:
     assert build.returncode == 0, build.stderr[-4000:]
     exe = dist / "pacs-mask-desktop" / ("pacs-mask-desktop.exe" if os.name == "nt" else "pacs-mask-desktop")
     assert exe.is_file()
+    notices = list((dist / "pacs-mask-desktop").rglob("THIRD_PARTY_LICENSES"))
+    assert notices, "the installer must ship its third-party licence notice"
+    assert "python-gdcm" in notices[0].read_text(encoding="utf-8")
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PACS_MASK_", "PYTHON"))}
     env["PACS_MASK_DATA_DIR"] = str(tmp_path / "data")

@@ -3,12 +3,17 @@
 Every call is authenticated. Errors come back as :class:`ApiError` carrying the server's error code,
 its human message and details. Calls that are safe to repeat (reads, sign, complete) are retried on
 connection failures and 5xx with exponential backoff and jitter (tenacity); creating a group is not
-repeated blindly — the engine handles the 409 it may answer after a lost response.
+repeated blindly — the engine handles the 409 it may answer after a lost response. Retries stop early
+when nothing has got through for the :class:`~pacs_mask_desktop.core.retry.RetryPolicy`'s budget (the
+client's :attr:`ApiClient.outage` clock; the upload engine reads it, and times storage with the same
+policy).
 """
 
 from __future__ import annotations
 
+import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +25,7 @@ from tenacity import (
 )
 
 from pacs_mask_desktop import __version__
+from pacs_mask_desktop.core.retry import Outage, RetryPolicy
 
 
 class ApiError(Exception):
@@ -43,9 +49,20 @@ def _transient(exc: BaseException) -> bool:
 class ApiClient:
     """Typed calls to the server's ``/api`` routes."""
 
-    def __init__(self, base_url: str, token: str, *, timeout: float = 60.0, attempts: int = 5) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 60.0,
+        attempts: int = 5,
+        policy: RetryPolicy | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._attempts = attempts
+        self._timeout = timeout
+        self.outage = Outage(policy)
+        """Since when this client's calls get no usable answer, and its policy; see ``core.retry``."""
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {token}", "User-Agent": f"pacs-mask/{__version__}"},
@@ -65,12 +82,21 @@ class ApiClient:
     # --- plumbing ------------------------------------------------------------------------------------
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        if self.outage.down:  # during an outage no single request may outlast what is left of the budget
+            kwargs["timeout"] = httpx.Timeout(self.outage.cap(self._timeout), connect=self.outage.cap(10.0))
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
+            self.outage.failed()
             raise ApiError(
-                0, "unreachable", f"Cannot reach the server at {self.base_url}: {exc.__class__.__name__}: {exc}"
+                0,
+                "unreachable",
+                f"Cannot reach the server at {self.base_url}: {exc.__class__.__name__}: {exc}",
             ) from exc
+        if response.status_code >= 500 or response.status_code == 429:
+            self.outage.failed()
+        else:
+            self.outage.succeeded()
         if response.is_success:
             return response
         try:
@@ -78,16 +104,19 @@ class ApiClient:
             raise ApiError(response.status_code, body["error"], body["message"], body.get("details"))
         except (ValueError, KeyError, TypeError):
             raise ApiError(
-                response.status_code, "http_error", f"The server answered {response.status_code}: {response.text[:200]}"
+                response.status_code,
+                "http_error",
+                f"The server answered {response.status_code}: {response.text[:200]}",
             ) from None
 
     def _request(self, method: str, path: str, *, retry: bool = True, **kwargs: Any) -> httpx.Response:
         if not retry:
             return self._send(method, path, **kwargs)
+        backoff = wait_random_exponential(multiplier=0.25, max=8)
         for attempt in Retrying(
             retry=retry_if_exception(_transient),
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_random_exponential(multiplier=0.25, max=8),
+            stop=stop_after_attempt(self._attempts) | (lambda _state: self.outage.exhausted()),
+            wait=lambda state: min(backoff(state), max(0.0, self.outage.remaining())),
             reraise=True,
         ):
             with attempt:
@@ -104,15 +133,25 @@ class ApiClient:
         return self._call("GET", "/health")
 
     def create_annotation(
-        self, study_instance_uid: str, series_instance_uid: str, patient_id: str | None = None,
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        patient_id: str | None = None,
         description: str | None = None,
+        series: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """``POST /api/annotations``."""
-        body = {"study_instance_uid": study_instance_uid, "series_instance_uid": series_instance_uid}
+        """``POST /api/annotations``; ``series`` is the geometry read from a folder
+        (:func:`pacs_mask_desktop.core.series_geometry.geometry_from_series`), recorded by the server."""
+        body: dict[str, Any] = {
+            "study_instance_uid": study_instance_uid,
+            "series_instance_uid": series_instance_uid,
+        }
         if patient_id:
             body["patient_id"] = patient_id
         if description:
             body["description"] = description
+        if series is not None:
+            body["series"] = series
         return self._call("POST", "/api/annotations", json=body, retry=False)
 
     def list_annotations(self, search: str | None = None) -> list[dict[str, Any]]:
@@ -124,6 +163,29 @@ class ApiClient:
         """``GET /api/annotations/{id}``."""
         return self._call("GET", f"/api/annotations/{annotation_id}")
 
+    def create_annotation_from_pacs(
+        self,
+        series_instance_uid: str,
+        *,
+        study_instance_uid: str | None = None,
+        description: str | None = None,
+    ) -> dict[str, Any]:
+        """``POST /api/annotations/from-pacs``: the server reads the series' geometry from its PACS."""
+        body: dict[str, Any] = {"series_instance_uid": series_instance_uid}
+        if study_instance_uid:
+            body["study_instance_uid"] = study_instance_uid
+        if description:
+            body["description"] = description
+        return self._call("POST", "/api/annotations/from-pacs", json=body, retry=False)
+
+    def annotation_series(self, annotation_id: int) -> dict[str, Any]:
+        """``GET /api/annotations/{id}/series``: the stored series geometry (404 for older annotations)."""
+        return self._call("GET", f"/api/annotations/{annotation_id}/series")
+
+    def server_config(self) -> dict[str, Any]:
+        """``GET /api/config``: what clients should know, e.g. the PACS's ``dicomweb_url`` (or null)."""
+        return self._call("GET", "/api/config")
+
     def create_group(self, fields: dict[str, Any]) -> dict[str, Any]:
         """``POST /api/mask-group`` (not retried: a lost response is handled by the caller's 409 logic)."""
         return self._call("POST", "/api/mask-group", json=fields, retry=False)
@@ -132,7 +194,9 @@ class ApiClient:
         """``POST /api/mask-group/{id}/signed-url``."""
         return self._call("POST", f"/api/mask-group/{group_id}/signed-url", json={"slices": slices})["urls"]
 
-    def sign_with_date(self, group_id: str, slices: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+    def sign_with_date(
+        self, group_id: str, slices: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """Like :meth:`sign`, plus the server's ``Date`` header (to correct for clock skew on expiry)."""
         response = self._request("POST", f"/api/mask-group/{group_id}/signed-url", json={"slices": slices})
         return response.json()["urls"], response.headers.get("date")
@@ -151,7 +215,9 @@ class ApiClient:
 
     def view(self, group_id: str, *, filename: str | None = None, slice_index: int | None = None) -> bytes:
         """``GET /api/mask-group/{id}/view``: one slice's bytes."""
-        params: dict[str, Any] = {"filename": filename} if filename is not None else {"slice_index": slice_index}
+        params: dict[str, Any] = (
+            {"filename": filename} if filename is not None else {"slice_index": slice_index}
+        )
         return self._request("GET", f"/api/mask-group/{group_id}/view", params=params).content
 
     def review(self, group_id: str, decision: str, comment: str = "") -> dict[str, Any]:
@@ -159,6 +225,36 @@ class ApiClient:
         return self._call(
             "POST", f"/api/mask-group/{group_id}/review", json={"decision": decision, "comment": comment}
         )
+
+    def build_seg(self, group_id: str) -> dict[str, Any]:
+        """``POST /api/mask-group/{id}/seg``: build the group's DICOM SEG once; its metadata.
+
+        ``{"sop_instance_uid", "series_instance_uid", "size", "checksum", "created_at", "segments",
+        "frames"}``. Idempotent on the server (a repeat returns the same object), so safe to retry.
+        """
+        return self._call("POST", f"/api/mask-group/{group_id}/seg")
+
+    def download_seg(self, group_id: str, path: str | os.PathLike[str]) -> Path:
+        """``GET /api/mask-group/{id}/seg`` into ``path`` (0600: patient data; written whole or not at all)."""
+        target = Path(path)
+        response = self._request("GET", f"/api/mask-group/{group_id}/seg")
+        partial = target.with_name(f".{target.name}.part")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(response.content)
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return target
+
+    def send_seg(self, group_id: str) -> dict[str, Any]:
+        """``POST /api/mask-group/{id}/send``: store the SEG in the PACS (STOW-RS); idempotent.
+
+        ``{"sop_instance_uid", "sent_at", "pacs_url"}``.
+        """
+        return self._call("POST", f"/api/mask-group/{group_id}/send")
 
     def delete_group(self, group_id: str) -> dict[str, Any]:
         """``DELETE /api/mask-group/{id}`` (repeatable: finishes a delete that failed midway)."""

@@ -19,6 +19,7 @@ from typing import Any
 from pacs_mask_desktop.core.api_client import ApiClient
 from pacs_mask_desktop.core.demo import write_masks_for_series, write_synthetic_ct
 from pacs_mask_desktop.core.dicom_series import load_series
+from pacs_mask_desktop.core.series_geometry import geometry_from_series
 
 DEMO_MANIFEST = "demo.json"
 DEMO_DESCRIPTION = "Demo: synthetic CT abdomen (liver + lesion)"
@@ -88,15 +89,20 @@ def write_demo_files(
 
 
 def ensure_annotation(
-    api: ApiClient, study_instance_uid: str, series_instance_uid: str, *, patient_id: str | None = None,
+    api: ApiClient,
+    study_instance_uid: str,
+    series_instance_uid: str,
+    *,
+    patient_id: str | None = None,
     description: str | None = None,
+    series: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The server's annotation for this series, created when there is none."""
+    """The server's annotation for this series, created when there is none (with ``series``, its geometry)."""
     for item in api.list_annotations(series_instance_uid):
         if item["series_instance_uid"] == series_instance_uid:
             return item
     return api.create_annotation(
-        study_instance_uid, series_instance_uid, patient_id=patient_id, description=description
+        study_instance_uid, series_instance_uid, patient_id=patient_id, description=description, series=series
     )
 
 
@@ -121,6 +127,7 @@ def ensure_demo(
         manifest["series_instance_uid"],
         patient_id=manifest.get("patient_id") or None,
         description=DEMO_DESCRIPTION,
+        series=geometry_from_series(load_series(folder / "series")),  # the server records the geometry
     )
     return DemoData(
         series_dir=folder / "series",

@@ -2,8 +2,8 @@
 
 ``load_series(folder)`` reads only headers (``stop_before_pixels=True``), groups files by
 SeriesInstanceUID and orders slices by geometry. Pixels are decoded lazily, one frame at a time, through
-pydicom (which uses the installed pylibjpeg plugins for JPEG / JPEG-LS / JPEG 2000 / RLE) and kept in a
-small bounded LRU cache, so a 1000-slice series never holds every decoded frame in memory.
+pydicom (with the permissively licensed decoders pyproject.toml lists; core/jpeg12.py adds 12-bit JPEG)
+and kept in a small bounded LRU cache, so a 1000-slice series never holds every decoded frame in memory.
 
 Slice order convention (what "slice index" means everywhere in this project): slices are sorted by
 ImagePositionPatient projected on the slice normal ``row x col`` of ImageOrientationPatient, ascending.
@@ -14,6 +14,7 @@ slice has no usable geometry the whole series falls back to InstanceNumber (then
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -29,7 +30,10 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array as _decode_pixels
 
+from pacs_mask_desktop.core import jpeg12
+
 log = logging.getLogger(__name__)
+jpeg12.register()  # 12-bit JPEG Extended: the one syntax pydicom's permissive plugins leave out
 
 DEFAULT_CACHE_SIZE = 32
 """Decoded frames kept per series (a 512x512 float32 frame is 1 MiB)."""
@@ -270,6 +274,8 @@ def load_series(
     ``on_progress(done, total)`` is called per file; setting ``cancel`` stops with ``SeriesError``.
     """
     root = Path(folder)
+    if not root.exists():
+        raise SeriesError(f"{root} does not exist")
     if not root.is_dir():
         raise SeriesError(f"{root} is not a folder")
     files = sorted(p for p in root.rglob("*") if p.is_file())
@@ -306,6 +312,21 @@ def load_series(
         if uid != chosen
     ]
     return _build_series(groups[chosen], warnings, skipped, cache_size)
+
+
+def series_from_headers(
+    items: Iterable[tuple[Path, Dataset]], *, cache_size: int = DEFAULT_CACHE_SIZE
+) -> Series:
+    """A :class:`Series` from headers read elsewhere, each with the file its pixels are (or will be) in.
+
+    The PACS browser builds the series from the WADO-RS metadata before the instances arrive, with the
+    paths their files will have in the DICOM cache; ordering and attributes follow :func:`load_series`.
+    ``SeriesError`` when there is no header with an image.
+    """
+    usable = [(Path(path), ds) for path, ds in items if "Rows" in ds and "Columns" in ds]
+    if not usable:
+        raise SeriesError("the series has no image instances")
+    return _build_series(usable, [], [], cache_size)
 
 
 def _read_header(path: Path) -> tuple[Dataset | None, str]:
@@ -462,10 +483,8 @@ def _build_series(
     first = items[0][1]
     orientations = Counter(o for _, ds in items if (o := _orientation(ds, 0)) is not None)
     orientation = orientations.most_common(1)[0][0] if orientations else None
-    if len(orientations) > 1:
-        warnings.append(
-            f"slices have {len(orientations)} different orientations; ordered along the most common one"
-        )
+    if orientation is not None:
+        _refuse_mixed_planes(items, orientation)
     normal = _normal(orientation) if orientation is not None else None
 
     refs: list[SliceRef] = []
@@ -504,9 +523,7 @@ def _build_series(
     if all(ref.position is not None for ref in refs):
         ordered_by = "geometry"
         refs.sort(key=lambda r: (r.position, r.instance_number or 0, r.frame_index or 0, str(r.path)))
-        positions = [round(r.position or 0.0, 4) for r in refs]
-        if len(set(positions)) < len(positions):
-            warnings.append("some slices share the same position (several echoes or phases?)")
+        _refuse_duplicate_positions(refs)
     elif all(ref.instance_number is not None for ref in refs):
         ordered_by = "instance_number"
         refs.sort(key=lambda r: (r.instance_number, r.frame_index or 0, str(r.path)))
@@ -519,7 +536,12 @@ def _build_series(
     sizes = Counter((r.rows, r.columns) for r in refs)
     (rows, columns), _ = sizes.most_common(1)[0]
     if len(sizes) > 1:
-        warnings.append(f"slices have different sizes: {sorted(sizes)}; the series size is {rows}x{columns}")
+        odd = next(r for r in refs if (r.rows, r.columns) != (rows, columns))
+        raise SeriesError(
+            f"the series' slices have different sizes ({', '.join(f'{c}x{r}' for r, c in sorted(sizes))}, "
+            f"e.g. {odd.path.name} is {odd.columns}x{odd.rows} where most are {columns}x{rows}); "
+            "it cannot be opened as one volume"
+        )
     return Series(
         series_instance_uid=_text(first, "SeriesInstanceUID"),
         study_instance_uid=_text(first, "StudyInstanceUID"),
@@ -539,6 +561,43 @@ def _build_series(
         skipped=skipped,
         cache_size=cache_size,
     )
+
+
+ORIENTATION_TOLERANCE = 1e-3
+"""Direction cosines closer than this count as the same orientation (the server uses the same)."""
+POSITION_TOLERANCE_MM = 1e-3
+"""Slices closer than this along the normal are at the same position (the server uses the same)."""
+
+
+def _refuse_mixed_planes(items: list[tuple[Path, Dataset]], orientation: tuple[float, ...]) -> None:
+    """``SeriesError`` when any slice's ImageOrientationPatient differs from ``orientation``."""
+    others = [
+        (path, o)
+        for path, ds in items
+        for frame in range(_number_of_frames(ds) if "PerFrameFunctionalGroupsSequence" in ds else 1)
+        if (o := _orientation(ds, frame)) is not None
+        and any(abs(a - b) > ORIENTATION_TOLERANCE for a, b in zip(o, orientation, strict=True))
+    ]
+    if others:
+        path, other = others[0]
+        raise SeriesError(
+            f"the series mixes planes: {len(others)} slice(s) have another orientation than "
+            f"{[round(v, 3) for v in orientation]} (e.g. {path.name}: {[round(v, 3) for v in other]}), "
+            "as in a radial MR; it cannot be opened as one volume"
+        )
+
+
+def _refuse_duplicate_positions(refs: list[SliceRef]) -> None:
+    """``SeriesError`` when two slices (sorted by position) share a position along the normal."""
+    for a, b in itertools.pairwise(refs):
+        if (b.position or 0.0) - (a.position or 0.0) < POSITION_TOLERANCE_MM:
+            name_a = a.path.name + (f" frame {a.frame_number}" if a.frame_number else "")
+            name_b = b.path.name + (f" frame {b.frame_number}" if b.frame_number else "")
+            raise SeriesError(
+                f"two slices share the position {a.position:.3f} mm along the slice normal ({name_a} and "
+                f"{name_b}: several echoes, phases or acquisitions?); the series cannot be opened as one "
+                "volume"
+            )
 
 
 _LUMA = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)

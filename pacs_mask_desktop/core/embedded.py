@@ -256,7 +256,9 @@ class EmbeddedServer:
         try:
             token = token_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise EmbeddedServerError(f"The bundled server is up but its token file {token_file} is unreadable: {exc}") from exc
+            raise EmbeddedServerError(
+                f"The bundled server is up but its token file {token_file} is unreadable: {exc}"
+            ) from exc
         if not token:
             raise EmbeddedServerError(f"The bundled server's token file {token_file} is empty.")
         self.target = ServerTarget(url=self.url, token=token)

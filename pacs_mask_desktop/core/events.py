@@ -45,7 +45,9 @@ class UploadResult:
     """How an upload ended. ``status`` is complete, incomplete (some slices failed) or cancelled.
 
     ``error_code`` is the server's error code when the server refused the upload as a whole (e.g.
-    ``duplicate_group``, ``annotation_not_found``) or could not be reached (``unreachable``).
+    ``duplicate_group``, ``annotation_not_found``) or could not be reached (``unreachable``: the run gave
+    up after its retry budget). ``uploaded`` counts the slices this run sent that landed, also when the
+    run ended on a failed ``complete``; ``not_sent`` the slices it never tried because it gave up.
     """
 
     status: str
@@ -58,6 +60,7 @@ class UploadResult:
     seconds: float = 0.0
     group: dict[str, Any] | None = None
     error_code: str | None = None
+    not_sent: int = 0
 
     @property
     def ok(self) -> bool:
@@ -73,6 +76,7 @@ class UploadResult:
             "uploaded": self.uploaded,
             "skipped": self.skipped,
             "failed": [{"filename": k, "reason": v} for k, v in sorted(self.failed.items())],
+            "not_sent": self.not_sent,
             "bytes_sent": self.bytes_sent,
             "seconds": round(self.seconds, 3),
             "group": self.group,

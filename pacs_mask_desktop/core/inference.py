@@ -1,7 +1,7 @@
 """The AI side: upload an inference result in-process, and a demo model run end to end.
 
-Inference code calls :func:`upload_inference_result` with a folder of PNG label masks or with numpy
-label arrays; it goes through the same checks, engine and journal as the desktop app and ``pacs-mask
+Inference code calls :func:`upload_inference_result` with a folder of PNG label masks, numpy label
+arrays, a NIfTI/DICOM SEG file or a 3-D array with its affine; it goes through the same checks, engine and journal as the desktop app and ``pacs-mask
 watch``, so retries, resume and exactly-once completion are the same everywhere.
 """
 
@@ -15,14 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from pacs_mask_desktop.core.api_client import ApiClient
+from pacs_mask_desktop.core.api_client import ApiClient, ApiError
 from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, UploadResult
 from pacs_mask_desktop.core.journal import Journal
+from pacs_mask_desktop.core.masks import write_label_pngs
 from pacs_mask_desktop.core.paths import journal_path, resolve_server
 from pacs_mask_desktop.core.plan import Problem, prepare
+from pacs_mask_desktop.core.retry import RetryPolicy
+from pacs_mask_desktop.core.series_geometry import GeometryFormatError, fetch_annotation_series
 from pacs_mask_desktop.core.upload import UploadEngine
+from pacs_mask_desktop.core.volume_masks import (
+    NO_GEOMETRY_MESSAGE,
+    VolumeMaskError,
+    VolumeMasks,
+    annotation_geometry,
+    is_volume_file,
+    masks_from_array,
+    masks_from_file,
+    normalize_label_table,
+)
 
 MANIFEST = "manifest.json"
 DONE_MARKER = ".done"
@@ -38,25 +50,8 @@ class InvalidResult(Exception):
         super().__init__(f"{len(problems)} problem(s): {lines}{more}")
 
 
-def write_label_pngs(masks: Sequence[np.ndarray], folder: Path, *, prefix: str = "mask") -> list[Path]:
-    """Write label arrays as 8-bit (or 16-bit when labels exceed 255) grayscale PNGs named by index."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, mask in enumerate(masks):
-        array = np.asarray(mask)
-        if array.ndim != 2:
-            raise ValueError(f"mask {index} has shape {array.shape}; label maps are 2-D")
-        if array.min(initial=0) < 0:
-            raise ValueError(f"mask {index} has negative labels")
-        dtype = np.uint8 if array.max(initial=0) <= 255 else np.uint16
-        path = folder / f"{prefix}_{index:04d}.png"
-        Image.fromarray(array.astype(dtype)).save(path, format="PNG", optimize=False, compress_level=6)
-        paths.append(path)
-    return paths
-
-
 def upload_inference_result(
-    masks: Path | str | Sequence[np.ndarray],
+    masks: Path | str | Sequence[np.ndarray] | np.ndarray,
     *,
     annotation_id: int,
     model_name: str,
@@ -68,36 +63,97 @@ def upload_inference_result(
     token: str | None = None,
     workers: int = 8,
     on_event: Callable[[SliceEvent | GroupEvent], None] | None = None,
+    policy: RetryPolicy | None = None,
+    affine: np.ndarray | None = None,
+    labels: Mapping[str, Any] | None = None,
 ) -> UploadResult:
     """Upload one model output as a group with ``source="ai"``; raises :class:`InvalidResult` on bad input.
 
-    ``masks`` is a folder of PNG label maps or a sequence of 2-D label arrays in slice order. The
+    ``masks`` is a folder of PNG label maps, a sequence of 2-D label arrays in slice order, a NIfTI
+    (``.nii``/``.nii.gz``) or DICOM SEG file, or a 3-D label array with its ``affine`` (4x4 voxel-to-world,
+    RAS as nibabel gives it). Volumes are placed exactly on the annotation's series grid
+    (:mod:`pacs_mask_desktop.core.volume_masks`: never resampled; another grid is :class:`InvalidResult`
+    naming the measured difference); ``labels`` (``{"1": "liver"}`` or full entries) names the labels when
+    the file's sidecar or segments do not. The
     server and token default to ``PACS_MASK_SERVER``/``PACS_MASK_TOKEN`` or the embedded server.
+    ``policy`` sets how long to wait for an unreachable server (default about 2 minutes); the result
+    is then ``incomplete`` with ``error_code`` ``unreachable``, and calling again resumes.
+    The masks (and ``series``) are checked against the annotation's series as the server recorded it:
+    another series, another size or a slice outside it is :class:`InvalidResult`, and nothing is sent.
     """
     temp: Path | None = None
-    if not isinstance(masks, (str, Path)):
+    if affine is None and not isinstance(masks, (str, Path)):
         temp = Path(tempfile.mkdtemp(prefix="pacs-mask-result-"))
         write_label_pngs(masks, temp)
         masks = temp
     try:
-        prepared = prepare(
-            masks, annotation_id=annotation_id, model_name=model_name, version=version, source="ai",
-            confidence=confidence, params=params, series=series,
-        )
-        if not prepared.ok:
-            raise InvalidResult(prepared.problems)
         target = resolve_server(server, token)
-        journal = Journal(journal_path())
-        with ApiClient(target.url, target.token) as api:
-            engine = UploadEngine(api, journal, workers=workers, on_event=on_event)
+        with ApiClient(target.url, target.token, policy=policy) as api:
+            # The annotation's recorded series checks the masks (and ``series``) before anything is sent.
             try:
-                return engine.run(prepared.plan, source_path=str(masks))  # type: ignore[arg-type]
+                stored = fetch_annotation_series(api, annotation_id)
+            except (ApiError, GeometryFormatError) as exc:
+                return UploadResult(
+                    "incomplete", None, str(exc), error_code=getattr(exc, "code", "bad_geometry")
+                )
+            volume = _stage_volume(api, masks, affine, labels, annotation_id, series)
+            try:
+                prepared = prepare(
+                    volume.folder if volume is not None else masks,  # type: ignore[arg-type]
+                    annotation_id=annotation_id,
+                    model_name=model_name,
+                    version=version,
+                    source="ai",
+                    confidence=confidence,
+                    params=params,
+                    series=series,
+                    annotation_series=stored,
+                    labels=(volume.labels or normalize_label_table(labels))
+                    if volume is not None
+                    else normalize_label_table(labels),
+                )
+                if not prepared.ok:
+                    raise InvalidResult(prepared.problems)
+                journal = Journal(journal_path())
+                engine = UploadEngine(api, journal, workers=workers, on_event=on_event)
+                source_path = str(masks) if isinstance(masks, (str, Path)) else "array"
+                try:
+                    return engine.run(prepared.plan, source_path=source_path)  # type: ignore[arg-type]
+                finally:
+                    engine.close()
+                    journal.close()
             finally:
-                engine.close()
-                journal.close()
+                if volume is not None:
+                    volume.cleanup()
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stage_volume(
+    api: ApiClient,
+    masks: Any,
+    affine: np.ndarray | None,
+    labels: Mapping[str, Any] | None,
+    annotation_id: int,
+    series: Path | str | None,
+) -> VolumeMasks | None:
+    """A NIfTI/SEG file or a 3-D array + affine staged as PNG slices on the series grid; ``None`` for PNGs."""
+    is_file = isinstance(masks, (str, Path)) and is_volume_file(masks)
+    if affine is None and not is_file:
+        return None
+    name = Path(masks).name if is_file else None
+    try:
+        geometry = annotation_geometry(api, annotation_id, series)
+        if geometry is None:
+            raise VolumeMaskError("no_geometry", NO_GEOMETRY_MESSAGE)
+        if is_file:
+            return masks_from_file(masks, geometry)
+        return masks_from_array(
+            np.asarray(masks), np.asarray(affine), geometry, labels=normalize_label_table(labels)
+        )
+    except VolumeMaskError as exc:
+        raise InvalidResult([Problem(name, exc.code, exc.message)]) from None
 
 
 def write_result_folder(
@@ -123,6 +179,7 @@ def run_demo_inference(
     workers: int = 8,
     out_folder: Path | None = None,
     on_note: Callable[[str], None] = lambda _text: None,
+    policy: RetryPolicy | None = None,
 ) -> UploadResult:
     """Segment a series with the demo threshold model and upload the result through the worker path.
 
@@ -137,7 +194,12 @@ def run_demo_inference(
     series = load_series(series_folder)
     on_note(f"running the demo model on {len(series)} slices …")
     model = threshold_model(series)
-    params = {"method": "hu-threshold+largest-component", "low_hu": 50.0, "high_hu": 150.0, "lesion_above_hu": 82.0}
+    params = {
+        "method": "hu-threshold+largest-component",
+        "low_hu": 50.0,
+        "high_hu": 150.0,
+        "lesion_above_hu": 82.0,
+    }
     inbox = Path(tempfile.mkdtemp(prefix="pacs-mask-inbox-"))
     folder = inbox / f"demo-{annotation_id}-{version}"
     write_result_folder(
@@ -153,7 +215,9 @@ def run_demo_inference(
         },
     )
     on_note(f"model confidence {model.confidence:.3f}; uploading {len(model.masks)} masks …")
-    watcher = Watcher(inbox, server=server, token=token, workers=workers, log=lambda _line: None)
+    watcher = Watcher(
+        inbox, server=server, token=token, workers=workers, log=lambda _line: None, policy=policy
+    )
     try:
         outcome = watcher.process(folder)
     finally:

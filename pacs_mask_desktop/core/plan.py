@@ -14,6 +14,14 @@ Matching (``match``)
     ``"instance_number"``: the last number in the stem is the DICOM InstanceNumber (series required).
     ``"sop_uid"``: the stem must contain the slice's SOP Instance UID (series required).
 
+The annotation's series (``annotation_series``)
+    The server records each annotation's series geometry (``GET /api/annotations/{id}/series``, as a
+    headers-only Series from :func:`pacs_mask_desktop.core.series_geometry.series_from_geometry`).
+    Every caller passes it when the server knows it; masks are then matched and checked against it
+    (size = Rows/Columns, index inside the series, SOP Instance UIDs), with or without a local folder.
+    A local ``series`` that is another series (SeriesInstanceUID), or the same series with other
+    slices or another order, is a ``wrong_series`` / ``series_differs`` problem: nothing is sent.
+
 Gaps
     With a series, slices that have no mask are listed in ``missing_slices`` as a warning: partial
     volumes (an organ on 40 of 300 slices) are normal. Only with ``require_all_slices=True`` do they
@@ -34,7 +42,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +54,7 @@ from pacs_mask_desktop.core.masks import (
     check_upload_filename,
     read_mask,
     slice_index_from_filename,
+    slice_index_problem,
 )
 
 MatchMode = Literal["auto", "instance_number", "sop_uid"]
@@ -87,7 +96,9 @@ class Problem:
 
     Codes: ``unreadable``, ``not_a_mask``, ``bad_filename``, ``size_mismatch``, ``no_matching_slice``,
     ``duplicate_slice_index``, ``duplicate_filename``, ``missing_index``, ``empty_input``, ``no_index``,
-    ``invalid_field``, ``series_error``, ``series_required``, ``too_many_slices``.
+    ``not_found`` (a given file or folder does not exist),
+    ``invalid_field``, ``series_error``, ``series_required``, ``too_many_slices``, ``wrong_series``,
+    ``series_differs``.
     """
 
     filename: str | None
@@ -145,6 +156,8 @@ class UploadPlan:
     series_instance_uid: str | None = None
     study_instance_uid: str | None = None
     series_slice_count: int | None = None
+    labels: dict[str, Any] | None = None
+    """The group's label table (``POST /api/mask-group`` ``labels``), e.g. from a NIfTI sidecar or SEG segments."""
 
     @property
     def total_bytes(self) -> int:
@@ -208,13 +221,18 @@ def prepare(
     cancel: threading.Event | None = None,
     max_workers: int | None = None,
     ignore_names: Iterable[str] = (),
+    annotation_series: Series | None = None,
+    labels: Mapping[str, Any] | None = None,
 ) -> PreparedUpload:
     """Check masks and group fields and return a plan, or every problem found (never only the first).
 
     ``masks`` are files and/or folders; a folder contributes its ``*.png`` files (sorted, not
     recursive) and any other file in it is reported as a problem rather than silently dropped
     (hidden dot-files, :data:`IGNORED_NAMES` and ``ignore_names`` are skipped). ``series`` is a loaded :class:`Series`
-    or a DICOM folder. Masks are read and hashed in a thread pool; ``on_progress(done, total)`` is
+    or a DICOM folder. ``annotation_series`` is the annotation's series as the server recorded it
+    (see the module docstring): when given, masks are checked against it and ``series`` must be it.
+    ``labels`` is the group's label table (names, codes, colours of label numbers), sent when the group
+    is created; NIfTI/SEG imports (``core.volume_masks``) give one. Masks are read and hashed in a thread pool; ``on_progress(done, total)`` is
     called on the calling thread after each file, and setting ``cancel`` raises
     :class:`PrepareCancelled`. Blocking: run it from a worker, not the GUI thread.
     """
@@ -236,6 +254,11 @@ def prepare(
             problems.append(Problem(None, "series_error", f"cannot open the DICOM series: {exc}"))
     if loaded is not None:
         warnings += loaded.warnings
+    local = loaded
+    if annotation_series is not None:
+        if loaded is not None and (mismatch := series_mismatch(loaded, annotation_series, annotation_id)):
+            problems.append(Problem(None, *mismatch))
+        loaded = annotation_series  # the server's slice order is the one complete checks
     if match != "auto" and loaded is None:
         problems.append(
             Problem(None, "series_required", f"matching by {match} needs the DICOM series; open it first")
@@ -297,7 +320,52 @@ def prepare(
         if problems
         else _build_plan(entries, loaded, annotation_id, model_name, version, source, confidence, params)
     )
-    return PreparedUpload(plan, problems, rows, missing, warnings, loaded)
+    if plan is not None and labels:
+        plan = replace(plan, labels=dict(labels))
+    return PreparedUpload(plan, problems, rows, missing, warnings, local if local is not None else loaded)
+
+
+def series_mismatch(local: Series, stored: Series, annotation_id: Any) -> tuple[str, str] | None:
+    """``(code, message)`` when the local ``series`` is not the annotation's stored one, else ``None``.
+
+    Another SeriesInstanceUID is ``wrong_series``; the same UID with other slices, another order or
+    another size (a partial folder, another reader's order) is ``series_differs``.
+    """
+
+    def describe(series: Series) -> str:
+        return (
+            f"series {series.series_instance_uid} ({series.modality or 'no modality'}, "
+            f"{series.columns}x{series.rows}, {len(series)} slices, patient {series.patient_id or 'unknown'})"
+        )
+
+    if local.series_instance_uid != stored.series_instance_uid:
+        return (
+            "wrong_series",
+            f"the DICOM series given is {describe(local)}, but annotation {annotation_id} is on "
+            f"{describe(stored)}; masks for another series are never sent",
+        )
+    if (local.rows, local.columns) != (stored.rows, stored.columns):
+        return (
+            "series_differs",
+            f"the DICOM series given is {local.columns}x{local.rows} but annotation {annotation_id}'s copy of "
+            f"the same series is {stored.columns}x{stored.rows}",
+        )
+    if len(local) != len(stored):
+        return (
+            "series_differs",
+            f"the DICOM series given has {len(local)} slices but annotation {annotation_id}'s series has "
+            f"{len(stored)}: the folder is incomplete or holds more, so its slice numbers are not the "
+            "annotation's",
+        )
+    for index, (mine, theirs) in enumerate(zip(local, stored, strict=True)):
+        if (mine.sop_instance_uid, mine.frame_number) != (theirs.sop_instance_uid, theirs.frame_number):
+            return (
+                "series_differs",
+                f"slice {index} of the DICOM series given is SOP Instance {mine.sop_instance_uid} but slice "
+                f"{index} of annotation {annotation_id}'s series is {theirs.sop_instance_uid}: the slices "
+                "are in another order",
+            )
+    return None
 
 
 def _check_group_fields(
@@ -338,8 +406,13 @@ def _expand_inputs(
     entries: list[_Entry] = []
     for item in inputs:
         path = Path(item)
+        if not path.exists():  # a typo in a path: say so, not that its name is not a PNG's
+            entry = _Entry(path, read=False)
+            entry.add("unreadable", "not_found", f"{path} does not exist")
+            entries.append(entry)
+            continue
         if not path.is_dir():
-            entries.append(_Entry(path))  # a missing file is reported by read_mask
+            entries.append(_Entry(path))
             continue
         children = sorted(path.iterdir(), key=lambda p: p.name)
         subfolders = [c.name for c in children if c.is_dir()]
@@ -441,6 +514,8 @@ def _match(name: str, series: Series | None, match: str) -> tuple[int | None, tu
     number = slice_index_from_filename(name)
     if number is None:
         return None, ("no_index", "no number in the file name to tell which slice it belongs to")
+    if match != "instance_number" and (too_large := slice_index_problem(number)) is not None:
+        return None, ("no_index", too_large)
     if series is None:
         return number, None
     if match == "instance_number":

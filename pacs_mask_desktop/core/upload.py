@@ -8,7 +8,14 @@ Both the desktop app and the headless CLI/worker run uploads through :class:`Upl
   expired", the 400 AccessDenied time-skew answer of rclone and some S3 servers, the local backend's
   ``expired_url``) is re-issued, not retried blindly.
 - Connection errors, timeouts, 5xx and 429 are retried with exponential backoff and full jitter
-  (tenacity), a bounded number of times. Anything else fails that slice with the storage's reason.
+  (tenacity), a bounded number of times. Anything else fails that slice with the storage's reason,
+  except 412 (the create-only PUT found the object already stored, e.g. our own re-send whose first
+  answer was lost): that counts as sent, and ``complete`` verifies the stored bytes.
+- While the server or storage answers nothing at all (refused, reset, timed out), requests keep trying
+  past their attempt limit, so a restart is waited out. When nothing has got through for the policy's
+  ``give_up_after`` seconds (:class:`~pacs_mask_desktop.core.retry.Outage` clocks: the API client's and
+  one for storage), the run gives up as a whole: retries stop, no new slice is started, and the result
+  (``error_code`` ``unreachable``) says how to resume.
 - The journal records the group and every slice that landed, so a second run after a crash, kill or
   power loss continues the pending group and sends only what is missing. ``complete`` is idempotent
   on the server, so a completed group is never created twice.
@@ -29,13 +36,14 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState, Retrying, retry_if_exception_type
 from tenacity.wait import wait_random_exponential
 
 from pacs_mask_desktop.core.api_client import ApiClient, ApiError
 from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState, UploadResult
 from pacs_mask_desktop.core.journal import Journal
 from pacs_mask_desktop.core.plan import PlannedSlice, UploadPlan
+from pacs_mask_desktop.core.retry import Outage
 from pacs_mask_desktop.core.transport import PermanentTransportError, PutTransport, TransportError
 
 log = logging.getLogger(__name__)
@@ -49,6 +57,11 @@ class UploadCancelled(Exception):
 
 class _Transient(Exception):
     """A failure worth retrying after a pause."""
+
+
+class _Unreachable(_Transient):
+    """No answer at all (refused, reset, timed out). While storage answers nothing, it uses up no attempts:
+    the slice waits out the outage (a storage or server restart) until the retry budget is spent."""
 
 
 class _Expired(Exception):
@@ -73,6 +86,18 @@ def is_expired_answer(status: int, body: bytes) -> bool:
         return True
     # rclone serve s3 (and some S3 servers) answer 400 AccessDenied for a request outside the time window.
     return status == 400 and "accessdenied" in text and "time" in text
+
+
+def is_already_stored_answer(status: int) -> bool:
+    """True when storage refused a create-only PUT because an object already exists under the key.
+
+    Signed PUTs are create-only (``If-None-Match: *``; the local backend always): S3, MinIO and the
+    local backend answer 412 when the key holds an object. That is our own earlier PUT whose answer was
+    lost (a timeout, a dropped connection, a crash before the journal recorded it), or other bytes
+    stored before. Either way ``complete`` checks size and MD5 of what is stored and names any slice
+    that differs, so the slice counts as sent here.
+    """
+    return status == 412
 
 
 def _storage_reason(status: int, body: bytes) -> str:
@@ -111,6 +136,7 @@ class _UrlBook:
         self._signing = False
         self._prefetcher: threading.Thread | None = None
         self._cond = threading.Condition()
+        self._refused: ApiError | None = None  # the server will not sign for this group at all
 
     def mark_done(self, filename: str) -> None:
         with self._cond:
@@ -120,6 +146,8 @@ class _UrlBook:
     def get(self, filename: str, *, expired: _Signed | None = None) -> _Signed:
         """A URL for ``filename`` that is not known to be expired."""
         position = self._position[filename]
+        if self._refused is not None:
+            raise self._refused
         with self._cond:
             while True:
                 current = self._urls.get(filename)
@@ -136,6 +164,12 @@ class _UrlBook:
             self._signing = True
         try:
             self._sign_from(position, refresh=current is not None)
+        except ApiError as exc:
+            # Not this group's creator, the group is no longer pending: asking again for each remaining
+            # slice would get the same answer; each fails with this one instead.
+            if exc.status in (401, 403) or exc.code == "group_not_pending":
+                self._refused = exc
+            raise
         finally:
             with self._cond:
                 self._signing = False
@@ -151,7 +185,9 @@ class _UrlBook:
             or self._frontier - position > self._batch // 2
         ):
             return
-        thread = threading.Thread(target=self._prefetch, args=(self._frontier,), name="pacs-sign", daemon=True)
+        thread = threading.Thread(
+            target=self._prefetch, args=(self._frontier,), name="pacs-sign", daemon=True
+        )
         self._signing = True
         try:
             thread.start()
@@ -257,8 +293,13 @@ class UploadEngine:
         self.max_attempts = max(1, max_attempts)
         self.sign_batch = max(1, min(sign_batch, 5000))
         self.cancel = cancel or threading.Event()
+        self.put_timeout = put_timeout
         self._emit = on_event or (lambda _event: None)
         self._http = PutTransport(timeout=put_timeout)
+        # Two clocks with one budget (core/retry.py): the API client's for its calls, this one for storage,
+        # so a server that signs while storage is down still ends the run in time.
+        self._outage = Outage(api.outage.policy)
+        self._gave_up = False
 
     def close(self) -> None:
         """Close pooled storage connections."""
@@ -269,6 +310,9 @@ class UploadEngine:
     def run(self, plan: UploadPlan, *, source_path: str | None = None) -> UploadResult:
         """Upload ``plan``; never raises for upload failures, returns how it ended."""
         started = time.monotonic()
+        self._gave_up = False
+        self._outage.reset()
+        self.api.outage.reset()
         try:
             result = self._run(plan, source_path)
         except UploadCancelled:
@@ -317,6 +361,10 @@ class UploadEngine:
         failed, uploaded, sent_bytes = self._put_all(group_id, todo)
         if self.cancel.is_set():
             raise UploadCancelled
+        if self._gave_up:
+            return self._gave_up_result(
+                group_id, len(slices), uploaded=uploaded, skipped=skipped, failed=failed, sent=sent_bytes
+            )
         if failed:
             return UploadResult(
                 "incomplete",
@@ -329,7 +377,21 @@ class UploadEngine:
                 bytes_sent=sent_bytes,
             )
         self._emit(GroupEvent("completing", group_id, f"Registering {len(slices)} slices"))
-        group = self._complete(group_id, slices)
+        try:
+            group = self._complete(group_id, slices)
+        except ApiError as exc:
+            # The slices landed (and are journaled) even though the group could not be registered: say so.
+            landed = uploaded + skipped
+            return UploadResult(
+                "incomplete",
+                group_id,
+                f"{exc.message} {landed} of {len(slices)} slice(s) have landed and are kept; group "
+                f"{group_id} stays pending. Run the upload again to register it without sending them again.",
+                uploaded=uploaded,
+                skipped=skipped,
+                bytes_sent=sent_bytes,
+                error_code=exc.code,
+            )
         if isinstance(group, UploadResult):
             group.uploaded += uploaded
             group.skipped = skipped
@@ -345,6 +407,25 @@ class UploadEngine:
             skipped=skipped,
             bytes_sent=sent_bytes,
             group=group,
+        )
+
+    def _gave_up_result(
+        self, group_id: str, total: int, *, uploaded: int, skipped: int, failed: dict[str, str], sent: int
+    ) -> UploadResult:
+        """The run stopped because nothing got through for the whole retry budget."""
+        landed = uploaded + skipped
+        return UploadResult(
+            "incomplete",
+            group_id,
+            f"Gave up: the server or storage did not answer for {self._outage.policy.give_up_after:g} s. "
+            f"{landed} of {total} slice(s) have landed and are kept in the journal; group {group_id} stays "
+            "pending. Run the same upload again when the server is back: it sends only what is missing.",
+            uploaded=uploaded,
+            skipped=skipped,
+            failed=failed,
+            bytes_sent=sent,
+            not_sent=total - landed - len(failed),
+            error_code="unreachable",
         )
 
     def _open_group(self, plan: UploadPlan) -> tuple[str, str, dict[str, Any] | None]:
@@ -385,6 +466,8 @@ class UploadEngine:
             fields["confidence"] = plan.confidence
         if plan.params:
             fields["params"] = plan.params
+        if plan.labels:
+            fields["labels"] = plan.labels
         try:
             group = self.api.create_group(fields)
         except ApiError as exc:
@@ -426,6 +509,8 @@ class UploadEngine:
             except UploadCancelled:
                 return
             except Exception as exc:  # every failure is this slice's, with its reason; none ends the run
+                if self._exhausted():
+                    self._gave_up = True  # ... except that nothing got through for the whole budget
                 if isinstance(exc, ApiError):
                     reason = exc.message
                 elif isinstance(exc, _Permanent | _Transient | _Expired | OSError):
@@ -452,6 +537,9 @@ class UploadEngine:
             # Each worker pulls the next slice itself: a future per slice cost ~10 % of the client's
             # CPU on 1000 small PUTs (a Condition per future, and a GIL hand-off to collect it).
             while True:
+                if self._exhausted():  # the server or storage stayed unreachable: stop here
+                    self._gave_up = True
+                    return
                 with take:
                     s = next(queue, None)
                 if s is None:
@@ -496,12 +584,21 @@ class UploadEngine:
         def wait(rs: RetryCallState) -> float:
             if rs.outcome is not None and isinstance(rs.outcome.exception(), _Expired):
                 return 0.0
-            return backoff(rs)
+            return min(backoff(rs), max(0.0, self._outage.remaining()))
+
+        def stop(rs: RetryCallState) -> bool:
+            if self._exhausted():
+                return True
+            if rs.attempt_number < self.max_attempts:
+                return False
+            # Out of attempts, unless storage gives no answer at all anywhere: then wait it out.
+            error = rs.outcome.exception() if rs.outcome is not None else None
+            return not (isinstance(error, _Unreachable) and (self._outage.down or self.api.outage.down))
 
         backoff = wait_random_exponential(multiplier=0.2, max=10)
         retrying = Retrying(
             retry=retry_if_exception_type((_Transient, _Expired)),
-            stop=stop_after_attempt(self.max_attempts),
+            stop=stop,
             wait=wait,
             sleep=self._sleep,
             before_sleep=before_sleep,
@@ -513,17 +610,42 @@ class UploadEngine:
                     raise first_failure.pop()  # attempt 1, made above: tenacity takes it from here
                 self._attempt(book, s, body, attempt.retry_state.attempt_number, state)
 
-    def _attempt(self, book: _UrlBook, s: PlannedSlice, body: bytes, number: int, state: dict[str, _Signed | None]) -> None:
+    def _attempt(
+        self, book: _UrlBook, s: PlannedSlice, body: bytes, number: int, state: dict[str, _Signed | None]
+    ) -> None:
         """One PUT of ``s`` with a URL that is not known to be expired; raises what ``_put_once`` raises."""
         if self.cancel.is_set():
             raise UploadCancelled
-        signed = book.get(s.filename, expired=state["expired"])
+        try:
+            signed = book.get(s.filename, expired=state["expired"])
+        except ApiError as exc:
+            if exc.status == 0:  # the server did not answer the signing call: wait it out like storage
+                raise _Unreachable(exc.message) from exc
+            raise
         self._emit(SliceEvent(s.filename, s.slice_index, SliceState.UPLOADING, s.size, attempt=number))
         try:
             self._put_once(signed, body)
+        except _Transient:
+            self._outage.failed()
+            raise
         except _Expired:
             state["expired"] = signed
             raise
+        self._outage.succeeded()
+
+    def _waiting_out(self, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(*args)``, repeated while the server answers nothing at all, until the budget is spent."""
+        while True:
+            try:
+                return call(*args)
+            except ApiError as exc:
+                if exc.status != 0 or self._exhausted() or self.cancel.is_set():
+                    raise
+            self._sleep(min(2.0, max(0.0, self.api.outage.remaining())))
+
+    def _exhausted(self) -> bool:
+        """True when the server or storage has answered nothing for the whole retry budget."""
+        return self._outage.exhausted() or self.api.outage.exhausted()
 
     def _sleep(self, seconds: float) -> None:
         if self.cancel.wait(seconds):
@@ -531,12 +653,13 @@ class UploadEngine:
 
     def _put_once(self, signed: _Signed, body: bytes) -> None:
         try:
-            status, data = self._http.put(signed.url, body, signed.headers)
+            timeout = self._outage.cap(self.put_timeout)  # within the retry budget during an outage
+            status, data = self._http.put(signed.url, body, signed.headers, timeout=timeout)
         except PermanentTransportError as exc:
             raise _Permanent(str(exc)) from exc
         except TransportError as exc:
-            raise _Transient(str(exc)) from exc
-        if 200 <= status < 300:
+            raise _Unreachable(str(exc)) from exc
+        if 200 <= status < 300 or is_already_stored_answer(status):
             return
         if is_expired_answer(status, data):
             raise _Expired("the signed URL expired")
@@ -549,7 +672,7 @@ class UploadEngine:
     def _complete(self, group_id: str, slices: list[PlannedSlice]) -> dict[str, Any] | UploadResult:
         payload = [_complete_item(s) for s in slices]
         try:
-            return self.api.complete(group_id, payload)
+            return self._waiting_out(self.api.complete, group_id, payload)
         except ApiError as exc:
             if exc.code not in ("objects_missing", "checksum_mismatch"):
                 raise
@@ -562,16 +685,27 @@ class UploadEngine:
             self.journal.forget_landed(group_id, sorted(missing))
         again = [s for s in slices if s.filename in missing]
         failed, uploaded, sent = self._put_all(group_id, again)
-        if failed:
+        if failed or self._gave_up:
             return UploadResult(
                 "incomplete",
                 group_id,
-                f"{len(failed)} slice(s) could not be re-sent.",
+                f"{len(again) - uploaded} slice(s) could not be re-sent.",
                 uploaded=uploaded,
                 failed=failed,
                 bytes_sent=sent,
+                error_code="unreachable" if self._gave_up else None,
             )
-        group = self.api.complete(group_id, payload)
+        try:
+            group = self._waiting_out(self.api.complete, group_id, payload)
+        except ApiError as exc:
+            return UploadResult(
+                "incomplete",
+                group_id,
+                f"{exc.message} The re-sent slices landed; run the upload again to register the group.",
+                uploaded=uploaded,
+                bytes_sent=sent,
+                error_code=exc.code,
+            )
         if self.journal is not None:
             self.journal.mark_complete(group_id)
         return UploadResult(

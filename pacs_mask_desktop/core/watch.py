@@ -2,7 +2,10 @@
 
 An inference server drops ``INBOX/<result>/`` with PNG slices and ``manifest.json``
 (``annotation_id``, ``model_name``, ``version``, optional ``confidence``, ``params``, ``series``) and
-writes ``.done`` last. The worker:
+writes ``.done`` last. Instead of PNG slices the folder may hold one label volume named by the
+manifest's ``"masks"`` (``"seg.nii.gz"``, a ``.nii`` or a DICOM SEG ``.dcm``): it is placed exactly on the
+annotation's series grid (``core.volume_masks``; refused with the measured difference otherwise) and
+uploaded as the same PNG slices. The worker:
 
 - only touches folders that have ``.done`` (a folder still being written is left alone);
 - uploads through the engine and its journal, so a restart continues a pending group and never makes a
@@ -27,18 +30,35 @@ from pathlib import Path
 from typing import Any
 
 from pacs_mask_desktop.core.api_client import ApiClient, ApiError
+from pacs_mask_desktop.core.dicom_series import Series, SeriesError
 from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState, UploadResult
 from pacs_mask_desktop.core.inference import DONE_MARKER, MANIFEST
 from pacs_mask_desktop.core.journal import Journal
 from pacs_mask_desktop.core.paths import journal_path
 from pacs_mask_desktop.core.plan import prepare
+from pacs_mask_desktop.core.retry import RetryPolicy
+from pacs_mask_desktop.core.series_geometry import GeometryFormatError, fetch_annotation_series
 from pacs_mask_desktop.core.upload import UploadEngine
+from pacs_mask_desktop.core.volume_masks import (
+    NO_GEOMETRY_MESSAGE,
+    VolumeMaskError,
+    VolumeMasks,
+    annotation_geometry,
+    masks_from_file,
+)
 
 UPLOADED_MARKER = ".uploaded"
 FAILED_MARKER = ".failed"
 REFUSED_CODES = frozenset(
-    {"duplicate_group", "annotation_not_found", "invalid_slices", "slice_count_mismatch", "entity_too_large",
-     "invalid_request"}
+    {
+        "duplicate_group",
+        "annotation_not_found",
+        "invalid_slices",
+        "slice_count_mismatch",
+        "entity_too_large",
+        "invalid_request",
+        "geometry_mismatch",
+    }
 )
 """Server refusals that name a problem of the result itself: retrying the folder cannot help."""
 
@@ -71,6 +91,14 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         problems.append("params must be a JSON object")
     if data.get("series") is not None and not isinstance(data["series"], str):
         problems.append("series must be a path")
+    masks = data.get("masks")
+    if masks is not None and (
+        not isinstance(masks, str)
+        or Path(masks).is_absolute()
+        or ".." in Path(masks).parts
+        or not masks.lower().endswith((".nii", ".nii.gz", ".dcm"))
+    ):
+        problems.append("masks must name a .nii, .nii.gz or DICOM SEG .dcm file inside the result folder")
     if problems:
         raise ManifestError(f"{MANIFEST}: " + "; ".join(problems))
     return data
@@ -89,8 +117,10 @@ class Watcher:
         workers: int = 8,
         cancel: threading.Event | None = None,
         log: Callable[[str], None] | None = None,
+        policy: RetryPolicy | None = None,
     ) -> None:
         self.inbox = inbox
+        self.policy = policy or RetryPolicy()  # how long an upload waits for an unreachable server
         self.server = server
         self.token = token
         self.archive = Path(archive) if archive else None
@@ -108,9 +138,12 @@ class Watcher:
         if not self.inbox.is_dir():
             return []
         found = [
-            p for p in self.inbox.iterdir()
-            if p.is_dir() and (p / DONE_MARKER).exists()
-            and not (p / UPLOADED_MARKER).exists() and not (p / FAILED_MARKER).exists()
+            p
+            for p in self.inbox.iterdir()
+            if p.is_dir()
+            and (p / DONE_MARKER).exists()
+            and not (p / UPLOADED_MARKER).exists()
+            and not (p / FAILED_MARKER).exists()
         ]
         return sorted(found, key=lambda p: ((p / DONE_MARKER).stat().st_mtime, p.name))
 
@@ -144,31 +177,102 @@ class Watcher:
         series = manifest.get("series")
         if series is not None and not Path(series).is_absolute():
             series = str(folder / series)
+        try:  # the annotation's recorded series: masks and the manifest's series are checked against it
+            stored = self._annotation_series(manifest["annotation_id"])
+        except (ApiError, GeometryFormatError) as exc:
+            code = getattr(exc, "code", "bad_geometry")
+            if code in REFUSED_CODES:
+                self._mark_failed(folder, [{"filename": None, "code": code, "message": str(exc)}])
+                return UploadResult("invalid", None, str(exc), error_code=code)
+            self.event(
+                "upload.incomplete", folder=folder.name, group_id=None, message=str(exc), retry="next scan"
+            )
+            return UploadResult("incomplete", None, str(exc), error_code=code)
+        volume = None
+        if manifest.get("masks") is not None:
+            try:
+                volume = self._volume(folder / manifest["masks"], manifest["annotation_id"], series)
+            except VolumeMaskError as exc:
+                self._mark_failed(
+                    folder, [{"filename": manifest["masks"], "code": exc.code, "message": exc.message}]
+                )
+                return UploadResult("invalid", None, exc.message, error_code=exc.code)
+            except SeriesError as exc:
+                message = f"cannot open the DICOM series: {exc}"
+                self._mark_failed(folder, [{"filename": None, "code": "series_error", "message": message}])
+                return UploadResult("invalid", None, message, error_code="series_error")
+            except ApiError as exc:  # the geometry was just read: a server hiccup, retried next scan
+                self.event(
+                    "upload.incomplete",
+                    folder=folder.name,
+                    group_id=None,
+                    message=str(exc),
+                    retry="next scan",
+                )
+                return UploadResult("incomplete", None, str(exc), error_code=exc.code)
+        try:
+            return self._prepare_and_upload(folder, manifest, series, stored, volume)
+        finally:
+            if volume is not None:
+                volume.cleanup()
+
+    def _volume(self, path: Path, annotation_id: int, series: str | None) -> VolumeMasks:
+        """The manifest's NIfTI/SEG ``masks`` file staged as PNG slices on the annotation's series grid."""
+        with ApiClient(self.server, self.token, policy=self.policy) as api:
+            geometry = annotation_geometry(api, annotation_id, series)
+        if geometry is None:
+            raise VolumeMaskError("no_geometry", NO_GEOMETRY_MESSAGE)
+        return masks_from_file(path, geometry)
+
+    def _prepare_and_upload(
+        self, folder: Path, manifest: dict[str, Any], series: str | None, stored: Series | None, volume: Any
+    ) -> UploadResult:
+        """Check the result's PNG slices (or the staged volume's) and upload them; mark the folder."""
         prepared = prepare(
-            folder, annotation_id=manifest["annotation_id"], model_name=manifest["model_name"],
-            version=manifest["version"], source="ai", confidence=manifest.get("confidence"),
-            params=manifest.get("params"), series=series,
+            volume.folder if volume is not None else folder,
+            annotation_id=manifest["annotation_id"],
+            model_name=manifest["model_name"],
+            version=manifest["version"],
+            source="ai",
+            confidence=manifest.get("confidence"),
+            params=manifest.get("params"),
+            series=series,
+            annotation_series=stored,
+            labels=volume.labels if volume is not None else None,
         )
         if not prepared.ok:
-            problems = [{"filename": p.filename, "code": p.code, "message": p.message} for p in prepared.problems]
+            problems = [
+                {"filename": p.filename, "code": p.code, "message": p.message} for p in prepared.problems
+            ]
             self._mark_failed(folder, problems)
             return UploadResult("invalid", None, f"{len(problems)} problem(s); see {FAILED_MARKER}")
         result = self._upload(folder, prepared.plan)
         if result.ok:
             (folder / UPLOADED_MARKER).write_text(
-                json.dumps({"group_id": result.group_id, "at": datetime.now(UTC).isoformat()}), encoding="utf-8"
+                json.dumps({"group_id": result.group_id, "at": datetime.now(UTC).isoformat()}),
+                encoding="utf-8",
             )
             self.event(
-                "upload.complete", folder=folder.name, group_id=result.group_id, sent=result.uploaded,
-                skipped=result.skipped, seconds=round(result.seconds, 2),
+                "upload.complete",
+                folder=folder.name,
+                group_id=result.group_id,
+                sent=result.uploaded,
+                skipped=result.skipped,
+                seconds=round(result.seconds, 2),
             )
             self._archive(folder)
         elif result.error_code in REFUSED_CODES:
-            self._mark_failed(folder, [{"filename": None, "code": result.error_code, "message": result.message}])
+            self._mark_failed(
+                folder, [{"filename": None, "code": result.error_code, "message": result.message}]
+            )
         else:
             self.event(
-                "upload.incomplete", folder=folder.name, group_id=result.group_id, message=result.message,
-                failed=result.failed, retry="next scan",
+                "upload.incomplete",
+                folder=folder.name,
+                group_id=result.group_id,
+                message=result.message,
+                failed=result.failed,
+                retry="next scan",
             )
         return result
 
@@ -178,14 +282,19 @@ class Watcher:
                 self.event(f"group.{event.kind}", folder=folder.name, group_id=event.group_id)
             elif isinstance(event, SliceEvent) and event.state in (SliceState.FAILED, SliceState.RETRYING):
                 self.event(
-                    f"slice.{event.state.value}", folder=folder.name, filename=event.filename,
-                    attempt=event.attempt, error=event.error,
+                    f"slice.{event.state.value}",
+                    folder=folder.name,
+                    filename=event.filename,
+                    attempt=event.attempt,
+                    error=event.error,
                 )
 
         journal = Journal(journal_path())
         try:
-            with ApiClient(self.server, self.token) as api:
-                engine = UploadEngine(api, journal, workers=self.workers, on_event=on_event, cancel=self.cancel)
+            with ApiClient(self.server, self.token, policy=self.policy) as api:
+                engine = UploadEngine(
+                    api, journal, workers=self.workers, on_event=on_event, cancel=self.cancel
+                )
                 try:
                     self.event("upload.started", folder=folder.name, slices=len(plan.slices))
                     return engine.run(plan, source_path=str(folder))
@@ -195,6 +304,11 @@ class Watcher:
             return UploadResult("incomplete", None, exc.message, error_code=exc.code)
         finally:
             journal.close()
+
+    def _annotation_series(self, annotation_id: int) -> Series | None:
+        """The annotation's series as the server recorded it (``None`` for an older annotation)."""
+        with ApiClient(self.server, self.token, policy=self.policy) as api:
+            return fetch_annotation_series(api, annotation_id)
 
     def _mark_failed(self, folder: Path, problems: list[dict[str, Any]]) -> None:
         (folder / FAILED_MARKER).write_text(json.dumps({"problems": problems}, indent=2), encoding="utf-8")

@@ -20,6 +20,8 @@ from PySide6.QtWidgets import (
 
 from pacs_mask_desktop.core.api_client import ApiClient
 from pacs_mask_desktop.core.dicom_series import Series
+from pacs_mask_desktop.core.series_geometry import geometry_from_series
+from pacs_mask_desktop.core.workspace import SeriesSource
 from pacs_mask_desktop.ui.formatting import failure_text, short_time
 from pacs_mask_desktop.ui.tables import RowsModel, make_table
 from pacs_mask_desktop.ui.workers import TaskRunner, WorkContext, WorkFailure
@@ -56,16 +58,26 @@ def _search(_context: WorkContext, api: ApiClient, text: str) -> list[dict[str, 
     return api.list_annotations(text or None)
 
 
-def _create(_context: WorkContext, api: ApiClient, series: Series) -> dict[str, Any]:
+def _create(
+    _context: WorkContext, api: ApiClient, series: Series, source: SeriesSource | None = None
+) -> dict[str, Any]:
     for item in api.list_annotations(series.series_instance_uid):
         if item["series_instance_uid"] == series.series_instance_uid:
             return item
     description = series.description or f"{series.modality} series"
+    if source is not None and source.kind == "pacs":
+        # The server reads the series' geometry from the PACS itself (the authority, not our copy).
+        return api.create_annotation_from_pacs(
+            series.series_instance_uid,
+            study_instance_uid=source.study_instance_uid,
+            description=description[:512],
+        )
     return api.create_annotation(
         series.study_instance_uid,
         series.series_instance_uid,
         patient_id=series.patient_id or None,
         description=description[:512],
+        series=geometry_from_series(series),  # the server records and re-checks the folder's geometry
     )
 
 
@@ -73,6 +85,7 @@ class AnnotationPicker(QWidget):
     """Search box, results table, "Create from open series"; emits the chosen annotation."""
 
     annotationChosen = Signal(object)  # dict from the API
+    annotationClicked = Signal(object)  # the same, only when a person picked it in the table
     statusMessage = Signal(str)
     searched = Signal()
 
@@ -81,6 +94,7 @@ class AnnotationPicker(QWidget):
         self._runner = runner
         self.api: ApiClient | None = None
         self.series: Series | None = None
+        self.source: SeriesSource | None = None
         self.current: dict[str, Any] | None = None
         self._query_serial = 0
         self._select_after_search: int | None = None
@@ -128,10 +142,17 @@ class AnnotationPicker(QWidget):
         if api is not None:
             self.refresh()
 
-    def set_series(self, series: Series | None) -> None:
-        """The open series (enables "Create from open series")."""
+    def set_series(self, series: Series | None, source: SeriesSource | None = None) -> None:
+        """The open series and where it came from (enables "Create from open series")."""
         self.series = series
+        self.source = source
         self._update_create_button()
+
+    def clear_choice(self) -> None:
+        """No annotation is chosen any more (another series was opened)."""
+        self.current = None
+        self.table.clearSelection()
+        self._show_current()
 
     def _update_create_button(self) -> None:
         self.create_button.setEnabled(self.api is not None and self.series is not None)
@@ -173,7 +194,9 @@ class AnnotationPicker(QWidget):
 
     def _on_clicked(self, index: QModelIndex) -> None:
         if index.isValid():
-            self._choose(self.model.items[index.row()])
+            item = self.model.items[index.row()]
+            self._choose(item)
+            self.annotationClicked.emit(item)
 
     def _choose(self, item: dict[str, Any]) -> None:
         self.current = item
@@ -211,6 +234,7 @@ class AnnotationPicker(QWidget):
             _create,
             self.api,
             self.series,
+            self.source,
             on_result=self._on_created,
             on_error=self._on_error,
             on_finished=self._update_create_button,

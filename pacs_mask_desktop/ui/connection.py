@@ -15,6 +15,7 @@ from PySide6.QtCore import QObject, Signal
 from pacs_mask_desktop.core.api_client import ApiClient, ApiError
 from pacs_mask_desktop.core.embedded import EmbeddedServer, EmbeddedServerError
 from pacs_mask_desktop.core.paths import DEFAULT_SERVER, NoToken, ServerTarget, resolve_server
+from pacs_mask_desktop.core.retry import RetryPolicy
 from pacs_mask_desktop.ui.formatting import failure_text
 from pacs_mask_desktop.ui.settings import ServerConfig
 from pacs_mask_desktop.ui.workers import TaskRunner, WorkContext, WorkFailure
@@ -38,7 +39,7 @@ def _check_remote(_context: WorkContext, config: ServerConfig) -> tuple[ApiClien
         target = resolve_server(config.url, config.token or None)
     except NoToken as exc:
         raise ValueError(str(exc)) from None
-    api = ApiClient(target.url, target.token, attempts=2)
+    api = ApiClient(target.url, target.token, attempts=2, policy=config.policy)
     try:
         api.health()
         api.list_annotations("__connection_check__")  # proves the token works
@@ -48,9 +49,11 @@ def _check_remote(_context: WorkContext, config: ServerConfig) -> tuple[ApiClien
     return api, target
 
 
-def _wait_embedded(context: WorkContext, server: EmbeddedServer) -> tuple[ApiClient, ServerTarget]:
+def _wait_embedded(
+    context: WorkContext, server: EmbeddedServer, policy: RetryPolicy
+) -> tuple[ApiClient, ServerTarget]:
     target = server.wait_ready(cancel=context.cancel)
-    return ApiClient(target.url, target.token), target
+    return ApiClient(target.url, target.token, policy=policy), target
 
 
 class Connection(QObject):
@@ -96,6 +99,7 @@ class Connection(QObject):
             self._runner.start(
                 _wait_embedded,
                 self.embedded,
+                config.policy,
                 on_result=lambda answer: self._on_ready(serial, answer),
                 on_error=lambda failure: self._on_failed(serial, failure),
                 name="bundled server",

@@ -65,7 +65,9 @@ def problems_text(problems: list[Problem]) -> tuple[str, str]:
     """A short summary and the full list of ``prepare()`` problems for a message box."""
     lines = [f"{p.filename or '(group)'}: {p.message}" for p in problems]
     shown = lines[:MAX_PROBLEMS_SHOWN]
-    summary = f"{len(problems)} problem(s) must be fixed before uploading; nothing was sent.\n\n" + "\n".join(shown)
+    summary = f"{len(problems)} problem(s) must be fixed before uploading; nothing was sent.\n\n" + "\n".join(
+        shown
+    )
     if len(lines) > len(shown):
         summary += f"\n… and {len(lines) - len(shown)} more (see details)."
     return summary, "\n".join(lines)

@@ -13,6 +13,7 @@ from typing import Any
 
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt, Signal
 from PySide6.QtWidgets import (
+    QFileDialog,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -23,7 +24,7 @@ from PySide6.QtWidgets import (
 
 from pacs_mask_desktop.core.api_client import ApiClient
 from pacs_mask_desktop.core.journal import Journal
-from pacs_mask_desktop.ui import dialogs
+from pacs_mask_desktop.ui import dialogs, seg_actions
 from pacs_mask_desktop.ui.formatting import failure_text, human_bytes, short_time
 from pacs_mask_desktop.ui.tables import RowsModel, make_table
 from pacs_mask_desktop.ui.workers import TaskRunner, WorkContext, WorkFailure
@@ -37,7 +38,17 @@ STATUS_COLOUR = {"complete": "#3ddc84", "pending": "#ffb020", "deleting": "#ff5c
 class GroupModel(RowsModel):
     """Groups of an annotation."""
 
-    HEADERS = ("Model", "Version", "Source", "Status", "Review", "Slices", "Confidence", "Created by", "Created")
+    HEADERS = (
+        "Model",
+        "Version",
+        "Source",
+        "Status",
+        "Review",
+        "Slices",
+        "Confidence",
+        "Created by",
+        "Created",
+    )
     REVIEW_COLUMN = 4
 
     def cell(self, item: dict[str, Any], column: int) -> Any:
@@ -83,7 +94,7 @@ class SliceModel(RowsModel):
 
     def cell(self, item: dict[str, Any], column: int) -> Any:
         return (
-            item["slice_index"] + 1,
+            item["slice_index"],  # 0-based, like the file names
             item["filename"],
             item.get("label") or "empty",
             f"{item['width']}×{item['height']}",
@@ -118,6 +129,8 @@ class GroupBrowser(QWidget):
     groupsLoaded = Signal(int)  # how many groups the annotation has
     groupDeleted = Signal(str)
     statusMessage = Signal(str)
+    segExported = Signal(object, object)  # Path, SEG metadata
+    segSent = Signal(object)  # {"sop_instance_uid", "sent_at", "pacs_url"}
 
     def __init__(self, runner: TaskRunner, journal_path: Path, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -127,6 +140,7 @@ class GroupBrowser(QWidget):
         self.annotation_id: int | None = None
         self.selected: dict[str, Any] | None = None
         self.slices: list[dict[str, Any]] = []
+        self.server_config: dict[str, Any] | None = None  # GET /api/config: the PACS, send rules
         self._serial = 0
         self._then: str | None = None
 
@@ -135,7 +149,9 @@ class GroupBrowser(QWidget):
         self.groups = GroupModel()
         self.group_table = make_table(self.groups, "groupTable", fit_contents=True)
         self.slice_model = SliceModel()
-        self.slice_table = make_table(self.slice_model, "groupSliceTable", {0: 52, 1: 130, 2: 60, 3: 80, 4: 70})
+        self.slice_table = make_table(
+            self.slice_model, "groupSliceTable", {0: 52, 1: 130, 2: 60, 3: 80, 4: 70}
+        )
 
         self.refresh_button = QPushButton("Refresh")
         self.show_button = QPushButton("Show on series")
@@ -151,6 +167,16 @@ class GroupBrowser(QWidget):
         buttons.addWidget(self.review_button)
         buttons.addStretch(1)
         buttons.addWidget(self.delete_button)
+        self.export_button = QPushButton("Export as DICOM SEG…")
+        self.send_button = QPushButton("Send to PACS")
+        seg_buttons = QHBoxLayout()
+        seg_buttons.addWidget(self.export_button)
+        seg_buttons.addWidget(self.send_button)
+        seg_buttons.addStretch(1)
+        self.seg_label = QLabel("")
+        self.seg_label.setObjectName("segState")
+        self.seg_label.setWordWrap(True)
+        self.seg_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         self.slices_title = QLabel("Slices")
         self.slices_title.setObjectName("panelTitle")
@@ -165,6 +191,8 @@ class GroupBrowser(QWidget):
         upper_layout.addWidget(self.title)
         upper_layout.addWidget(self.group_table)
         upper_layout.addLayout(buttons)
+        upper_layout.addLayout(seg_buttons)
+        upper_layout.addWidget(self.seg_label)
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(upper)
         splitter.addWidget(lower)
@@ -179,12 +207,20 @@ class GroupBrowser(QWidget):
         self.show_button.clicked.connect(self.show_selected)
         self.review_button.clicked.connect(self.review_selected)
         self.delete_button.clicked.connect(self.delete_selected)
+        self.export_button.clicked.connect(lambda: self.export_selected())
+        self.send_button.clicked.connect(self.send_selected)
+        self._update_seg_actions()
 
     # --- loading ------------------------------------------------------------------------------------
 
     def set_api(self, api: ApiClient | None) -> None:
         """Connected to a server."""
         self.api = api
+
+    def set_server_config(self, config: dict[str, Any] | None) -> None:
+        """The server's ``GET /api/config`` (whether it has a PACS, whether unreviewed groups may be sent)."""
+        self.server_config = config
+        self._update_seg_actions()
 
     def set_annotation(self, annotation: dict[str, Any] | None) -> None:
         """Show the groups of ``annotation``."""
@@ -242,6 +278,7 @@ class GroupBrowser(QWidget):
             button.setEnabled(group is not None)
         self.review_button.setEnabled(group is not None and group["status"] == "complete")
         self.show_button.setEnabled(group is not None and group["status"] == "complete")
+        self._update_seg_actions()
         if group is None:
             self.slices = []
             self.slice_model.set_items([])
@@ -268,6 +305,7 @@ class GroupBrowser(QWidget):
         if self.selected is None or group["id"] != self.selected["id"]:
             return
         self.selected = group
+        self._update_seg_actions()
         self.slices = answer["items"]
         self.slice_model.set_items(self.slices)
         self.slices_title.setText(f"Slices of {group['model_name']} {group['version']} ({len(self.slices)})")
@@ -324,3 +362,88 @@ class GroupBrowser(QWidget):
     def _on_delete_failed(self, failure: WorkFailure) -> None:
         self.delete_button.setEnabled(self.selected is not None)
         dialogs.show_error(self, "Delete failed", failure_text(failure))
+
+    # --- DICOM SEG ----------------------------------------------------------------------------------
+
+    def _update_seg_actions(self) -> None:
+        """Enable export/send for the selected group and say why not in the tooltips; show its SEG state."""
+        group = self.selected
+        for button, (enabled, why) in (
+            (self.export_button, seg_actions.can_export(group)),
+            (self.send_button, seg_actions.can_send(group, self.server_config)),
+        ):
+            button.setEnabled(enabled and self.api is not None)
+            button.setToolTip(why)
+        self.seg_label.setText(seg_actions.seg_state_text(group, self.server_config))
+
+    def export_selected(self, path: Path | None = None) -> None:
+        """Save the selected group as a DICOM SEG file (asks where unless ``path`` is given)."""
+        if self.api is None or self.selected is None:
+            return
+        group = self.selected
+        if path is None:
+            chosen, _ = QFileDialog.getSaveFileName(
+                self,
+                "Export as DICOM SEG",
+                str(Path.home() / seg_actions.default_file_name(group)),
+                "DICOM SEG (*.dcm)",
+            )
+            if not chosen:
+                return
+            path = Path(chosen)
+        self.export_button.setEnabled(False)
+        self.statusMessage.emit(f"Building the DICOM SEG of {group['model_name']} {group['version']}…")
+        target = path
+        self._runner.start(
+            seg_actions.export_seg,
+            self.api,
+            group["id"],
+            target,
+            on_result=lambda meta: self._on_exported(group, meta, target),
+            on_error=lambda failure: self._on_seg_failed("Export as DICOM SEG failed", failure),
+            name="export seg",
+        )
+
+    def _on_exported(self, group: dict[str, Any], meta: dict[str, Any], path: Path) -> None:
+        self.statusMessage.emit(seg_actions.exported_text(group, meta, path))
+        self.segExported.emit(path, meta)
+        self._reload_selected(group["id"])
+
+    def send_selected(self) -> None:
+        """Store the selected group's DICOM SEG in the PACS (the server builds it first if needed)."""
+        if self.api is None or self.selected is None:
+            return
+        group = self.selected
+        self.send_button.setEnabled(False)
+        self.statusMessage.emit(
+            f"Sending the DICOM SEG of {group['model_name']} {group['version']} to the PACS…"
+        )
+        self._runner.start(
+            seg_actions.send_seg,
+            self.api,
+            group["id"],
+            on_result=lambda answer: self._on_sent(group["id"], answer),
+            on_error=lambda failure: self._on_seg_failed("Send to PACS failed", failure),
+            name="send seg",
+        )
+
+    def _on_sent(self, group_id: str, answer: dict[str, Any]) -> None:
+        text = seg_actions.sent_text(answer)
+        self.seg_label.setText(text)
+        self.statusMessage.emit(text)
+        self.segSent.emit(answer)
+        self._reload_selected(group_id)
+
+    def _on_seg_failed(self, title: str, failure: WorkFailure) -> None:
+        text = failure_text(failure)
+        self.statusMessage.emit(f"{title}: {text}")
+        self._update_seg_actions()
+        dialogs.show_error(self, title, text)
+        if self.selected is not None:
+            self._reload_selected(self.selected["id"])  # the server may have recorded the failure
+
+    def _reload_selected(self, group_id: str) -> None:
+        """Fetch the group again (its ``seg``/``sent_at``) and the list, keeping the selection."""
+        if self.selected is not None and self.selected["id"] == group_id:
+            self._load_slices(group_id)
+        self.refresh(select=group_id)

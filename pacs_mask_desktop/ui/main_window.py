@@ -36,8 +36,11 @@ from pacs_mask_desktop.core.api_client import ApiClient, ApiError
 from pacs_mask_desktop.core.demo_setup import DemoData
 from pacs_mask_desktop.core.dicom_series import Series
 from pacs_mask_desktop.core.journal import JournalEntry
+from pacs_mask_desktop.core.pacs import PacsClient, PacsError
+from pacs_mask_desktop.core.pacs_open import PacsSeriesRef, desktop_pacs_client, pacs_url
 from pacs_mask_desktop.core.paths import data_dir, journal_path, log_dir
 from pacs_mask_desktop.core.plan import PreparedUpload
+from pacs_mask_desktop.core.workspace import Cleared, SeriesSource, Workspace
 from pacs_mask_desktop.ui import dialogs
 from pacs_mask_desktop.ui.annotation_picker import AnnotationPicker
 from pacs_mask_desktop.ui.connection import Connection, is_loopback
@@ -46,6 +49,8 @@ from pacs_mask_desktop.ui.group_browser import GroupBrowser
 from pacs_mask_desktop.ui.mask_panel import OK_STATUSES, MaskPanel
 from pacs_mask_desktop.ui.menus import SHORTCUTS_HELP, build_menus
 from pacs_mask_desktop.ui.overlay_sources import GroupViewSource, MaskFileSource
+from pacs_mask_desktop.ui.pacs_browser import PacsBrowser
+from pacs_mask_desktop.ui.pacs_loader import PacsSeriesLoader
 from pacs_mask_desktop.ui.resume_dialog import ResumeDialog
 from pacs_mask_desktop.ui.review_panel import ReviewPanel
 from pacs_mask_desktop.ui.settings import (
@@ -53,12 +58,17 @@ from pacs_mask_desktop.ui.settings import (
     SettingsDialog,
     app_settings,
     forget_upload_source,
+    load_pacs_settings,
+    pacs_password,
     remember_upload_source,
+    save_pacs_settings,
     save_server_config,
     upload_source,
 )
 from pacs_mask_desktop.ui.upload_panel import UploadPanel
 from pacs_mask_desktop.ui.viewer_panel import ViewerPanel
+from pacs_mask_desktop.ui.volume_stage import FILE_FILTER as VOLUME_FILE_FILTER
+from pacs_mask_desktop.ui.volume_stage import VolumeStage
 from pacs_mask_desktop.ui.window_tasks import (
     classify_paths,
     demo_task,
@@ -85,6 +95,8 @@ class MainWindow(QMainWindow):
 
     connected = Signal(str)  # server URL
     seriesLoaded = Signal(object)  # Series
+    seriesComplete = Signal(object)  # Series from the PACS: every instance is in the cache
+    pacsBrowserOpened = Signal(object)  # PacsBrowser
     masksPrepared = Signal(object)  # PreparedUpload
     demoReady = Signal(object)  # DemoData
     resumeOffered = Signal(object)  # ResumeDialog
@@ -101,14 +113,19 @@ class MainWindow(QMainWindow):
         self.runner = TaskRunner(self)
         self.connection = Connection(self.runner, self)
         self.api: ApiClient | None = None
+        self.workspace = Workspace()
         self.series: Series | None = None
         self.series_dir: Path | None = None
-        self.annotation: dict[str, Any] | None = None
-        self.mask_paths: list[Path] = []
         self.prepared: PreparedUpload | None = None
         self.file_overlay: MaskFileSource | None = None
         self._series_worker: TaskHandle | None = None
+        self.server_config: dict[str, Any] | None = None  # GET /api/config once connected
+        self.pacs_settings = load_pacs_settings()
+        self._pacs_client: PacsClient | None = None
+        self._pacs_then: Callable[[], None] | None = None
+        self.pacs_loader = PacsSeriesLoader(self.runner, self)
         self._prepare_worker: TaskHandle | None = None
+        self.volume_stage = VolumeStage()  # a dropped NIfTI/SEG file as PNG slices (ui/volume_stage.py)
         self._closing = False
 
         self.viewer = ViewerPanel(self.runner, self)
@@ -144,7 +161,10 @@ class MainWindow(QMainWindow):
         dock = QDockWidget(title, self)
         dock.setObjectName(f"dock_{title.replace(' ', '_').lower()}")
         dock.setWidget(widget)
-        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetFloatable)
+        dock.setFeatures(
+            QDockWidget.DockWidgetFeature.DockWidgetMovable
+            | QDockWidget.DockWidgetFeature.DockWidgetFloatable
+        )
         self.addDockWidget(area, dock)
         return dock
 
@@ -169,6 +189,11 @@ class MainWindow(QMainWindow):
         self.review.reviewRecorded.connect(self._on_reviewed)
         self.review.statusMessage.connect(self.status)
         self.viewer.view.statusMessage.connect(self.status)
+        self.picker.annotationClicked.connect(self.offer_annotation_series)
+        self.pacs_loader.seriesReady.connect(self._on_pacs_series)
+        self.pacs_loader.progress.connect(self._on_pacs_progress)
+        self.pacs_loader.completed.connect(self._on_pacs_complete)
+        self.pacs_loader.failed.connect(self._on_pacs_failed)
 
     def _restore_layout(self) -> None:
         settings = app_settings()
@@ -183,9 +208,32 @@ class MainWindow(QMainWindow):
         super().showEvent(event)
         if getattr(self, "_default_docks_pending", False):
             self._default_docks_pending = False
-            QTimer.singleShot(0, lambda: self.resizeDocks(
-                [self.left_dock, self.right_dock], [340, 620], Qt.Orientation.Horizontal
-            ))
+            QTimer.singleShot(
+                0,
+                lambda: self.resizeDocks(
+                    [self.left_dock, self.right_dock], [340, 620], Qt.Orientation.Horizontal
+                ),
+            )
+
+    # --- state kept in the Qt-free workspace model ---------------------------------------------------
+
+    @property
+    def annotation(self) -> dict[str, Any] | None:
+        """The chosen annotation (uploads go to it), ``None`` when none is chosen."""
+        return self.workspace.annotation
+
+    @annotation.setter
+    def annotation(self, value: dict[str, Any] | None) -> None:
+        self.workspace.annotation = value
+
+    @property
+    def mask_paths(self) -> list[Path]:
+        """The dropped mask files and folders."""
+        return self.workspace.mask_paths
+
+    @mask_paths.setter
+    def mask_paths(self, value: list[Path]) -> None:
+        self.workspace.mask_paths = list(value)
 
     # --- small helpers ----------------------------------------------------------------------------
 
@@ -222,6 +270,16 @@ class MainWindow(QMainWindow):
         self.groups.set_api(api)
         self.review.set_api(api)
         self.status(f"Connected to the {kind} at {self.connection.url}")
+        self.server_config = None
+        self._forget_pacs_client()
+        self.runner.start(
+            lambda _context: api.server_config(),
+            on_result=self._on_server_config,
+            on_error=lambda failure: self.status(
+                f"The server did not say where its PACS is: {failure_text(failure)}"
+            ),
+            name="server config",
+        )
         self.connected.emit(self.connection.url)
 
     def _on_connection_failed(self, message: str) -> None:
@@ -244,13 +302,18 @@ class MainWindow(QMainWindow):
 
     def open_settings(self) -> None:
         """Edit server URL and token; reconnects when they changed."""
-        dialog = SettingsDialog(self.config, self)
+        dialog = SettingsDialog(self.config, self, pacs=self.pacs_settings)
         if dialog.exec() == SettingsDialog.DialogCode.Accepted:
+            self._apply_pacs_settings(dialog)
             config = dialog.config()
-            save_server_config(config)
+            notice = save_server_config(config)  # the token goes to the OS keyring (core.secrets)
+            if notice:
+                self.status(notice)
             if config != self.config:
                 if self.upload.running:
-                    dialogs.show_info(self, "Settings saved", "The new server is used after the running upload.")
+                    dialogs.show_info(
+                        self, "Settings saved", "The new server is used after the running upload."
+                    )
                     dialog.deleteLater()
                     return
                 self.config = config
@@ -261,7 +324,9 @@ class MainWindow(QMainWindow):
 
     def choose_series(self) -> None:
         """File ▸ Open DICOM series."""
-        folder = QFileDialog.getExistingDirectory(self, "Open a DICOM series folder", str(self.series_dir or Path.home()))
+        folder = QFileDialog.getExistingDirectory(
+            self, "Open a DICOM series folder", str(self.series_dir or Path.home())
+        )
         if folder:
             self.open_series(Path(folder))
 
@@ -273,7 +338,9 @@ class MainWindow(QMainWindow):
 
         def loaded(series: Series) -> None:
             self._series_worker = None
-            self._set_series(series, folder)
+            self._set_series(
+                series, SeriesSource("folder", series.series_instance_uid, series.study_instance_uid, folder)
+            )
             if then is not None:
                 then()
 
@@ -286,28 +353,177 @@ class MainWindow(QMainWindow):
             folder,
             on_result=loaded,
             on_error=failed,
-            on_progress=lambda value: self.status(f"Reading DICOM headers {value[0]}/{value[1]}…", progress=True),
+            on_progress=lambda value: self.status(
+                f"Reading DICOM headers {value[0]}/{value[1]}…", progress=True
+            ),
             name="series",
         )
 
-    def _set_series(self, series: Series, folder: Path) -> None:
+    def _set_series(self, series: Series, source: SeriesSource) -> None:
+        if source.kind == "folder":
+            self.pacs_loader.cancel()  # a local folder replaces a PACS series still streaming in
+            self.viewer.set_progress(0, 0, running=False)
+        cleared = self.workspace.open_series(source)
+        if cleared.series:
+            self._clear_for_new_series(cleared)
         self.series = series
-        self.series_dir = folder
-        self.viewer.set_series(series)
-        self.picker.set_series(series)
-        self.setWindowTitle(f"PACS Mask Upload — {series.description or series.modality} ({len(series)} slices)")
+        self.series_dir = source.folder
+        self.viewer.set_series(series)  # also drops the previous series' frames
+        self.picker.set_series(series, source)
+        self.setWindowTitle(
+            f"PACS Mask Upload — {series.description or series.modality} ({len(series)} slices)"
+        )
         note = f"; {len(series.warnings)} warning(s): {series.warnings[0]}" if series.warnings else ""
-        self.status(f"Opened {len(series)} slices ordered by {series.ordered_by}{note}")
+        cleared_note = f" {cleared.sentence()}" if cleared.sentence() else ""
+        self.status(f"Opened {len(series)} slices ordered by {series.ordered_by}{note}.{cleared_note}")
         self._check_annotation_matches()
-        if self.mask_paths:
+        if self.mask_paths and source.kind == "folder":  # a PACS series is matched once complete
             self.run_matching()
         self.seriesLoaded.emit(series)
+
+    def _clear_for_new_series(self, cleared: Cleared) -> None:
+        """Another series replaced the open one: nothing checked against, or shown on, the old one stays."""
+        if self._prepare_worker is not None:
+            self._prepare_worker.cancel()
+            self._prepare_worker = None
+        self.prepared = None
+        self.file_overlay = None
+        self.masks.set_prepared(None)
+        self.viewer.set_overlay(None)
+        if self.review.group is not None:
+            self.review.clear()
+        if cleared.annotation:
+            self.picker.clear_choice()
+            self.groups.set_annotation(None)
+            self.annotation_label.setText("No annotation")
+
+    # --- PACS -------------------------------------------------------------------------------------
+
+    def _on_server_config(self, config: dict[str, Any]) -> None:
+        self.server_config = config
+        self.groups.set_server_config(config)
+        self._forget_pacs_client()
+
+    def _apply_pacs_settings(self, dialog: SettingsDialog) -> None:
+        pacs = dialog.pacs()
+        password = dialog.pacs_password.text()
+        notice = save_pacs_settings(pacs, password, pacs_url(pacs, self.server_config))
+        if notice:
+            self.status(notice)
+        if pacs != self.pacs_settings or password:
+            self.pacs_settings = pacs
+            self._forget_pacs_client()
+
+    def _forget_pacs_client(self) -> None:
+        if self._pacs_client is not None and not self.pacs_loader.busy:
+            self._pacs_client.close()
+        self._pacs_client = None
+
+    def pacs_client(self) -> PacsClient:
+        """The PACS of this workstation (Settings) or of the server; ``PacsError`` when none is known."""
+        if self._pacs_client is None:
+            url = pacs_url(self.pacs_settings, self.server_config)
+            self._pacs_client = desktop_pacs_client(
+                self.pacs_settings, self.server_config, pacs_password(self.pacs_settings, url)
+            )
+        return self._pacs_client
+
+    def use_pacs_client(self, client: PacsClient) -> None:
+        """Use ``client`` for the PACS (scripts and tests with their own cache and credentials)."""
+        self._forget_pacs_client()
+        self._pacs_client = client
+
+    def open_pacs_browser(self) -> PacsBrowser:
+        """File ▸ Open from PACS: search studies, pick a series; it streams into the viewer."""
+        try:
+            client: PacsClient | None = self.pacs_client()
+            problem = ""
+        except PacsError as exc:
+            client, problem = None, exc.message
+            self.status(problem)
+        browser = PacsBrowser(self.runner, client, problem, self)
+        browser.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        browser.openRequested.connect(self.open_from_pacs)
+        browser.open()
+        self.pacsBrowserOpened.emit(browser)
+        return browser
+
+    def open_from_pacs(self, ref: PacsSeriesRef, then: Callable[[], None] | None = None) -> None:
+        """Stream the PACS series ``ref`` into the viewer; the first slice shows before the rest arrives."""
+        try:
+            client = self.pacs_client()
+        except PacsError as exc:
+            self._on_pacs_failed(exc.message)
+            return
+        if self._series_worker is not None:
+            self._series_worker.cancel()
+        self._pacs_then = then
+        self.status(f"Opening {ref.description or ref.series_instance_uid} from the PACS at {client.url}…")
+        self.pacs_loader.open(client, ref)
+
+    def _on_pacs_series(self, series: Series, first: bool) -> None:
+        """The streaming series, ordered from the instances arrived so far (first: a new series opens)."""
+        ref = self.pacs_loader.ref
+        assert ref is not None
+        if first:
+            self._set_series(series, SeriesSource("pacs", series.series_instance_uid, ref.study_instance_uid))
+            return
+        self.series = series
+        self.viewer.update_series(series)
+        self.picker.set_series(series, self.workspace.source)
+
+    def _on_pacs_progress(self, done: int, total: int) -> None:
+        self.viewer.set_progress(done, total, running=self.pacs_loader.busy)
+        if self.pacs_loader.busy:
+            of = f"/{total}" if total else ""
+            self.status(f"Retrieving from the PACS: {done}{of} instances", progress=True)
+
+    def _on_pacs_complete(self, series: Series) -> None:
+        self.viewer.set_progress(0, 0, running=False)
+        self.status(f"All {len(series)} slices of the series are here (kept in the DICOM cache).")
+        if self.mask_paths:
+            self.run_matching()
+        then, self._pacs_then = self._pacs_then, None
+        if then is not None:
+            then()
+        self.seriesComplete.emit(series)
+
+    def _on_pacs_failed(self, message: str) -> None:
+        self.viewer.set_progress(0, 0, running=False)
+        self.status(f"PACS: {message}")
+        if not self._closing:
+            dialogs.show_error(
+                self,
+                "PACS",
+                f"{message}\n\nLocal DICOM folders still open with File ▸ Open DICOM series (Ctrl+O).",
+            )
+
+    def offer_annotation_series(self, annotation: dict[str, Any]) -> None:
+        """A person picked ``annotation``: if its series is not open, offer to open it from the PACS."""
+        if not self.workspace.needs_series_for(annotation) or self.pacs_loader.busy:
+            return
+        if pacs_url(self.pacs_settings, self.server_config) is None:
+            self.status(f"Annotation {annotation['id']}: open its DICOM series (no PACS is configured).")
+            return
+        if dialogs.confirm(
+            self,
+            "Open the annotation's series?",
+            f"Annotation {annotation['id']} belongs to series {annotation['series_instance_uid']}, which is not "
+            "open. Open it from the PACS?",
+        ):
+            self.open_from_pacs(
+                PacsSeriesRef(
+                    annotation["study_instance_uid"],
+                    annotation["series_instance_uid"],
+                    description=annotation.get("description") or "",
+                )
+            )
 
     # --- masks ------------------------------------------------------------------------------------
 
     def choose_mask_files(self) -> None:
         """File ▸ Add mask files."""
-        files, _ = QFileDialog.getOpenFileNames(self, "Add mask PNGs", str(Path.home()), "PNG masks (*.png)")
+        files, _ = QFileDialog.getOpenFileNames(self, "Add masks", str(Path.home()), VOLUME_FILE_FILTER)
         if files:
             self.add_masks([Path(f) for f in files])
 
@@ -332,7 +548,9 @@ class MainWindow(QMainWindow):
             elif masks:
                 self.add_masks(masks)
 
-        self.runner.start(classify_paths, list(paths), on_result=dispatch, on_error=self._worker_error("Drop"))
+        self.runner.start(
+            classify_paths, list(paths), on_result=dispatch, on_error=self._worker_error("Drop")
+        )
 
     def add_masks(self, paths: Sequence[Path], then: Callable[[], None] | None = None) -> None:
         """Use ``paths`` (files and/or folders) as the masks to check, show and upload."""
@@ -348,6 +566,8 @@ class MainWindow(QMainWindow):
         self.mask_paths = []
         self.prepared = None
         self.file_overlay = None
+        if not self.upload.running:
+            self.volume_stage.cleanup()
         self.masks.set_prepared(None)
         if not isinstance(self.viewer.view.overlay, GroupViewSource):
             self.viewer.set_overlay(None)
@@ -385,6 +605,8 @@ class MainWindow(QMainWindow):
             list(self.mask_paths),
             self._matching_fields(),
             self.series,
+            self.api if self.annotation is not None else None,
+            self.volume_stage,
             on_result=done,
             on_error=failed,
             on_progress=lambda value: self.masks.set_busy(f"Checking masks {value[0]}/{value[1]}…"),
@@ -399,13 +621,16 @@ class MainWindow(QMainWindow):
             for row in prepared.rows
             if row.status in OK_STATUSES and row.slice_index is not None and row.path is not None
         }
-        self.file_overlay = MaskFileSource(drawable, title=f"dropped masks ({len(drawable)})") if drawable else None
+        self.file_overlay = (
+            MaskFileSource(drawable, title=f"dropped masks ({len(drawable)})") if drawable else None
+        )
         if self.series is not None:
             self.viewer.set_overlay(self.file_overlay)
         bad = len(prepared.rows) - sum(1 for r in prepared.rows if r.status in OK_STATUSES)
         self.status(
-            f"{len(prepared.rows)} mask file(s) checked: {bad} with problems" if bad else
-            f"{len(prepared.rows)} mask file(s) checked: all can be uploaded"
+            f"{len(prepared.rows)} mask file(s) checked: {bad} with problems"
+            if bad
+            else f"{len(prepared.rows)} mask file(s) checked: all can be uploaded"
         )
         self.masksPrepared.emit(prepared)
 
@@ -467,6 +692,8 @@ class MainWindow(QMainWindow):
             list(self.mask_paths),
             fields,
             self.series,
+            api,  # the annotation's recorded series checks the masks and the open series
+            self.volume_stage,
             on_result=checked,
             on_error=failed,
             on_progress=lambda value: self.upload.set_checking(f"Checking masks {value[0]}/{value[1]}…"),
@@ -483,7 +710,12 @@ class MainWindow(QMainWindow):
         fields = self.upload.fields()
         if not fields["model_name"] or not fields["version"]:
             return "Enter a model name and a version for the new mask group."
-        if self.series is not None and self.annotation["series_instance_uid"] != self.series.series_instance_uid:
+        if self.pacs_loader.busy:
+            return "The series is still arriving from the PACS; upload once every slice is in."
+        if (
+            self.series is not None
+            and self.annotation["series_instance_uid"] != self.series.series_instance_uid
+        ):
             return (
                 f"Annotation {self.annotation['id']} belongs to another series than the one open. "
                 "Pick the annotation of this series or create one from it."
@@ -548,7 +780,9 @@ class MainWindow(QMainWindow):
             dialog.open()
             self.resumeOffered.emit(dialog)
 
-        self.runner.start(unfinished_uploads, self.journal_path, on_result=offer, on_error=self._worker_error("Journal"))
+        self.runner.start(
+            unfinished_uploads, self.journal_path, on_result=offer, on_error=self._worker_error("Journal")
+        )
 
     def _entry_is_ours(self, entry: JournalEntry) -> bool:
         if not self.connection.url:
@@ -559,7 +793,9 @@ class MainWindow(QMainWindow):
 
     def _forget_entry(self, entry: JournalEntry) -> None:
         forget_upload_source(entry.group_id)
-        self.runner.start(forget_upload, self.journal_path, entry.group_id, on_error=self._worker_error("Journal"))
+        self.runner.start(
+            forget_upload, self.journal_path, entry.group_id, on_error=self._worker_error("Journal")
+        )
 
     def resume_upload(self, entry: JournalEntry) -> None:
         """Reopen what an interrupted upload used (annotation, series, masks) and continue it."""
@@ -569,7 +805,9 @@ class MainWindow(QMainWindow):
         masks = [Path(p) for p in info.get("masks") or ([entry.source_path] if entry.source_path else [])]
         series_dir = Path(info["series"]) if info.get("series") else None
         if not masks:
-            dialogs.show_error(self, "Cannot resume", "The journal does not say where the masks of this upload are.")
+            dialogs.show_error(
+                self, "Cannot resume", "The journal does not say where the masks of this upload are."
+            )
             return
 
         def found(answer: tuple[dict[str, Any], dict[str, Any]]) -> None:
@@ -580,7 +818,9 @@ class MainWindow(QMainWindow):
                 return
             self.picker.choose(annotation)
             self.upload.set_fields(entry.model_name, entry.version, group["source"])
-            self.status(f"Resuming {entry.model_name} {entry.version}: {entry.landed} of {entry.total} slices landed")
+            self.status(
+                f"Resuming {entry.model_name} {entry.version}: {entry.landed} of {entry.total} slices landed"
+            )
 
             def with_masks() -> None:
                 self.add_masks(masks, then=self.start_upload)
@@ -610,6 +850,9 @@ class MainWindow(QMainWindow):
             return
         if self.series is None:
             self.status("Open the annotation's DICOM series first to see the group on it.")
+            return
+        if self.pacs_loader.busy:  # slice indexes are final only once every instance is in
+            self.status("The series is still arriving from the PACS; show the group once it is complete.")
             return
         source = GroupViewSource(self.api, group, slices)
         self.viewer.set_overlay(source)
@@ -641,8 +884,10 @@ class MainWindow(QMainWindow):
     def load_demo(self, folder: Path | None = None, *, slices: int = 120, size: int = 512) -> None:
         """Create the demo once and open it: series shown, masks checked and overlaid, annotation chosen."""
         if self.api is None:
-            self.connection.connected.connect(lambda _api: self.load_demo(folder, slices=slices, size=size),
-                                              Qt.ConnectionType.SingleShotConnection)
+            self.connection.connected.connect(
+                lambda _api: self.load_demo(folder, slices=slices, size=size),
+                Qt.ConnectionType.SingleShotConnection,
+            )
             return
         target = folder or data_dir() / "demo"
         self.status(f"Preparing the demo in {target}… (the first time writes {slices} slices)")
@@ -656,7 +901,9 @@ class MainWindow(QMainWindow):
                 then=lambda: self.add_masks([demo.masks_dir], then=lambda: self._demo_done(demo)),
             )
 
-        self.runner.start(demo_task, self.api, target, slices, size, on_result=ready, on_error=self._worker_error("Demo"))
+        self.runner.start(
+            demo_task, self.api, target, slices, size, on_result=ready, on_error=self._worker_error("Demo")
+        )
 
     def _demo_done(self, demo: DemoData) -> None:
         if self.prepared is not None:
@@ -707,10 +954,14 @@ class MainWindow(QMainWindow):
     # --- closing ------------------------------------------------------------------------------------
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        if self.upload.running and self.confirm_quit_during_upload and not dialogs.confirm(
-            self,
-            "Upload running",
-            "An upload is running. Quit anyway? The slices that landed are kept and you can resume later.",
+        if (
+            self.upload.running
+            and self.confirm_quit_during_upload
+            and not dialogs.confirm(
+                self,
+                "Upload running",
+                "An upload is running. Quit anyway? The slices that landed are kept and you can resume later.",
+            )
         ):
             event.ignore()
             return
@@ -719,7 +970,11 @@ class MainWindow(QMainWindow):
         settings.setValue("window/state", self.saveState())
         settings.sync()
         self.upload.stop()
+        self.pacs_loader.cancel()
         self.runner.shutdown()
+        self.volume_stage.cleanup()  # staged NIfTI/SEG slices are patient data
+        if self._pacs_client is not None:
+            self._pacs_client.close()
         self.connection.shutdown()
         if self.series is not None:
             self.series.clear_cache()

@@ -53,7 +53,7 @@ class MaskTableModel(RowsModel):
 
     def cell(self, item: MaskRow, column: int) -> Any:
         if column == 0:
-            return "" if item.slice_index is None else item.slice_index + 1
+            return "" if item.slice_index is None else item.slice_index  # 0-based, as in mask_0007.png
         return (None, item.filename, STATUS_TEXT.get(item.status, item.status), item.message)[column]
 
     def colour(self, item: MaskRow, column: int) -> str | None:
@@ -79,7 +79,10 @@ class MaskPanel(QWidget):
         self.prepared: PreparedUpload | None = None
         self.table = make_table(self.model, "maskTable", {0: 52, 1: 150, 2: 120})
 
-        self.summary = QLabel("Drop mask PNGs or a folder of masks on the window (or File ▸ Add masks, Ctrl+M).")
+        self.summary = QLabel(
+            "Drop mask PNGs, a folder of masks, or a NIfTI / DICOM SEG file on the window "
+            "(or File ▸ Add masks, Ctrl+M)."
+        )
         self.summary.setObjectName("maskSummary")
         self.summary.setWordWrap(True)
         self.next_problem = QPushButton("Next problem (F8)")

@@ -20,11 +20,11 @@ if TYPE_CHECKING:
 SHORTCUTS_HELP = (
     "Wheel, ↑/↓, PgUp/PgDn, Home/End: change slice\n"
     "Right-drag: window/level · 1-4: soft tissue, lung, bone, brain · 0: file default\n"
-    "Ctrl+wheel, +/-: zoom · middle- or left-drag: pan · F or double-click: fit\n"
+    "Ctrl+wheel, +/-: zoom · Ctrl+0: 100% · middle- or left-drag: pan · F or double-click: fit\n"
     "O: overlay on/off · F8: next mask problem\n"
-    "Ctrl+O: open series · Ctrl+M: add masks · Ctrl+U: upload · Ctrl+R: retry/resume\n"
+    "Ctrl+O: open series · Ctrl+Shift+O: open from PACS · Ctrl+M: add masks · Ctrl+U: upload · Ctrl+R: retry/resume\n"
     "Review: N/P next/previous group slice · Ctrl+Enter approve · Ctrl+Shift+Enter reject\n"
-    "Drop a DICOM folder or mask PNGs/folders anywhere on the window."
+    "Drop a DICOM folder, mask PNGs/folders, or a NIfTI (.nii/.nii.gz) or DICOM SEG file anywhere on the window."
 )
 
 
@@ -55,8 +55,11 @@ def build_menus(window: MainWindow) -> dict[str, QAction]:
 
     file_menu = bar.addMenu("&File")
     file_menu.addAction(action("open_series", "Open DICOM series…", window.choose_series, "Ctrl+O"))
+    file_menu.addAction(action("open_pacs", "Open from PACS…", window.open_pacs_browser, "Ctrl+Shift+O"))
     file_menu.addAction(action("add_masks", "Add mask files…", window.choose_mask_files, "Ctrl+M"))
-    file_menu.addAction(action("add_mask_folder", "Add mask folder…", window.choose_mask_folder, "Ctrl+Shift+M"))
+    file_menu.addAction(
+        action("add_mask_folder", "Add mask folder…", window.choose_mask_folder, "Ctrl+Shift+M")
+    )
     file_menu.addAction(action("clear_masks", "Clear masks", window.clear_masks))
     file_menu.addSeparator()
     file_menu.addAction(
@@ -75,20 +78,34 @@ def build_menus(window: MainWindow) -> dict[str, QAction]:
         ("brain", "Brain", "4"),
         ("default", "File default", "0"),
     ):
-        presets.addAction(action(f"preset_{key}", title, lambda k=key: window.viewer.apply_preset(k), shortcut))
+        presets.addAction(
+            action(f"preset_{key}", title, lambda k=key: window.viewer.apply_preset(k), shortcut)
+        )
     view_menu.addAction(action("toggle_overlay", "Toggle overlay", window.viewer.toggle_overlay, "O"))
     view_menu.addSeparator()
     view_menu.addAction(action("zoom_in", "Zoom in", lambda: view.zoom_by(1.25), "+"))
     action("zoom_in_alt", "Zoom in", lambda: view.zoom_by(1.25), "=")
     view_menu.addAction(action("zoom_out", "Zoom out", lambda: view.zoom_by(0.8), "-"))
     view_menu.addAction(action("fit", "Fit to window", view.fit, "F"))
+    view_menu.addAction(
+        action("zoom_100", "Zoom 100% (one image pixel per screen pixel)", view.zoom_actual_size, "Ctrl+0")
+    )
     view_menu.addSeparator()
     in_viewer = Qt.ShortcutContext.WidgetWithChildrenShortcut
     view_menu.addAction(
-        action("next_slice", "Next slice (wheel)", lambda: view.step(1), "Down", context=in_viewer, widget=view)
+        action(
+            "next_slice", "Next slice (wheel)", lambda: view.step(1), "Down", context=in_viewer, widget=view
+        )
     )
     view_menu.addAction(
-        action("previous_slice", "Previous slice (wheel)", lambda: view.step(-1), "Up", context=in_viewer, widget=view)
+        action(
+            "previous_slice",
+            "Previous slice (wheel)",
+            lambda: view.step(-1),
+            "Up",
+            context=in_viewer,
+            widget=view,
+        )
     )
     view_menu.addAction(action("next_problem", "Next mask problem", window.masks.jump_to_next_problem, "F8"))
     view_menu.addSeparator()
@@ -103,7 +120,9 @@ def build_menus(window: MainWindow) -> dict[str, QAction]:
     review_menu = bar.addMenu("&Review")
     review_menu.addAction(action("refresh_groups", "Refresh groups", window.groups.refresh, "F5"))
     review_menu.addAction(action("review_next", "Next group slice", window.review.next_slice, "N"))
-    review_menu.addAction(action("review_previous", "Previous group slice", window.review.previous_slice, "P"))
+    review_menu.addAction(
+        action("review_previous", "Previous group slice", window.review.previous_slice, "P")
+    )
     review_menu.addAction(action("approve", "Approve group", window.review.approve, "Ctrl+Return"))
     review_menu.addAction(action("reject", "Reject group", window.review.reject, "Ctrl+Shift+Return"))
 

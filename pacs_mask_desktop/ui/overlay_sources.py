@@ -97,7 +97,9 @@ class GroupViewSource(OverlaySource):
 
     kind = "group"
 
-    def __init__(self, api: ApiClient, group: Mapping[str, object], slices: list[Mapping[str, object]]) -> None:
+    def __init__(
+        self, api: ApiClient, group: Mapping[str, object], slices: list[Mapping[str, object]]
+    ) -> None:
         super().__init__(f"group {group.get('model_name')} {group.get('version')}")
         self.api = api
         self.group = dict(group)

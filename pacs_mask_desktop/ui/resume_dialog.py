@@ -42,14 +42,18 @@ class ResumeDialog(QDialog):
                 f"{entry.landed} of {entry.total} slices landed · {short_time(entry.updated_at)}"
             )
             item = QListWidgetItem(text)
-            item.setToolTip(f"group {entry.group_id}\nserver {entry.server}\nmasks {entry.source_path or '?'}")
+            item.setToolTip(
+                f"group {entry.group_id}\nserver {entry.server}\nmasks {entry.source_path or '?'}"
+            )
             self.list.addItem(item)
         self.list.setCurrentRow(0)
         buttons = QDialogButtonBox()
         self.resume_button = QPushButton("Resume")
         self.resume_button.setDefault(True)
         self.forget_button = QPushButton("Forget")
-        self.forget_button.setToolTip("Drop it from the journal (the server cleans up the pending group later)")
+        self.forget_button.setToolTip(
+            "Drop it from the journal (the server cleans up the pending group later)"
+        )
         later = QPushButton("Later")
         buttons.addButton(self.resume_button, QDialogButtonBox.ButtonRole.AcceptRole)
         buttons.addButton(self.forget_button, QDialogButtonBox.ButtonRole.DestructiveRole)

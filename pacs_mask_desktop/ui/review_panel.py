@@ -28,7 +28,9 @@ from pacs_mask_desktop.ui.formatting import failure_text, short_time
 from pacs_mask_desktop.ui.workers import TaskRunner, WorkContext, WorkFailure
 
 
-def _review(_context: WorkContext, api: ApiClient, group_id: str, decision: str, comment: str) -> dict[str, Any]:
+def _review(
+    _context: WorkContext, api: ApiClient, group_id: str, decision: str, comment: str
+) -> dict[str, Any]:
     return api.review(group_id, decision, comment)
 
 
@@ -94,7 +96,13 @@ class ReviewPanel(QWidget):
         self._set_enabled(False)
 
     def _set_enabled(self, enabled: bool) -> None:
-        for widget in (self.previous_button, self.next_button, self.approve_button, self.reject_button, self.comment):
+        for widget in (
+            self.previous_button,
+            self.next_button,
+            self.approve_button,
+            self.reject_button,
+            self.comment,
+        ):
             widget.setEnabled(enabled)
 
     def set_api(self, api: ApiClient | None) -> None:
@@ -114,7 +122,7 @@ class ReviewPanel(QWidget):
         self.slice_list.clear()
         for item in self.slices:
             labels = item.get("label") or "empty"
-            entry = QListWidgetItem(f"Slice {item['slice_index'] + 1}  ·  {item['filename']}  ·  labels {labels}")
+            entry = QListWidgetItem(f"Slice {item['slice_index']}  ·  {item['filename']}  ·  labels {labels}")
             if not item.get("label"):
                 entry.setForeground(Qt.GlobalColor.gray)
             self.slice_list.addItem(entry)
@@ -131,6 +139,7 @@ class ReviewPanel(QWidget):
         self.title.setText("Open a group from the Groups tab (Review…) to check it here.")
         self.state.setText("")
         self.position_label.setText("")
+        self.comment.clear()  # a comment typed for a group that is gone must not be sent with another
         self._set_enabled(False)
 
     def _show_state(self) -> None:
@@ -147,7 +156,9 @@ class ReviewPanel(QWidget):
         else:
             text = "Not reviewed yet."
         self.state.setText(text)
-        colour = {"approved": "#3ddc84", "rejected": "#ff5c5c"}.get(group.get("review_status") or "", "#c9ccd1")
+        colour = {"approved": "#3ddc84", "rejected": "#ff5c5c"}.get(
+            group.get("review_status") or "", "#c9ccd1"
+        )
         self.state.setStyleSheet(f"color: {colour};")
 
     # --- stepping -----------------------------------------------------------------------------------
@@ -162,7 +173,9 @@ class ReviewPanel(QWidget):
         self.slice_list.blockSignals(True)
         self.slice_list.setCurrentRow(position)
         self.slice_list.blockSignals(False)
-        self.position_label.setText(f"{position + 1} of {len(self.slices)}")
+        self.position_label.setText(
+            f"{position + 1} of {len(self.slices)} in the group"
+        )  # a count, not an index
         self.sliceRequested.emit(int(self.slices[position]["slice_index"]))
 
     def next_slice(self) -> None:

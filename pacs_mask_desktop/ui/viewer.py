@@ -5,6 +5,9 @@ Interaction follows the viewers radiologists know (OHIF, 3D Slicer):
 * mouse wheel or Up/Down/PageUp/PageDown/Home/End: previous/next slice;
 * right-drag: window/level (horizontal = width, vertical = level); presets from the menu (1-4);
 * Ctrl+wheel or +/-: zoom around the cursor; middle- or left-drag: pan; F or double-click: fit;
+  Ctrl+0: 100%, one image pixel per screen pixel (the corner shows that real scale, not the fit factor);
+* the patient orientation (R/L, A/P, H/F) is marked on the middle of each edge, from
+  ImageOrientationPatient (:mod:`~pacs_mask_desktop.core.orientation`);
 * O toggles the overlay, the opacity comes from the viewer bar's slider.
 
 Pixels come from :class:`~pacs_mask_desktop.ui.frame_loader.FrameLoader` (decoded in a worker), the
@@ -34,6 +37,8 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from pacs_mask_desktop.core.dicom_series import Series, Window, window_level
+from pacs_mask_desktop.core.orientation import EdgeLabels, edge_labels
+from pacs_mask_desktop.ui.formatting import slice_text
 from pacs_mask_desktop.ui.frame_loader import FrameLoader
 from pacs_mask_desktop.ui.overlay_sources import OverlaySource
 from pacs_mask_desktop.ui.render import ArrayImage, gray_image, label_colour, label_image
@@ -75,6 +80,7 @@ class SliceView(QWidget):
         self.overlay_visible = True
         self.opacity = 0.45
         self.caption = ""
+        self.markers: EdgeLabels | None = None
 
         self._frames: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
         self._shown_index: int | None = None
@@ -101,6 +107,7 @@ class SliceView(QWidget):
             self.series.clear_cache()
         self.series = series
         self.overlay = None
+        self.markers = edge_labels(series.orientation) if series is not None else None
         self._frames.clear()
         self._reset_images()
         self.loader.set_sources(series, None)
@@ -117,6 +124,28 @@ class SliceView(QWidget):
         self.index = -1
         self.windowChanged.emit(self.window.center, self.window.width)
         self.set_index(len(series) // 2)
+
+    def update_series(self, series: Series) -> None:
+        """The same series with more slices (streaming in from the PACS): keep the window, zoom and pan,
+        and stay on the instance shown (its index may move as slices arrive around it)."""
+        if self.series is None or self.series.series_instance_uid != series.series_instance_uid:
+            self.set_series(series)
+            return
+        old = self.series
+        shown = old[self.index].sop_instance_uid if 0 <= self.index < len(old) else None
+        frame = old[self.index].frame_index if shown is not None else None
+        # Decoded frames stay valid (same files): carry them to their new indexes.
+        new_index = {(ref.sop_instance_uid, ref.frame_index): i for i, ref in enumerate(series.slices)}
+        kept = {(old[i].sop_instance_uid, old[i].frame_index): frame for i, frame in self._frames.items()}
+        self._frames = OrderedDict((new_index[key], frame) for key, frame in kept.items() if key in new_index)
+        self.series = series
+        self.markers = edge_labels(series.orientation)
+        self.loader.set_sources(series, self.overlay)
+        candidates = series.indexes_of_sop(shown) if shown is not None else []
+        index = next((i for i in candidates if series[i].frame_index == frame), len(series) // 2)
+        self._shown_index = None  # the old image stays painted until the same instance is decoded again
+        self.index = -1
+        self.set_index(index)
 
     def set_overlay(self, overlay: OverlaySource | None) -> None:
         """Draw ``overlay`` on top of the slices (``None`` removes it)."""
@@ -194,7 +223,9 @@ class SliceView(QWidget):
             width = max(float(high - low), 1.0)
             self.window = Window(float(low) + width / 2.0, width)
             self.windowChanged.emit(self.window.center, self.window.width)
-        self._gray = gray_image(window_level(pixels, self.window.center, self.window.width, invert=self.invert))
+        self._gray = gray_image(
+            window_level(pixels, self.window.center, self.window.width, invert=self.invert)
+        )
         if mask is not None and mask.any():
             self._mask = label_image(mask)
             top = int(mask.max())
@@ -229,7 +260,7 @@ class SliceView(QWidget):
 
     def zoom_by(self, factor: float, anchor: QPointF | None = None) -> None:
         """Zoom by ``factor`` keeping ``anchor`` (widget coordinates; default the centre) in place."""
-        new_zoom = max(MIN_ZOOM, min(MAX_ZOOM, self.zoom * factor))
+        new_zoom = max(min(MIN_ZOOM, self.zoom), min(max(MAX_ZOOM, self.zoom), self.zoom * factor))
         factor = new_zoom / self.zoom
         if anchor is not None:
             centre = QPointF(self.width() / 2, self.height() / 2) + self.pan
@@ -243,6 +274,20 @@ class SliceView(QWidget):
         """Fit the slice to the view (zoom 1, no pan)."""
         self.zoom, self.pan = 1.0, QPointF()
         self.update()
+
+    def actual_scale(self) -> float:
+        """Device (screen) pixels per image column at the current zoom: 1.0 is "100%"."""
+        if self.series is None or self.series.columns == 0:
+            return 1.0
+        return self.image_rect().width() / self.series.columns * self.devicePixelRatioF()
+
+    def zoom_actual_size(self) -> None:
+        """Zoom 100%: one image pixel per screen pixel (along a row; rows follow the pixel aspect)."""
+        scale = self.actual_scale()
+        if scale > 0:  # not through zoom_by's limits: a 16x16 slice is far below "fit / 10" at 100%
+            self.zoom /= scale
+            self.pan = self.pan / scale
+            self.update()
 
     # --- geometry ---------------------------------------------------------------------------------
 
@@ -258,7 +303,8 @@ class SliceView(QWidget):
         scale = min(self.width() / cols, self.height() / height_units) * self.zoom
         w, h = cols * scale, height_units * scale
         centre = QPointF(self.width() / 2, self.height() / 2) + self.pan
-        return QRectF(centre.x() - w / 2, centre.y() - h / 2, w, h)
+        # Whole-pixel corner: at 100% each image pixel then falls on exactly one screen pixel.
+        return QRectF(round(centre.x() - w / 2), round(centre.y() - h / 2), w, h)
 
     def image_to_widget(self, column: float, row: float) -> QPointF:
         """Widget position of the centre of image pixel (``column``, ``row``)."""
@@ -287,7 +333,9 @@ class SliceView(QWidget):
             return
         target = self.image_rect()
         if self._gray is not None:
-            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.zoom < 4.0)
+            # Magnified: nearest-neighbour, like the overlay, so each image pixel is a sharp block that
+            # lines up with the mask's blocks. Reduced: smooth, so a big slice does not alias.
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.actual_scale() < 1.0)
             painter.drawImage(target, self._gray.image)
             if self._mask is not None and self.overlay_visible and self.opacity > 0:
                 painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
@@ -325,10 +373,13 @@ class SliceView(QWidget):
             series.description or series.modality,
             f"{series.modality}  {series.columns}×{series.rows}  {len(series)} slices",
         ]
-        bottom_left = [f"Slice {self.index + 1} / {len(series)}{position}"]
+        bottom_left = [f"{slice_text(self.index, len(series))}{position}"]
         if self._shown_index != self.index:
             bottom_left.append("loading…")
-        bottom_right = [f"W {self.window.width:.0f}  L {self.window.center:.0f}", f"Zoom {self.zoom * 100:.0f}%"]
+        bottom_right = [
+            f"W {self.window.width:.0f}  L {self.window.center:.0f}",
+            f"Zoom {self.actual_scale() * 100:.0f}%",
+        ]
         top_right: list[str] = []
         if self.overlay is not None:
             state = "" if self.overlay_visible else " (hidden, O)"
@@ -340,8 +391,10 @@ class SliceView(QWidget):
 
         def draw(lines: list[str], right: bool, bottom: bool) -> None:
             for i, text in enumerate(lines):
-                y = (self.height() - margin - (len(lines) - 1 - i) * line - metrics.descent()) if bottom else (
-                    margin + metrics.ascent() + i * line
+                y = (
+                    (self.height() - margin - (len(lines) - 1 - i) * line - metrics.descent())
+                    if bottom
+                    else (margin + metrics.ascent() + i * line)
                 )
                 x = self.width() - margin - metrics.horizontalAdvance(text) if right else margin
                 painter.setPen(QColor(0, 0, 0, 200))
@@ -363,9 +416,46 @@ class SliceView(QWidget):
                 painter.setPen(QColor("#e6e8eb"))
                 painter.drawText(int(x - width), int(y + metrics.ascent()), text)
                 y += line
+        self._paint_markers(painter)
         if self._error:
             painter.setPen(QColor("#ff6b6b"))
             painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, self._error)
+
+    def _paint_markers(self, painter: QPainter) -> None:
+        """The patient orientation letters in the middle of each edge of the view."""
+        if self.markers is None:
+            return
+        font = QFont(self.font())
+        font.setPointSizeF(font.pointSizeF() * 1.25)
+        font.setBold(True)
+        painter.setFont(font)
+        metrics = painter.fontMetrics()
+        margin = 8
+        w, h = self.width(), self.height()
+        places = (
+            (self.markers.left, margin, h / 2 + metrics.ascent() / 2),
+            (
+                self.markers.right,
+                w - margin - metrics.horizontalAdvance(self.markers.right),
+                h / 2 + metrics.ascent() / 2,
+            ),
+            (
+                self.markers.top,
+                w / 2 - metrics.horizontalAdvance(self.markers.top) / 2,
+                margin + metrics.ascent(),
+            ),
+            (
+                self.markers.bottom,
+                w / 2 - metrics.horizontalAdvance(self.markers.bottom) / 2,
+                h - margin - metrics.descent(),
+            ),
+        )
+        for text, x, y in places:
+            painter.setPen(QColor(0, 0, 0, 200))
+            painter.drawText(int(x) + 1, int(y) + 1, text)
+            painter.setPen(QColor("#7fd8ff"))
+            painter.drawText(int(x), int(y), text)
+        painter.setFont(self.font())
 
     # --- input ------------------------------------------------------------------------------------
 

@@ -8,12 +8,14 @@ from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
     QLabel,
+    QProgressBar,
     QSlider,
     QVBoxLayout,
     QWidget,
 )
 
 from pacs_mask_desktop.core.dicom_series import WINDOW_PRESETS, Series, Window
+from pacs_mask_desktop.ui.formatting import slice_text
 from pacs_mask_desktop.ui.overlay_sources import OverlaySource
 from pacs_mask_desktop.ui.viewer import SliceView
 from pacs_mask_desktop.ui.workers import TaskRunner
@@ -62,10 +64,18 @@ class ViewerPanel(QWidget):
         self.opacity_label = QLabel(f"{self.opacity.value()}%")
         self.opacity_label.setMinimumWidth(40)
 
+        self.progress = QProgressBar()
+        self.progress.setObjectName("seriesProgress")
+        self.progress.setFixedWidth(220)
+        self.progress.setFormat("PACS %v/%m")
+        self.progress.setToolTip("Instances of the series retrieved from the PACS")
+        self.progress.hide()
+
         slider_row = QHBoxLayout()
         slider_row.setSpacing(10)
         slider_row.addWidget(self.slice_label)
         slider_row.addWidget(self.slider, 1)
+        slider_row.addWidget(self.progress)
         controls = QHBoxLayout()
         controls.setSpacing(10)
         controls.addWidget(QLabel("Window"))
@@ -109,6 +119,20 @@ class ViewerPanel(QWidget):
         if series is None:
             self.slice_label.setText("–")
 
+    def update_series(self, series: Series) -> None:
+        """More slices of the open series arrived (see :meth:`SliceView.update_series`)."""
+        self.slider.blockSignals(True)
+        self.slider.setEnabled(len(series) > 1)
+        self.slider.setRange(0, max(0, len(series) - 1))
+        self.slider.blockSignals(False)
+        self.view.update_series(series)
+
+    def set_progress(self, done: int, total: int, *, running: bool = True) -> None:
+        """Retrieval progress of a series streaming in from the PACS (``total`` 0: unknown)."""
+        self.progress.setRange(0, total)  # (0, 0): Qt's busy indicator
+        self.progress.setValue(done)
+        self.progress.setVisible(running)
+
     def set_overlay(self, overlay: OverlaySource | None) -> None:
         """Draw ``overlay`` on the series."""
         self.view.set_overlay(overlay)
@@ -137,13 +161,17 @@ class ViewerPanel(QWidget):
             return
         ref = series[index]
         where = f" · {ref.position:.1f} mm" if ref.position is not None else ""
-        self.slice_label.setText(f"Slice {index + 1}/{len(series)}{where}")
+        self.slice_label.setText(f"{slice_text(index, len(series))}{where}")
 
     def _on_window(self, center: float, width: float) -> None:
         match = next(
-            (i for i in range(1, self.preset.count())
-             if (w := WINDOW_PRESETS.get(self.preset.itemData(i))) is not None
-             and abs(w.center - center) < 0.5 and abs(w.width - width) < 0.5),
+            (
+                i
+                for i in range(1, self.preset.count())
+                if (w := WINDOW_PRESETS.get(self.preset.itemData(i))) is not None
+                and abs(w.center - center) < 0.5
+                and abs(w.width - width) < 0.5
+            ),
             0,
         )
         self.preset.setCurrentIndex(match)

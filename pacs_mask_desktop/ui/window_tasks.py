@@ -17,6 +17,8 @@ from pacs_mask_desktop.core.demo_setup import DemoData, ensure_demo
 from pacs_mask_desktop.core.dicom_series import Series, load_series
 from pacs_mask_desktop.core.journal import Journal, JournalEntry
 from pacs_mask_desktop.core.plan import PreparedUpload, prepare
+from pacs_mask_desktop.core.series_geometry import fetch_annotation_series
+from pacs_mask_desktop.ui.volume_stage import VolumeStage, is_nifti, is_seg_file, stage_volume
 from pacs_mask_desktop.ui.workers import WorkContext
 
 SERIES_CACHE_FRAMES = 32
@@ -37,8 +39,8 @@ def classify_paths(_context: WorkContext, paths: Sequence[Path]) -> tuple[list[P
                 continue
             (masks if has_png else series).append(path)
         elif path.is_file():
-            if path.suffix.lower() == ".png":
-                masks.append(path)
+            if path.suffix.lower() == ".png" or is_nifti(path) or is_seg_file(path):
+                masks.append(path)  # a NIfTI/SEG volume is staged as PNG slices by prepare_task
             elif path.parent not in series:
                 series.append(path.parent)
         else:
@@ -60,14 +62,33 @@ def throttled(context: WorkContext, interval: float = 0.1) -> Callable[[int, int
 
 
 def load_series_task(context: WorkContext, folder: Path) -> Series:
-    return load_series(folder, cache_size=SERIES_CACHE_FRAMES, on_progress=throttled(context), cancel=context.cancel)
+    return load_series(
+        folder, cache_size=SERIES_CACHE_FRAMES, on_progress=throttled(context), cancel=context.cancel
+    )
 
 
 def prepare_task(
-    context: WorkContext, paths: list[Path], fields: dict[str, Any], series: Series | None
+    context: WorkContext,
+    paths: list[Path],
+    fields: dict[str, Any],
+    series: Series | None,
+    api: ApiClient | None = None,
+    stage: VolumeStage | None = None,
 ) -> PreparedUpload:
-    return prepare(
-        paths,
+    """``prepare()`` the masks; with ``api``, against the annotation's series as the server recorded it.
+
+    With ``stage``, a single NIfTI/DICOM SEG file is first placed on the annotation's series geometry
+    and staged as PNG slices (:mod:`pacs_mask_desktop.ui.volume_stage`); its label table goes with the plan.
+    """
+    volume = None
+    if stage is not None:
+        staged = stage_volume(stage, paths, fields["annotation_id"] if api is not None else None, api, series)
+        if isinstance(staged, PreparedUpload):
+            return staged
+        volume = staged
+    stored = fetch_annotation_series(api, fields["annotation_id"]) if api is not None else None
+    prepared = prepare(
+        [volume.folder] if volume is not None else paths,
         annotation_id=fields["annotation_id"],
         model_name=fields["model_name"],
         version=fields["version"],
@@ -75,7 +96,12 @@ def prepare_task(
         series=series,
         on_progress=throttled(context),
         cancel=context.cancel,
+        annotation_series=stored,
+        labels=volume.labels if volume is not None else None,
     )
+    if volume is not None:
+        prepared.warnings.extend(volume.notes)
+    return prepared
 
 
 def unfinished_uploads(_context: WorkContext, journal_path: Path) -> list[JournalEntry]:
@@ -96,7 +122,9 @@ def forget_upload(_context: WorkContext, journal_path: Path, group_id: str) -> N
         journal.close()
 
 
-def resume_lookup(_context: WorkContext, api: ApiClient, entry: JournalEntry) -> tuple[dict[str, Any], dict[str, Any]]:
+def resume_lookup(
+    _context: WorkContext, api: ApiClient, entry: JournalEntry
+) -> tuple[dict[str, Any], dict[str, Any]]:
     group = api.group_with_slices(entry.group_id)["group"]
     return api.get_annotation(entry.annotation_id), group
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, delete, get, post
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 
 from server.api import schemas
 from server.api.deps import CallDep
+from server.api.params import IdQuery, text_path, text_query
+from server.errors import Conflict, NotFound
 from server.security import require
 from server.services import audit_log, tokens
 
@@ -17,13 +19,19 @@ class AuditController(Controller):
     path = "/api/audit"
     tags = ["audit"]  # noqa: RUF012
 
-    @get("/", guards=[require("reviewer")], sync_to_thread=True, summary="Read the audit log")
+    @get(
+        "/",
+        guards=[require("reviewer")],
+        sync_to_thread=True,
+        raises=[NotFound],
+        summary="Read the audit log",
+    )
     def read(
         self,
         call: CallDep,
-        annotation_id: FromQuery[int | None] = None,
-        group_id: FromQuery[str | None] = None,
-        actor: FromQuery[str | None] = None,
+        annotation_id: IdQuery = None,
+        group_id: Annotated[str | None, text_query(64)] = None,
+        actor: Annotated[str | None, text_query(128)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 500,
     ) -> schemas.AuditList:
         return audit_log.list_audit(
@@ -36,7 +44,7 @@ class TokenController(Controller):
     tags = ["tokens"]  # noqa: RUF012
     guards = [require("admin")]  # noqa: RUF012
 
-    @post("/", sync_to_thread=True, summary="Create an API token (shown once)")
+    @post("/", sync_to_thread=True, raises=[Conflict], summary="Create an API token (shown once)")
     def create(self, call: CallDep, data: JSONBody[schemas.TokenCreate]) -> schemas.TokenOut:
         return tokens.create_token(call, data)
 
@@ -45,5 +53,5 @@ class TokenController(Controller):
         return tokens.list_tokens(call)
 
     @delete("/{name:str}", sync_to_thread=True, status_code=200, summary="Revoke an API token")
-    def revoke(self, call: CallDep, name: FromPath[str]) -> schemas.TokenOut:
+    def revoke(self, call: CallDep, name: Annotated[str, text_path(128)]) -> schemas.TokenOut:
         return tokens.revoke_token(call, name)

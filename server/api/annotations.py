@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, get, post
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 
 from server.api import schemas
 from server.api.deps import CallDep
+from server.api.params import IdPath, text_query
+from server.errors import PacsFailed
 from server.security import require
 from server.services import annotations as svc
+from server.services import pacs_annotations
 
 
 class AnnotationController(Controller):
@@ -21,15 +24,36 @@ class AnnotationController(Controller):
     def create(self, call: CallDep, data: JSONBody[schemas.AnnotationCreate]) -> schemas.AnnotationOut:
         return svc.create_annotation(call, data)
 
+    @post(
+        "/from-pacs",
+        guards=[require("uploader")],
+        sync_to_thread=True,
+        raises=[PacsFailed],
+        summary="Create an annotation from a PACS series (the server reads its headers over DICOMweb)",
+    )
+    def create_from_pacs(
+        self, call: CallDep, data: JSONBody[schemas.AnnotationFromPacs]
+    ) -> schemas.AnnotationOut:
+        return pacs_annotations.create_from_pacs(call, data)
+
     @get("/", guards=[require("uploader")], sync_to_thread=True, summary="Search annotations")
     def search(
         self,
         call: CallDep,
-        search: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        search: Annotated[str | None, text_query(200)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
     ) -> schemas.AnnotationList:
         return svc.list_annotations(call, search, limit)
 
     @get("/{annotation_id:int}", guards=[require("uploader")], sync_to_thread=True, summary="One annotation")
-    def read(self, call: CallDep, annotation_id: FromPath[int]) -> schemas.AnnotationOut:
+    def read(self, call: CallDep, annotation_id: IdPath) -> schemas.AnnotationOut:
         return svc.get_annotation(call, annotation_id)
+
+    @get(
+        "/{annotation_id:int}/series",
+        guards=[require("uploader")],
+        sync_to_thread=True,
+        summary="The annotation's series geometry (slice 0 = first position along the slice normal)",
+    )
+    def series(self, call: CallDep, annotation_id: IdPath) -> schemas.SeriesGeometry:
+        return svc.get_series(call, annotation_id)

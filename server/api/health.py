@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Request, Response, get
+from litestar.openapi.datastructures import ResponseSpec
 
 from server import __version__
 from server.api import schemas
@@ -10,7 +11,13 @@ from server.context import AppParts
 from server.storage.base import StorageError
 
 
-@get("/health", sync_to_thread=True, tags=["health"], summary="Database and storage health")
+@get(
+    "/health",
+    sync_to_thread=True,
+    tags=["health"],
+    summary="Database and storage health",
+    responses={503: ResponseSpec(schemas.Health, description="The database or the storage is unusable.")},
+)
 def health(request: Request) -> Response[schemas.Health]:
     parts: AppParts = request.app.state.parts
     database = storage = "ok"

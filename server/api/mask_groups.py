@@ -9,20 +9,39 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, Response, delete, get, post
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from server.api import schemas
 from server.api.deps import CallDep
+from server.api.params import SliceIndexQuery, text_query
+from server.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    PacsFailed,
+    StorageUnavailable,
+    Unprocessable,
+)
 from server.security import require
 from server.services import mask_groups as svc
+from server.services import seg as seg_svc
+from server.services import seg_send
 
 
 class MaskGroupController(Controller):
     path = "/api/mask-group"
     tags = ["mask groups"]  # noqa: RUF012
 
-    @post("/", guards=[require("uploader")], sync_to_thread=True, summary="Create a pending mask group")
+    # ``raises``: the domain errors of each service, for the API document (server/api/openapi.py says
+    # which statuses every route gets from its kind).
+    @post(
+        "/",
+        guards=[require("uploader")],
+        sync_to_thread=True,
+        raises=[NotFound, Conflict],
+        summary="Create a pending mask group",
+    )
     def create(self, call: CallDep, data: JSONBody[schemas.GroupCreate]) -> schemas.GroupOut:
         return svc.create_group(call, data)
 
@@ -31,6 +50,7 @@ class MaskGroupController(Controller):
         guards=[require("uploader")],
         sync_to_thread=True,
         status_code=200,
+        raises=[Forbidden, Conflict],
         summary="Signed PUT URLs for a batch of slices",
     )
     def sign(
@@ -43,6 +63,7 @@ class MaskGroupController(Controller):
         guards=[require("uploader")],
         sync_to_thread=True,
         status_code=200,
+        raises=[Forbidden, Conflict, StorageUnavailable],
         summary="Verify the uploaded slices and register them",
     )
     def complete(
@@ -54,20 +75,26 @@ class MaskGroupController(Controller):
         "/{annotation_id:str}",
         guards=[require("uploader")],
         sync_to_thread=True,
+        raises=[Unprocessable],
         summary="Groups of an annotation",
     )
     def list_for_annotation(self, call: CallDep, annotation_id: FromPath[str]) -> schemas.GroupList:
         return svc.list_groups(call, annotation_id)
 
     @get(
-        "/{group_id:str}/view", guards=[require("uploader")], sync_to_thread=True, summary="Stream one slice"
+        "/{group_id:str}/view",
+        guards=[require("uploader")],
+        sync_to_thread=True,
+        media_type="image/png",
+        raises=[Conflict, StorageUnavailable],
+        summary="Stream one slice",
     )
     def view(
         self,
         call: CallDep,
         group_id: FromPath[str],
-        filename: Annotated[str | None, QueryParameter(max_length=128)] = None,
-        slice_index: Annotated[int | None, QueryParameter(ge=0)] = None,
+        filename: Annotated[str | None, text_query(128)] = None,
+        slice_index: SliceIndexQuery = None,
     ) -> Stream:
         viewed = svc.view_slice(call, group_id, filename, slice_index)
         return Stream(
@@ -86,6 +113,7 @@ class MaskGroupController(Controller):
         guards=[require("reviewer")],
         sync_to_thread=True,
         status_code=200,
+        raises=[Conflict],
         summary="Approve or reject a complete group",
     )
     def review(
@@ -93,11 +121,55 @@ class MaskGroupController(Controller):
     ) -> schemas.GroupOut:
         return svc.review_group(call, group_id, data)
 
+    @post(
+        "/{group_id:str}/seg",
+        guards=[require("uploader")],
+        sync_to_thread=True,
+        status_code=200,
+        raises=[Conflict, Unprocessable, StorageUnavailable],
+        summary="Build the group's DICOM SEG (once) and return its metadata",
+    )
+    def build_seg(self, call: CallDep, group_id: FromPath[str]) -> schemas.SegOut:
+        return seg_svc.build_seg(call, group_id)
+
+    @get(
+        "/{group_id:str}/seg",
+        guards=[require("uploader")],
+        sync_to_thread=True,
+        media_type="application/dicom",
+        raises=[Conflict, StorageUnavailable],
+        summary="Download the group's DICOM SEG",
+    )
+    def download_seg(self, call: CallDep, group_id: FromPath[str]) -> Stream:
+        seg = seg_svc.open_seg(call, group_id)
+        return Stream(
+            seg.chunks,
+            media_type="application/dicom",
+            headers={
+                "Content-Length": str(seg.size),
+                "ETag": f'"{seg.checksum}"',
+                "Content-Disposition": f'attachment; filename="{seg.filename}"',
+                "Cache-Control": "private, no-store",
+            },
+        )
+
+    @post(
+        "/{group_id:str}/send",
+        guards=[require("uploader")],
+        sync_to_thread=True,
+        status_code=200,
+        raises=[Conflict, Unprocessable, StorageUnavailable, PacsFailed],
+        summary="Store the group's DICOM SEG in the PACS (STOW-RS), once",
+    )
+    def send_seg(self, call: CallDep, group_id: FromPath[str]) -> schemas.SendOut:
+        return seg_send.send_seg(call, group_id)
+
     @delete(
         "/{group_id:str}",
         guards=[require("admin")],
         sync_to_thread=True,
         status_code=200,
+        raises=[StorageUnavailable],
         summary="Delete a group",
     )
     def remove(self, call: CallDep, group_id: FromPath[str]) -> Response[schemas.DeleteResult]:

@@ -1,4 +1,11 @@
-"""Request and response shapes of the API (msgspec structs, kept apart from the ORM models)."""
+"""Request and response shapes of the API (msgspec structs, kept apart from the ORM models).
+
+Every bound here matches the database column the value lands in, so a value the database could not
+hold is refused with a 422 before any query runs: integers of ``Integer`` columns are 0..2**31-1
+(:data:`server.naming.INT32_MAX`), text fits its ``String(n)`` and is :func:`safe_text` (no control
+characters: PostgreSQL cannot store NUL at all). Query and path parameters use the same definitions
+(``server/api/params.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +14,56 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from server.naming import INT32_MAX
+
+INT64_MAX = 2**63 - 1
+"""The largest value of a ``BigInteger`` column (sizes in bytes)."""
+SAFE_TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$(?!\n)"
+"""One line of text with no control character (C0 or DEL). ``(?!\n)``: Python's ``$`` also matches
+before a final line feed (msgspec validates with Python's ``re``; JSON Schema's ``$`` does not)."""
+SAFE_MULTILINE_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+"""Like :data:`SAFE_TEXT_PATTERN`, but tab, line feed and carriage return are allowed (free text)."""
+
+
+def safe_text(max_length: int, *, min_length: int = 0, multiline: bool = False) -> msgspec.Meta:
+    """The constraints of a text value stored in a ``String(max_length)`` (or ``Text``) column.
+
+    The one definition of "text the server can store": at most ``max_length`` characters and no
+    control characters (PostgreSQL cannot store NUL; none of the others belongs in a name, label or
+    filter). ``multiline`` allows tab and line breaks, for free-text comments and descriptions.
+    Use as ``Annotated[str, safe_text(64)]``.
+    """
+    return msgspec.Meta(
+        min_length=min_length,
+        max_length=max_length,
+        pattern=SAFE_MULTILINE_PATTERN if multiline else SAFE_TEXT_PATTERN,
+    )
+
+
 Uid = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[0-9.]+$")]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Md5Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{32}$")]
-NonNegative = Annotated[int, msgspec.Meta(ge=0)]
-Positive = Annotated[int, msgspec.Meta(ge=1)]
+Id = Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)]
+"""An id of an ``Integer`` primary key (annotations)."""
+NonNegative = Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)]
+Positive = Annotated[int, msgspec.Meta(ge=1, le=INT32_MAX)]
+ByteCount = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+
+
+class ErrorBody(msgspec.Struct):
+    """Every error answer of the API (``server.errors``): a code to act on, a sentence, and details."""
+
+    error: str
+    message: str
+    details: dict[str, Any]
 
 
 class AnnotationCreate(msgspec.Struct, forbid_unknown_fields=True):
     study_instance_uid: Uid
     series_instance_uid: Uid
-    patient_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    description: Annotated[str, msgspec.Meta(max_length=512)] | None = None
+    patient_id: Annotated[str, safe_text(64)] | None = None
+    description: Annotated[str, safe_text(512, multiline=True)] | None = None
+    series: SeriesGeometry | None = None
+    """The series' geometry read by the client from a folder; its UIDs must be the two above."""
 
 
 class AnnotationOut(msgspec.Struct):
@@ -30,20 +75,75 @@ class AnnotationOut(msgspec.Struct):
     created_by: str
     created_at: datetime
     group_count: int = 0
+    has_geometry: bool = False
+    rows: int | None = None
+    columns: int | None = None
+    slice_count: int | None = None
+    modality: str | None = None
 
 
 class AnnotationList(msgspec.Struct):
     items: list[AnnotationOut]
 
 
+class CodedConcept(msgspec.Struct, forbid_unknown_fields=True):
+    """A coded term (DICOM Code Sequence item): e.g. SNOMED CT ``{"code": "10200004", "scheme": "SCT",
+    "meaning": "Liver"}``. Bounds: CodeValue up to 64 (long SNOMED codes), designator SH 16, meaning LO 64."""
+
+    code: Annotated[str, safe_text(64, min_length=1)]
+    scheme: Annotated[str, safe_text(16, min_length=1)]
+    meaning: Annotated[str, safe_text(64, min_length=1)]
+
+
+ColorByte = Annotated[int, msgspec.Meta(ge=0, le=255)]
+LabelNumber = Annotated[str, msgspec.Meta(pattern=r"^(?:[1-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])$")]
+"""A mask label value 1..255, as a JSON object key (``"1"``)."""
+
+
+class LabelInfo(msgspec.Struct, forbid_unknown_fields=True):
+    """What one label value of a group's masks is: the SEG segment's label, category, type and colour."""
+
+    name: Annotated[str, safe_text(64, min_length=1)]
+    category: CodedConcept | None = None
+    type: CodedConcept | None = None
+    color: Annotated[list[ColorByte], msgspec.Meta(min_length=3, max_length=3)] | None = None
+    """RGB 0..255."""
+
+
+Labels = Annotated[dict[LabelNumber, LabelInfo], msgspec.Meta(min_length=1, max_length=255)]
+
+
 class GroupCreate(msgspec.Struct, forbid_unknown_fields=True):
-    annotation_id: int
-    model_name: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
-    version: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
+    annotation_id: Id
+    model_name: Annotated[str, safe_text(128, min_length=1)]
+    version: Annotated[str, safe_text(64, min_length=1)]
     source: Literal["manual", "ai"]
     expected_slices: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
     confidence: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
     params: dict[str, Any] | None = None
+    labels: Labels | None = None
+    """Names, codes and colours of the label values, for DICOM SEG; absent: "Label N", Tissue, a palette."""
+
+
+class SegOut(msgspec.Struct):
+    """The DICOM SEG built from a complete group (``POST /api/mask-group/{id}/seg``)."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    size: int
+    checksum: str
+    """MD5 (hex) of the stored file."""
+    created_at: datetime
+    segments: int
+    frames: int
+
+
+class SendOut(msgspec.Struct):
+    """Where the SEG was stored (``POST /api/mask-group/{id}/send``)."""
+
+    sop_instance_uid: str
+    sent_at: datetime
+    pacs_url: str
 
 
 class GroupOut(msgspec.Struct):
@@ -64,6 +164,12 @@ class GroupOut(msgspec.Struct):
     review_comment: str | None
     reviewed_by: str | None
     reviewed_at: datetime | None
+    labels: dict[str, LabelInfo] | None = None
+    seg: SegOut | None = None
+    sent_at: datetime | None = None
+    sent_to: str | None = None
+    send_error: str | None = None
+    """The last failure to send the SEG to the PACS (cleared by a successful send)."""
 
 
 class GroupList(msgspec.Struct):
@@ -71,10 +177,14 @@ class GroupList(msgspec.Struct):
 
 
 class SliceToSign(msgspec.Struct, forbid_unknown_fields=True):
+    # filename, content_md5 and content_type are checked by the service (every bad slice listed at once,
+    # before anything else happens): server/naming.py's rules are stricter than safe_text.
     filename: str
-    size: NonNegative
+    size: ByteCount
     content_md5: str
     content_type: str = "image/png"
+    slice_index: NonNegative | None = None
+    """Optional: the slice this file is for; refused before signing when outside the series."""
 
 
 class SignRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -95,14 +205,14 @@ class SignResponse(msgspec.Struct):
 
 
 class SliceToComplete(msgspec.Struct, forbid_unknown_fields=True):
-    filename: str
+    filename: str  # checked by server/naming.py's rules before anything else (invalid_slices)
     slice_index: NonNegative
     width: Positive
     height: Positive
     checksum: Md5Hex
-    label: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    label: Annotated[str, safe_text(256)] | None = None
     sop_instance_uid: Uid | None = None
-    size: NonNegative | None = None
+    size: ByteCount | None = None
 
 
 class CompleteRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -131,7 +241,7 @@ class MaskList(msgspec.Struct):
 
 class ReviewRequest(msgspec.Struct, forbid_unknown_fields=True):
     decision: Literal["approved", "rejected"]
-    comment: Annotated[str, msgspec.Meta(max_length=4000)] = ""
+    comment: Annotated[str, safe_text(4000, multiline=True)] = ""
 
 
 class DeleteResult(msgspec.Struct):
@@ -177,3 +287,87 @@ class Health(msgspec.Struct):
     database: str
     storage: str
     version: str
+
+
+# --- Series geometry (issue 9). Bounds match the columns of ``annotation`` / ``annotation_instance``. ---
+
+DicomShortText = Annotated[str, safe_text(16)]
+"""DA, TM, SH and CS values (DICOM allows 8-16 characters; 16 leaves room for legacy dates)."""
+DicomLongText = Annotated[str, safe_text(64)]
+"""LO values (PatientID)."""
+PersonName = Annotated[str, safe_text(256)]
+"""PN values: up to three component groups of 64 characters."""
+Millimetres = Annotated[float, msgspec.Meta(ge=-1e6, le=1e6)]
+Spacing = Annotated[float, msgspec.Meta(gt=0.0, le=1e4)]
+Cosine = Annotated[float, msgspec.Meta(ge=-1.0001, le=1.0001)]
+Orientation = Annotated[list[Cosine], msgspec.Meta(min_length=6, max_length=6)]
+Position = Annotated[list[Millimetres], msgspec.Meta(min_length=3, max_length=3)]
+ImageSide = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+MAX_SERIES_INSTANCES = 100_000
+
+
+class SeriesInstance(msgspec.Struct, forbid_unknown_fields=True):
+    """One slice of a series: an instance, or one frame (1-based ``frame_number``) of a multi-frame one.
+
+    ``image_orientation_patient``, ``rows`` and ``columns`` are optional per-slice checks a client may
+    send so the server can refuse mixed planes and sizes; they are not stored (the series has one).
+    """
+
+    slice_index: Annotated[int, msgspec.Meta(ge=0, lt=MAX_SERIES_INSTANCES)]
+    sop_instance_uid: Uid
+    sop_class_uid: Uid | None = None
+    instance_number: Annotated[int, msgspec.Meta(ge=-(2**31), lt=2**31)] | None = None
+    image_position_patient: Position | None = None
+    frame_number: Annotated[int, msgspec.Meta(ge=1, le=MAX_SERIES_INSTANCES)] | None = None
+    image_orientation_patient: Orientation | None = None
+    rows: ImageSide | None = None
+    columns: ImageSide | None = None
+
+
+class SeriesGeometry(msgspec.Struct, forbid_unknown_fields=True):
+    """What an annotation knows of its series: size, orientation, slices in order, patient/study.
+
+    Slice index 0 is the first position along the slice normal (row cosines x column cosines).
+    """
+
+    series_instance_uid: Uid
+    study_instance_uid: Uid
+    rows: ImageSide
+    columns: ImageSide
+    instances: Annotated[list[SeriesInstance], msgspec.Meta(min_length=1, max_length=MAX_SERIES_INSTANCES)]
+    source: Literal["pacs", "folder"] = "folder"
+    frame_of_reference_uid: Uid | None = None
+    modality: DicomShortText | None = None
+    pixel_spacing: Annotated[list[Spacing], msgspec.Meta(min_length=2, max_length=2)] | None = None
+    image_orientation_patient: Orientation | None = None
+    slice_thickness: Annotated[float, msgspec.Meta(ge=0.0, le=1e4)] | None = None
+    spacing_between_slices: Annotated[float, msgspec.Meta(ge=-1e4, le=1e4)] | None = None
+    patient_id: DicomLongText | None = None
+    patient_name: PersonName | None = None
+    patient_birth_date: DicomShortText | None = None
+    patient_sex: DicomShortText | None = None
+    study_date: DicomShortText | None = None
+    study_time: DicomShortText | None = None
+    study_id: DicomShortText | None = None
+    accession_number: DicomShortText | None = None
+    referring_physician_name: PersonName | None = None
+
+
+# --- DICOMweb (issue 9): the PACS as a source. ---
+
+
+class AnnotationFromPacs(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /api/annotations/from-pacs``: the server reads the series' headers from its PACS itself."""
+
+    series_instance_uid: Uid
+    study_instance_uid: Uid | None = None
+    description: Annotated[str, safe_text(512, multiline=True)] | None = None
+
+
+class ClientConfig(msgspec.Struct):
+    """``GET /api/config``: what a client needs to know about this server (never a secret)."""
+
+    dicomweb_url: str | None
+    version: str
+    send_unreviewed: bool = False
+    """``PACS_MASK_SEND_UNREVIEWED``: groups may be sent to the PACS before they are approved."""

@@ -3,7 +3,10 @@
 These answer like an object store would: the signature (not an API token) authorizes the request.
 Checks, in order: signature and expiry (403), declared length against the signed size (413), body
 length (400 short, 413 long) and digest (400 ``bad_digest``, like S3's BadDigest). Nothing is written
-unless every check passes; the write itself is atomic.
+unless every check passes; the write itself is atomic and create-only: a PUT of the bytes already
+stored under the key answers 200 again (a retry whose first answer was lost), a PUT of other bytes
+answers 412 ``object_exists`` (as S3 answers a create-only PUT, ``If-None-Match: *``) and changes
+nothing, so no URL can ever change an object of a completed group.
 
 Uploads are the server's hot path (one PUT per slice, thousands per group), so :class:`StorageUploads`
 serves them as plain ASGI in front of the framework, inside the request log. Measured on the 2-core
@@ -31,8 +34,9 @@ from litestar.params import FromPath
 from litestar.response import Stream
 
 from server.context import AppParts
-from server.errors import ApiError, Forbidden, InvalidRequest, NotFound, TooLarge
+from server.errors import ApiError, Forbidden, InvalidRequest, NotFound, PreconditionFailed, TooLarge
 from server.logs import UPLOAD_ROUTE
+from server.storage.base import ObjectExists
 from server.storage.local import InvalidKey, LocalStorage
 
 log = logging.getLogger("pacs_mask.server")
@@ -199,6 +203,13 @@ async def receive_upload(parts: AppParts, scope: Scope, receive: Receive) -> str
             info = await asyncio.get_running_loop().run_in_executor(None, storage.write, key, (bytes(body),))
     except InvalidKey:
         raise _invalid_key(parts) from None
+    except ObjectExists as exc:
+        parts.metrics.failure("object_exists")
+        raise PreconditionFailed(
+            "Other bytes are already stored under this key; stored objects are never replaced. Nothing "
+            "was written.",
+            details={"stored_md5": exc.stored.md5_hex if exc.stored else None},
+        ) from None
     return f'"{info.md5_hex}"'
 
 

@@ -65,8 +65,56 @@ class Annotation(Base):
     description: Mapped[str | None] = mapped_column(String(512))
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The series' geometry (server.geometry); all NULL for annotations created before it was recorded.
+    geometry_source: Mapped[str | None] = mapped_column(String(16))
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    slice_count: Mapped[int | None] = mapped_column(Integer)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    frame_of_reference_uid: Mapped[str | None] = mapped_column(String(64))
+    pixel_spacing: Mapped[list[float] | None] = mapped_column(JSON)
+    image_orientation_patient: Mapped[list[float] | None] = mapped_column(JSON)
+    slice_thickness: Mapped[float | None] = mapped_column(Float)
+    spacing_between_slices: Mapped[float | None] = mapped_column(Float)
+    patient_name: Mapped[str | None] = mapped_column(String(256))
+    patient_birth_date: Mapped[str | None] = mapped_column(String(16))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(16))
+    study_time: Mapped[str | None] = mapped_column(String(16))
+    study_id: Mapped[str | None] = mapped_column(String(16))
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    referring_physician_name: Mapped[str | None] = mapped_column(String(256))
 
     groups: Mapped[list[MaskGroup]] = relationship(back_populates="annotation")
+    instances: Mapped[list[AnnotationInstance]] = relationship(
+        order_by="AnnotationInstance.slice_index", passive_deletes=True
+    )
+
+    @property
+    def has_geometry(self) -> bool:
+        """True when the series' geometry was recorded (annotations made before issue 9 have none)."""
+        return self.rows is not None
+
+
+class AnnotationInstance(Base):
+    """One slice of an annotation's series, at its slice index (0 = first position along the normal)."""
+
+    __tablename__ = "annotation_instance"
+    __table_args__ = (
+        UniqueConstraint("annotation_id", "slice_index", name="uq_annotation_instance_slice"),
+        CheckConstraint("slice_index >= 0", name="slice_index"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    annotation_id: Mapped[int] = mapped_column(ForeignKey("annotation.id", ondelete="CASCADE"))
+    slice_index: Mapped[int] = mapped_column(Integer)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str | None] = mapped_column(String(64))
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    position_x: Mapped[float | None] = mapped_column(Float)
+    position_y: Mapped[float | None] = mapped_column(Float)
+    position_z: Mapped[float | None] = mapped_column(Float)
+    frame_number: Mapped[int | None] = mapped_column(Integer)
 
 
 class MaskGroup(Base):
@@ -99,6 +147,21 @@ class MaskGroup(Base):
     review_comment: Mapped[str | None] = mapped_column(Text)
     reviewed_by: Mapped[str | None] = mapped_column(String(128))
     reviewed_at: Mapped[datetime | None] = mapped_column()
+    # The label table given at create (``{"1": {"name", "category", "type", "color"}}``); NULL = defaults.
+    labels: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The DICOM SEG built from the complete group (server.services.seg): built once, then only read.
+    seg_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    seg_series_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    seg_storage_key: Mapped[str | None] = mapped_column(String(512))
+    seg_size: Mapped[int | None] = mapped_column(BigInteger)
+    seg_checksum: Mapped[str | None] = mapped_column(String(32))
+    seg_created_at: Mapped[datetime | None] = mapped_column()
+    seg_segments: Mapped[int | None] = mapped_column(Integer)
+    seg_frames: Mapped[int | None] = mapped_column(Integer)
+    # Where and when the SEG was stored in the PACS (STOW-RS), and the last failure to send it.
+    sent_at: Mapped[datetime | None] = mapped_column()
+    sent_to: Mapped[str | None] = mapped_column(String(512))
+    send_error: Mapped[str | None] = mapped_column(String(1024))
 
     annotation: Mapped[Annotation] = relationship(back_populates="groups")
     masks: Mapped[list[Mask]] = relationship(
@@ -130,6 +193,29 @@ class Mask(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     group: Mapped[MaskGroup] = relationship(back_populates="masks")
+
+
+class SignedUpload(Base):
+    """What one filename of a group was signed for: its size and MD5, and until when a URL is valid.
+
+    The first signature fixes the bytes: while any URL for them may still be used, a signature for
+    other bytes is refused, and ``complete`` refuses a group whose filenames were signed for other
+    bytes than stored. Storage checks Content-MD5, so no URL can write anything else, even on a
+    server that ignores the create-only ``If-None-Match: *`` (``rclone serve s3``).
+    """
+
+    __tablename__ = "annotation_mask_upload"
+
+    group_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("annotation_mask_group.id", ondelete="CASCADE"), primary_key=True
+    )
+    filename: Mapped[str] = mapped_column(String(128), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    checksum: Mapped[str] = mapped_column(String(32))
+    expires_at: Mapped[datetime] = mapped_column()
+    # Bumped when ``complete`` removes a stored object that differs from these bytes: a complete that
+    # checked the objects before sees the change and refuses instead of registering a removed object.
+    removals: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class AuditLog(Base):

@@ -106,5 +106,105 @@ CREATE TABLE annotation_mask (
 
 INSERT INTO alembic_version (version_num) VALUES ('0001') RETURNING alembic_version.version_num;
 
+-- Running upgrade 0001 -> 0002_series_geometry
+
+ALTER TABLE annotation ADD COLUMN geometry_source VARCHAR(16);
+
+ALTER TABLE annotation ADD COLUMN rows INTEGER;
+
+ALTER TABLE annotation ADD COLUMN columns INTEGER;
+
+ALTER TABLE annotation ADD COLUMN slice_count INTEGER;
+
+ALTER TABLE annotation ADD COLUMN modality VARCHAR(16);
+
+ALTER TABLE annotation ADD COLUMN frame_of_reference_uid VARCHAR(64);
+
+ALTER TABLE annotation ADD COLUMN pixel_spacing JSON;
+
+ALTER TABLE annotation ADD COLUMN image_orientation_patient JSON;
+
+ALTER TABLE annotation ADD COLUMN slice_thickness FLOAT;
+
+ALTER TABLE annotation ADD COLUMN spacing_between_slices FLOAT;
+
+ALTER TABLE annotation ADD COLUMN patient_name VARCHAR(256);
+
+ALTER TABLE annotation ADD COLUMN patient_birth_date VARCHAR(16);
+
+ALTER TABLE annotation ADD COLUMN patient_sex VARCHAR(16);
+
+ALTER TABLE annotation ADD COLUMN study_date VARCHAR(16);
+
+ALTER TABLE annotation ADD COLUMN study_time VARCHAR(16);
+
+ALTER TABLE annotation ADD COLUMN study_id VARCHAR(16);
+
+ALTER TABLE annotation ADD COLUMN accession_number VARCHAR(16);
+
+ALTER TABLE annotation ADD COLUMN referring_physician_name VARCHAR(256);
+
+CREATE TABLE annotation_instance (
+    id BIGSERIAL NOT NULL, 
+    annotation_id INTEGER NOT NULL, 
+    slice_index INTEGER NOT NULL, 
+    sop_instance_uid VARCHAR(64) NOT NULL, 
+    sop_class_uid VARCHAR(64), 
+    instance_number INTEGER, 
+    position_x FLOAT, 
+    position_y FLOAT, 
+    position_z FLOAT, 
+    frame_number INTEGER, 
+    CONSTRAINT pk_annotation_instance PRIMARY KEY (id), 
+    CONSTRAINT ck_annotation_instance_slice_index CHECK (slice_index >= 0), 
+    CONSTRAINT fk_annotation_instance_annotation_id_annotation FOREIGN KEY(annotation_id) REFERENCES annotation (id) ON DELETE CASCADE, 
+    CONSTRAINT uq_annotation_instance_slice UNIQUE (annotation_id, slice_index)
+);
+
+UPDATE alembic_version SET version_num='0002_series_geometry' WHERE alembic_version.version_num = '0001';
+
+-- Running upgrade 0002_series_geometry -> 0003_signed_uploads
+
+CREATE TABLE annotation_mask_upload (
+    group_id UUID NOT NULL, 
+    filename VARCHAR(128) NOT NULL, 
+    size_bytes BIGINT NOT NULL, 
+    checksum VARCHAR(32) NOT NULL, 
+    expires_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+    removals INTEGER NOT NULL, 
+    CONSTRAINT pk_annotation_mask_upload PRIMARY KEY (group_id, filename), 
+    CONSTRAINT fk_annotation_mask_upload_group_id_annotation_mask_group FOREIGN KEY(group_id) REFERENCES annotation_mask_group (id) ON DELETE CASCADE
+);
+
+UPDATE alembic_version SET version_num='0003_signed_uploads' WHERE alembic_version.version_num = '0002_series_geometry';
+
+-- Running upgrade 0003_signed_uploads -> 0004_group_seg
+
+ALTER TABLE annotation_mask_group ADD COLUMN labels JSON;
+
+ALTER TABLE annotation_mask_group ADD COLUMN seg_sop_instance_uid VARCHAR(64);
+
+ALTER TABLE annotation_mask_group ADD COLUMN seg_series_instance_uid VARCHAR(64);
+
+ALTER TABLE annotation_mask_group ADD COLUMN seg_storage_key VARCHAR(512);
+
+ALTER TABLE annotation_mask_group ADD COLUMN seg_size BIGINT;
+
+ALTER TABLE annotation_mask_group ADD COLUMN seg_checksum VARCHAR(32);
+
+ALTER TABLE annotation_mask_group ADD COLUMN seg_created_at TIMESTAMP WITH TIME ZONE;
+
+ALTER TABLE annotation_mask_group ADD COLUMN seg_segments INTEGER;
+
+ALTER TABLE annotation_mask_group ADD COLUMN seg_frames INTEGER;
+
+ALTER TABLE annotation_mask_group ADD COLUMN sent_at TIMESTAMP WITH TIME ZONE;
+
+ALTER TABLE annotation_mask_group ADD COLUMN sent_to VARCHAR(512);
+
+ALTER TABLE annotation_mask_group ADD COLUMN send_error VARCHAR(1024);
+
+UPDATE alembic_version SET version_num='0004_group_seg' WHERE alembic_version.version_num = '0003_signed_uploads';
+
 COMMIT;
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import post
-from litestar.params import QueryParameter
 
 from server import audit
 from server.api.deps import CallDep
-from server.errors import StorageUnavailable
+from server.api.params import text_query
+from server.errors import NotFound, StorageUnavailable
 from server.jobs.validate import validate
 from server.security import require
 from server.services.mask_groups import parse_group_id
@@ -26,12 +26,11 @@ from server.storage.base import StorageError
     guards=[require("admin")],
     sync_to_thread=True,
     status_code=200,
+    raises=[NotFound, StorageUnavailable],
     tags=["admin"],
     summary="Run the validation job and return its report",
 )
-def run_validation(
-    call: CallDep, group_id: Annotated[str | None, QueryParameter(max_length=64)] = None
-) -> dict[str, Any]:
+def run_validation(call: CallDep, group_id: Annotated[str | None, text_query(64)] = None) -> dict[str, Any]:
     """The report of ``pacs-mask-server validate --json``; ``ok`` is false when something is wrong."""
     gid = parse_group_id(group_id) if group_id else None
     try:

@@ -48,8 +48,9 @@ MASK_PREFIX = MASK_ROOT
 CORS_RULE_ID = "pacs-mask-upload"
 #: Methods a browser needs: PUT to the signed upload URL, GET to a signed download URL.
 CORS_METHODS = ["PUT", "GET"]
-#: Request headers the signed PUT URLs bind and a browser sends explicitly (it sets Content-Length itself).
-CORS_ALLOWED_HEADERS = ["content-md5", "content-type"]
+#: Request headers the signed PUT URLs bind and a browser sends explicitly (it sets Content-Length itself);
+#: ``If-None-Match: *`` makes the PUT create-only (server.storage.s3).
+CORS_ALLOWED_HEADERS = ["content-md5", "content-type", "if-none-match"]
 #: Response headers a browser may read: the ETag (the object's MD5) to check an upload landed intact.
 CORS_EXPOSE_HEADERS = ["ETag"]
 CORS_MAX_AGE_SECONDS = 3000

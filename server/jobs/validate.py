@@ -5,8 +5,11 @@ What is checked (each problem is a :class:`Finding`; ``error`` findings make the
 - every **complete** group: the number of slice rows against ``expected_slices`` (``missing_slices``),
   gaps between its lowest and highest ``slice_index`` (``index_gap``), and for every slice the object
   itself: missing (``missing_object``) or with another size or MD5 than the database recorded
-  (``corrupt_object``). Objects are streamed in chunks and hashed, never loaded whole, so memory stays
-  bounded whatever the slice size; the MD5 is computed from the bytes, not trusted from an ETag.
+  (``corrupt_object``). The MD5 is computed from the bytes, not trusted from an ETag. Each intact
+  object is then decoded: a PNG whose real width, height or labels differ from what ``complete``
+  registered (the client declares them), or that does not decode, is ``content_mismatch``. An object
+  is read once into memory for both (a mask is at most ``PACS_MASK_MAX_SLICE_BYTES``, and
+  :data:`HASH_THREADS` are read at a time); ``cleanup`` re-hashes single objects by streaming them.
 - every object under ``mask/`` that no row accounts for (``orphan_object``): its key does not follow
   the key pattern, its group does not exist, or its group is complete and does not list it. Objects of
   pending groups (uploads in progress) and of groups being deleted are not orphans.
@@ -24,7 +27,9 @@ orphan scan of a large bucket does not hold every key in memory.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import struct
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +38,8 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
+import numpy as np
+from PIL import Image
 from sqlalchemy import func, select
 
 from server.db.models import AuditLog, Mask, MaskGroup
@@ -55,6 +62,8 @@ HASH_THREADS = 8
 HASH_CHUNK = 1024 * 1024
 #: Keys of the storage listing checked against the database per query.
 KEY_BATCH = 500
+#: Largest mask side decoded by the content check (the desktop's own limit is lower).
+MAX_MASK_SIDE = 65535
 #: At most this many missing indexes are listed in one ``index_gap`` finding.
 MAX_LISTED_GAPS = 50
 
@@ -65,8 +74,18 @@ WARNING = "warning"
 KINDS: dict[str, tuple[str, str]] = {
     "missing_slices": (ERROR, "manual: upload the group again as a new version, or delete it"),
     "index_gap": (ERROR, "manual: upload the group again as a new version, or delete it"),
-    "missing_object": (ERROR, "restore the object from a backup, or cleanup --apply --remove-broken removes the group so it can be uploaded again"),
-    "corrupt_object": (ERROR, "restore the object from a backup, or cleanup --apply --remove-broken removes the group so it can be uploaded again"),
+    "missing_object": (
+        ERROR,
+        "restore the object from a backup, or cleanup --apply --remove-broken removes the group so it can be uploaded again",
+    ),
+    "corrupt_object": (
+        ERROR,
+        "restore the object from a backup, or cleanup --apply --remove-broken removes the group so it can be uploaded again",
+    ),
+    "content_mismatch": (
+        ERROR,
+        "manual: the stored PNG is not what was registered; upload the masks again as a new version, or delete the group",
+    ),
     "orphan_object": (ERROR, "cleanup --apply deletes the object"),
     "stale_pending": (ERROR, "cleanup --apply removes the group and its objects"),
     "pending_expired": (WARNING, "none yet: the client can sign again and complete"),
@@ -205,6 +224,9 @@ class _Slice:
     slice_index: int
     checksum: str
     size_bytes: int
+    width: int = 0
+    height: int = 0
+    label: str | None = None
 
 
 def hash_object(storage: Storage, key: str, chunk_size: int = HASH_CHUNK) -> ObjectInfo | None:
@@ -374,9 +396,20 @@ def _check_complete(
 ) -> None:
     with db.session() as session:
         slices = [
-            _Slice(m.filename, m.storage_key, m.slice_index, m.checksum, m.size_bytes)
+            _Slice(
+                m.filename, m.storage_key, m.slice_index, m.checksum, m.size_bytes, m.width, m.height, m.label
+            )
             for m in session.execute(
-                select(Mask.filename, Mask.storage_key, Mask.slice_index, Mask.checksum, Mask.size_bytes)
+                select(
+                    Mask.filename,
+                    Mask.storage_key,
+                    Mask.slice_index,
+                    Mask.checksum,
+                    Mask.size_bytes,
+                    Mask.width,
+                    Mask.height,
+                    Mask.label,
+                )
                 .where(Mask.group_id == group.id)
                 .order_by(Mask.slice_index)
             )
@@ -407,7 +440,9 @@ def _check_complete(
                 detail={"missing_indexes": listed, "missing_count": len(gaps)},
             )
         )
-    for item, info in zip(slices, pool.map(lambda s: hash_object(storage, s.key), slices), strict=True):
+    for item, (info, content) in zip(
+        slices, pool.map(lambda s: inspect_object(storage, s.key), slices), strict=True
+    ):
         report.slices_checked += 1
         if info is None:
             report.findings.append(
@@ -441,6 +476,90 @@ def _check_complete(
                     },
                 )
             )
+            continue
+        mismatch = content_problem(item, content)
+        if mismatch is not None:
+            report.findings.append(
+                Finding(
+                    "content_mismatch",
+                    f"slice {item.slice_index} ({item.filename}): {mismatch}",
+                    gid,
+                    group.annotation_id,
+                    key=item.key,
+                    detail={
+                        "slice_index": item.slice_index,
+                        "filename": item.filename,
+                        "registered": {"width": item.width, "height": item.height, "label": item.label},
+                        "stored": content if isinstance(content, dict) else {"error": content},
+                    },
+                )
+            )
+
+
+def inspect_object(storage: Storage, key: str) -> tuple[ObjectInfo | None, dict[str, Any] | str]:
+    """Hash ``key`` like :func:`hash_object` and decode it: ``(info, {width, height, labels})``.
+
+    The second item is a reason string when the bytes are not a decodable single-channel PNG. The
+    object is read once (masks are small: at most ``max_slice_bytes``).
+    """
+    try:
+        data = b"".join(storage.open(key, chunk_size=HASH_CHUNK))
+    except KeyError:
+        return None, "missing"
+    info = ObjectInfo(key=key, size=len(data), md5_hex=hashlib.md5(data, usedforsecurity=False).hexdigest())
+    return info, decode_mask(data)
+
+
+def decode_mask(data: bytes) -> dict[str, Any] | str:
+    """``{width, height, labels}`` of a mask PNG (labels: sorted non-zero values), or why it is not one."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n") or len(data) < 33 or data[12:16] != b"IHDR":
+        return "not a PNG file"
+    width, height, bit_depth, colour_type = struct.unpack(">IIBB", data[16:26])
+    if colour_type not in (0, 3):
+        return f"PNG colour type {colour_type} is not a single-channel label image"
+    if not (1 <= width <= MAX_MASK_SIDE and 1 <= height <= MAX_MASK_SIDE):
+        return f"absurd size {width}x{height}"
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            image.load()
+            array = np.asarray(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return f"corrupt PNG data ({exc})"
+    if array.ndim != 2:
+        return f"decoded to shape {array.shape}, not a single-channel image"
+    if colour_type == 0 and bit_depth in (2, 4):
+        array = array // (255 // (2**bit_depth - 1))  # undo Pillow's scaling to 0..255
+    values = np.unique(array)
+    return {"width": width, "height": height, "labels": [int(v) for v in values if v != 0]}
+
+
+def content_problem(item: _Slice, content: dict[str, Any] | str) -> str | None:
+    """How the decoded object differs from its registered width, height and labels, or ``None``.
+
+    The label column holds the comma-separated label values the client saw (``"1,2"``; none for an
+    empty mask). A label that is not numbers (a name) cannot be compared and is not checked.
+    """
+    if isinstance(content, str):
+        return f"the stored object is not a mask PNG: {content}"
+    differences = []
+    if (content["width"], content["height"]) != (item.width, item.height):
+        differences.append(
+            f"the stored PNG is {content['width']}x{content['height']}, registered as {item.width}x{item.height}"
+        )
+    registered = _registered_labels(item.label)
+    if registered is not None and registered != content["labels"]:
+        real = ",".join(map(str, content["labels"])) or "none"
+        differences.append(f"its labels are {real}, registered as {item.label or 'none'}")
+    return "; ".join(differences) or None
+
+
+def _registered_labels(label: str | None) -> list[int] | None:
+    if label is None or not label.strip():
+        return []
+    parts = [p.strip() for p in label.split(",")]
+    if not all(p.isdigit() for p in parts):
+        return None
+    return sorted({int(p) for p in parts})
 
 
 def _gaps(indexes: list[int]) -> list[int]:
@@ -480,6 +599,10 @@ def orphan_reasons(session: Any, keys: list[str]) -> dict[str, tuple[str, str]]:
         ).all()
         states = {r.id: (r.annotation_id, r.status) for r in rows}
     registered = set(session.scalars(select(Mask.storage_key).where(Mask.storage_key.in_(keys))))
+    # A group's built DICOM SEG (server/services/seg.py) lives under its prefix too.
+    registered |= set(
+        session.scalars(select(MaskGroup.seg_storage_key).where(MaskGroup.seg_storage_key.in_(keys)))
+    )
     reasons: dict[str, tuple[str, str]] = {}
     for key, where in parsed.items():
         if where is None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgspec
+
 from server.api import schemas
 from server.db.models import Annotation, AuditLog, Mask, MaskGroup
 
@@ -25,6 +27,11 @@ def annotation_out(row: Annotation, group_count: int = 0) -> schemas.AnnotationO
         created_by=row.created_by,
         created_at=utc(row.created_at),  # type: ignore[arg-type]
         group_count=group_count,
+        has_geometry=row.has_geometry,
+        rows=row.rows,
+        columns=row.columns,
+        slice_count=row.slice_count,
+        modality=row.modality,
     )
 
 
@@ -47,6 +54,26 @@ def group_out(row: MaskGroup, slice_count: int) -> schemas.GroupOut:
         review_comment=row.review_comment,
         reviewed_by=row.reviewed_by,
         reviewed_at=utc(row.reviewed_at),
+        labels=msgspec.convert(row.labels, dict[str, schemas.LabelInfo]) if row.labels else None,
+        seg=seg_out(row),
+        sent_at=utc(row.sent_at),
+        sent_to=row.sent_to,
+        send_error=row.send_error,
+    )
+
+
+def seg_out(row: MaskGroup) -> schemas.SegOut | None:
+    """The group's DICOM SEG metadata, or ``None`` until it is built."""
+    if row.seg_sop_instance_uid is None:
+        return None
+    return schemas.SegOut(
+        sop_instance_uid=row.seg_sop_instance_uid,
+        series_instance_uid=row.seg_series_instance_uid or "",
+        size=row.seg_size or 0,
+        checksum=row.seg_checksum or "",
+        created_at=utc(row.seg_created_at),  # type: ignore[arg-type]
+        segments=row.seg_segments or 0,
+        frames=row.seg_frames or 0,
     )
 
 

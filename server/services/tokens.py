@@ -40,7 +40,11 @@ def create_token(call: Call, data: schemas.TokenCreate) -> schemas.TokenOut:
         assert row is not None
         audit.record(session, call, "token.create", detail={"name": data.name, "role": data.role})
         return schemas.TokenOut(
-            name=row.name, role=row.role, created_at=utc(row.created_at), revoked_at=None, token=token  # type: ignore[arg-type]
+            name=row.name,
+            role=row.role,
+            created_at=utc(row.created_at),
+            revoked_at=None,
+            token=token,  # type: ignore[arg-type]
         )
 
 
@@ -51,7 +55,10 @@ def list_tokens(call: Call) -> schemas.TokenList:
         return schemas.TokenList(
             items=[
                 schemas.TokenOut(
-                    name=r.name, role=r.role, created_at=utc(r.created_at), revoked_at=utc(r.revoked_at)  # type: ignore[arg-type]
+                    name=r.name,
+                    role=r.role,
+                    created_at=utc(r.created_at),
+                    revoked_at=utc(r.revoked_at),  # type: ignore[arg-type]
                 )
                 for r in rows
             ]
@@ -68,9 +75,16 @@ def revoke_token(call: Call, name: str) -> schemas.TokenOut:
             row.revoked_at = utcnow()
         audit.record(session, call, "token.revoke", detail={"name": name})
         session.flush()
-        return schemas.TokenOut(
-            name=row.name, role=row.role, created_at=utc(row.created_at), revoked_at=utc(row.revoked_at)  # type: ignore[arg-type]
+        out = schemas.TokenOut(
+            name=row.name,
+            role=row.role,
+            created_at=utc(row.created_at),
+            revoked_at=utc(row.revoked_at),  # type: ignore[arg-type]
         )
+    # After the commit, so no request can cache the token again from the old row: here at once, on
+    # other worker processes within auth_cache_seconds (server/security.py).
+    call.parts.tokens.forget(name)
+    return out
 
 
 def ensure_local_admin_token(db: Database, data_dir: Path) -> Path:

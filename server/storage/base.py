@@ -21,6 +21,18 @@ class StorageError(Exception):
     """Storage could not do what was asked (unreachable, refused, misconfigured)."""
 
 
+class ObjectExists(StorageError):
+    """Other bytes are already stored under the key: stored objects are created once, never replaced.
+
+    ``stored`` is what the key holds (``None`` if it vanished meanwhile).
+    """
+
+    def __init__(self, key: str, stored: ObjectInfo | None) -> None:
+        super().__init__(f"an object with other bytes is already stored under {key!r}")
+        self.key = key
+        self.stored = stored
+
+
 @dataclass(frozen=True, slots=True)
 class PresignedRequest:
     """A request the client makes straight to storage, exactly as signed."""
@@ -87,9 +99,27 @@ class Storage(abc.ABC):
         are durable once they answer a PUT, so the default does nothing; local disk fsyncs here.
         """
 
+    def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:  # noqa: ARG002
+        """Store ``data`` at ``key`` from the server itself (a built DICOM SEG), durably; its size and MD5.
+
+        Slices never go this way (clients PUT them to signed URLs); this is for objects the server makes.
+        Keys are fresh (they hold a new UID), so a backend need not guard against replacing an object.
+        """
+        raise StorageError(f"the {self.name} backend cannot store objects from the server")
+
     @abc.abstractmethod
     def open(self, key: str, chunk_size: int = 64 * 1024) -> Iterator[bytes]:
         """Stream the object's bytes in chunks. Raises ``KeyError`` when it does not exist."""
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Delete the objects at ``keys`` (missing ones are fine); raise :class:`StorageError` if not.
+
+        Objects are never replaced, so ``complete`` removes, from a pending group, an object that holds
+        other bytes than its filename was signed for (e.g. a file a power cut left empty): the client's
+        re-sent PUT can land only once it is gone. Both backends implement it; the default refuses.
+        """
+        if keys:
+            raise StorageError(f"the {self.name} backend cannot delete single objects")
 
     @abc.abstractmethod
     def list(self, prefix: str) -> Iterator[ObjectInfo]:

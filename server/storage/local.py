@@ -3,7 +3,9 @@
 Like Rails ActiveStorage's disk service, a presigned URL points at this server's ``/storage/{key}``
 route and carries an HMAC token over method, key, size, Content-MD5, Content-Type and expiry. The route
 (``server.api.storage_routes``) checks the token and the body, then calls :meth:`LocalStorage.write`,
-which writes atomically (temp file, rename) and never outside the root.
+which writes atomically (temp file, then linked to its name) and never outside the root. Writes are
+create-only: a stored object never changes (a completed group above all), a PUT of the same bytes
+again succeeds, a PUT of other bytes is refused (the route answers 412, like S3's create-only PUT).
 
 Durability is settled once per group, not once per PUT: ``write`` leaves the bytes in the page cache and
 ``complete`` calls :meth:`LocalStorage.make_durable`, which fsyncs every object and folder of the group
@@ -15,6 +17,7 @@ file and folder per write cost 0.74 s of wall time; writing without, then fsynci
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import hmac
@@ -27,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from server.storage.base import ObjectInfo, PresignedRequest, Storage, StorageError
+from server.storage.base import ObjectExists, ObjectInfo, PresignedRequest, Storage, StorageError
 
 _CHUNK = 256 * 1024
 
@@ -145,7 +148,14 @@ class LocalStorage(Storage):
         return path
 
     def write(self, key: str, chunks: Iterable[bytes]) -> ObjectInfo:
-        """Write ``chunks`` to ``key`` atomically (temp file, rename); durable after :meth:`make_durable`."""
+        """Create the object at ``key`` from ``chunks``, atomically and never replacing one (create-only).
+
+        The bytes go to a temp file that is then linked to its name without replacing (see
+        :func:`_link_no_replace`), so a reader never sees half an object and a stored object, above
+        all one of a completed group, can never change. A write of exactly the bytes already stored
+        succeeds without touching them (a re-sent PUT whose first answer was lost); other bytes raise
+        :class:`ObjectExists`. Durable after :meth:`make_durable`.
+        """
         path = self.path_for(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.md5(usedforsecurity=False)
@@ -157,11 +167,35 @@ class LocalStorage(Storage):
                     handle.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
-            os.replace(tmp, path)
-        except BaseException:
+            info = ObjectInfo(key=key, size=size, md5_hex=digest.hexdigest())
+            for _attempt in range(3):
+                try:
+                    _link_no_replace(tmp, path)
+                    return info
+                except FileExistsError:
+                    stored = self.stat(key)
+                if stored is None:
+                    continue  # deleted between the two calls: try to create it again
+                if stored.size == size and stored.md5_hex == info.md5_hex:
+                    return stored  # the same bytes again: nothing to change
+                raise ObjectExists(key, stored)
+            raise ObjectExists(key, None)
+        finally:
             tmp.unlink(missing_ok=True)
-            raise
-        return ObjectInfo(key=key, size=size, md5_hex=digest.hexdigest())
+
+    def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:  # noqa: ARG002
+        """Write ``data`` create-only (:meth:`write`), then fsync it and its folders (:meth:`make_durable`)."""
+        info = self.write(key, [data])
+        self.make_durable([key])
+        return info
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Remove the files of ``keys``; missing ones are fine."""
+        for key in keys:
+            try:
+                self.path_for(key).unlink(missing_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot delete {key!r}: {exc.strerror or exc}") from exc
 
     def stat_many(self, prefix: str, keys: Sequence[str]) -> list[ObjectInfo | None]:  # noqa: ARG002
         """:meth:`stat` of each key, one after the other.
@@ -246,7 +280,11 @@ class LocalStorage(Storage):
                 full = Path(dirpath, name)
                 key = full.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
-                    yield ObjectInfo(key=key, size=full.stat().st_size, md5_hex="")
+                    try:
+                        size = full.stat().st_size
+                    except FileNotFoundError:
+                        continue  # deleted meanwhile (two racing deletes of one group)
+                    yield ObjectInfo(key=key, size=size, md5_hex="")
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix`` and the folders left empty. Safe to repeat."""
@@ -281,6 +319,31 @@ def _resolved_inside(root: Path, parts: tuple[str, ...]) -> Path | None:
     """``root/parts`` with symlinks resolved, or ``None`` when that lies outside ``root``."""
     folder = root.joinpath(*parts).resolve()
     return folder if folder.is_relative_to(root) else None
+
+
+def _link_no_replace(tmp: Path, path: Path) -> None:
+    """Give the finished temp file ``tmp`` the name ``path``; ``FileExistsError`` if ``path`` exists.
+
+    POSIX: a hard link (``link`` never replaces) and the temp name is removed by the caller. Measured
+    on the 2-core development machine (ext4, 1000 writes of 3 kB, six runs alternating): temp +
+    ``os.replace`` 0.40-0.84 s, temp + ``os.link`` + unlink 0.43-0.70 s, no difference above the
+    noise. Windows: ``os.rename`` itself refuses an existing target. A file
+    system without hard links (some network and FAT mounts) creates the name exclusively first and
+    then renames over that empty placeholder: a reader may see an empty object for an instant, which
+    ``complete`` would report as a mismatch, never register.
+    """
+    if os.name == "nt":
+        os.rename(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.replace(tmp, path)
 
 
 def _fsync_files(paths: Sequence[Path]) -> None:

@@ -1,8 +1,9 @@
 """S3 / S3-compatible (MinIO, rclone, Ceph) storage backend on one shared boto3 client.
 
 The server never sees mask bytes: it presigns a PUT that binds the key, method, Content-MD5,
-Content-Type and Content-Length, and the storage server itself refuses a body whose digest, length or
-type differ, a different key, and any use after the TTL. ``stat`` later reads back what really landed.
+Content-Type, Content-Length and ``If-None-Match: *`` (create-only), and the storage server itself
+refuses a body whose digest, length or type differ, a different key, and any use after the TTL.
+``stat`` later reads back what really landed.
 
 Credentials come only from boto3's standard chain (environment, shared config files, container or
 instance roles); they are never logged and never appear in error messages.
@@ -10,6 +11,7 @@ instance roles); they are never logged and never appear in error messages.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import logging
@@ -223,6 +225,10 @@ class S3Storage(Storage):
 
         Content-MD5, Content-Type and Content-Length are all in ``X-Amz-SignedHeaders``: the server
         answers SignatureDoesNotMatch for any other type or length and BadDigest for other bytes.
+        ``If-None-Match: *`` is signed too, so the PUT is create-only where the server honours it (AWS
+        S3, MinIO, moto: 412 PreconditionFailed when the key exists) and a client cannot drop it.
+        ``rclone serve s3`` ignores it; there the binding of each filename to the size and MD5 it was
+        first signed for (``server.services.mask_groups``) keeps every URL to the same bytes.
         The returned headers are exactly the ones the client must send.
         """
         md5_b64_to_hex(content_md5)  # ValueError for anything but base64 of 16 bytes
@@ -234,6 +240,7 @@ class S3Storage(Storage):
             "Content-MD5": content_md5,
             "Content-Type": content_type,
             "Content-Length": str(size),
+            "If-None-Match": "*",
         }
         return self._presign("PUT", key, headers, ttl_seconds)
 
@@ -364,6 +371,41 @@ class S3Storage(Storage):
             return None
 
     # -- writing ----------------------------------------------------------------------------------
+
+    def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:
+        """One PutObject with Content-MD5 (S3 refuses bytes that arrive damaged); durable once answered."""
+        digest = hashlib.md5(data, usedforsecurity=False)
+        try:
+            self._client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                ContentMD5=base64.b64encode(digest.digest()).decode("ascii"),
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "PUT", key) from None
+        return ObjectInfo(key=key, size=len(data), md5_hex=digest.hexdigest())
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Delete ``keys`` with DeleteObjects, 1000 a call; missing keys are fine."""
+        failures: list[str] = []
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            try:
+                response = self._client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise self._error(exc, "DELETE", batch[0]) from None
+            failures.extend(
+                f"{err.get('Key')!r}: {err.get('Code', 'Unknown')}" for err in response.get("Errors", [])
+            )
+        if failures:
+            raise StorageError(
+                f"S3 could not delete {len(failures)} object(s) in bucket {self.bucket!r}: {failures[0]}"
+            )
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete everything under ``prefix`` with DeleteObjects, 1000 keys a call; return the count.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -22,7 +23,16 @@ from pacs_mask_desktop import cli
 from pacs_mask_desktop.core.demo import write_bad_masks, write_masks_for_series, write_synthetic_ct
 from pacs_mask_desktop.core.dicom_series import load_series
 from pacs_mask_desktop.core.paths import data_dir
-from tests.live_server import LiveServer, Volume, assert_group_matches, copy_masks, journal_state, md5_hex
+from tests.faultproxy import FaultProxy
+from tests.live_server import (
+    LiveServer,
+    Volume,
+    assert_group_matches,
+    copy_masks,
+    journal_state,
+    md5_hex,
+    start_server,
+)
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 
@@ -461,3 +471,171 @@ def test_common_options_work_before_the_command(capsys: pytest.CaptureFixture[st
     report = json.loads(capsys.readouterr().out)
     assert report["error"] == "unreachable"
     assert "127.0.0.1:9" in report["message"]
+
+
+# --- a server that stays down, a failed complete (issue 11, defects 5 and 7) -------------------------------
+
+
+def test_a_server_that_dies_and_stays_down_is_given_up_on_keeping_the_journal_and_the_resume_command(
+    ct_1000: Volume, tmp_path: Path, client_env: Callable[..., dict[str, str]]
+) -> None:
+    server = start_server(tmp_path / "server", proxy=True)  # its own server: this test kills it
+    proc: subprocess.Popen[str] | None = None
+    try:
+        assert server.proxy is not None
+        env = client_env(server)
+        copy_masks(ct_1000, tmp_path / "masks", 0, 200)
+        annotation = server.new_annotation("server dies")
+        args = ["upload", "--annotation", str(annotation), "--model", "unet", "--version", "1",
+                "--workers", "4", "--give-up-after", "3", str(tmp_path / "masks")]  # fmt: skip
+        server.proxy.configure(delay=0.05)  # slow storage, so the server dies mid-upload
+        proc = start_cli(args, env)
+        server.proxy.wait_for_ok_puts(20, timeout=60)
+        server.proc.kill()  # the server dies ...
+    finally:
+        server.stop()  # ... and its storage (the proxy) with it, for good
+    out, err = proc.communicate(timeout=180)  # the guard only: it must end by itself, within the budget
+    err = ANSI.sub("", err)
+    assert proc.returncode == cli.EXIT_SERVER, err
+    assert "Gave up: the server or storage did not answer for 3 s." in err.replace("\n", " ")
+    group_id, landed = journal_state(Path(env["PACS_MASK_DATA_DIR"]))  # the journal is kept ...
+    assert 20 <= len(landed) < 200
+    assert out.strip() == group_id
+    assert f"sent {len(landed)}, already there 0" in err  # ... and says exactly what landed
+    assert "To resume, run the same command again:" in err
+    assert "pacs-mask " + shlex.join(args) in err.splitlines()  # the exact command, on one line
+
+
+def test_a_failed_complete_reports_the_slices_that_landed_and_the_same_command_registers_them(
+    live_server: LiveServer, tmp_path: Path, client_env: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client_env()
+    annotation = live_server.new_annotation()
+    _small_masks(tmp_path / "masks", range(6))
+    total = sum(p.stat().st_size for p in (tmp_path / "masks").iterdir())
+    # The API goes through the proxy, which answers every `complete` 503; the PUTs go to storage directly.
+    with FaultProxy(live_server.url) as api_proxy:
+        api_proxy.configure(
+            fault_methods={"POST"}, fault_path_suffix="/complete", fail=1.0, max_faults_per_path=99
+        )
+        args = ["upload", "--annotation", str(annotation), "--model", "m", "--version", "1", "--json",
+                "--server", api_proxy.url, "--token", live_server.token, "--give-up-after", "2",
+                str(tmp_path / "masks")]  # fmt: skip
+        assert cli.main(args) == cli.EXIT_SERVER
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["status"] == "incomplete"
+        assert (summary["uploaded"], summary["skipped"], summary["bytes_sent"]) == (6, 0, total)
+        group_id = summary["group_id"]
+        assert len(live_server.stored_keys(f"mask/{annotation}/{group_id}/")) == 6  # they did land
+        shown = [("***" if a == live_server.token else a) for a in args]
+        assert summary["resume_command"] == "pacs-mask " + shlex.join(shown)  # no token in a log
+        api_proxy.configure()  # the server answers again
+        assert cli.main(args) == cli.EXIT_OK
+        again = json.loads(capsys.readouterr().out)
+    assert (again["status"], again["group_id"]) == ("complete", group_id)
+    assert (again["uploaded"], again["skipped"]) == (0, 6)  # registered without sending them again
+    assert_group_matches(live_server, group_id, sorted((tmp_path / "masks").iterdir()))
+
+
+# --- a new user's trial (issue 11, defect 9) ----------------------------------------------------------------
+
+
+def test_annotations_create_on_a_folder_without_dicom_or_a_missing_one_exits_2_with_a_clear_message(
+    live_server: LiveServer, tmp_path: Path, client_env: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client_env(live_server)
+    (tmp_path / "no-dicom").mkdir()
+    (tmp_path / "no-dicom" / "notes.txt").write_text("not DICOM\n", encoding="utf-8")
+    assert cli.main(["annotations", "--create", str(tmp_path / "no-dicom")]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "Cannot create an annotation: no DICOM image files in" in err
+    assert "Traceback" not in err
+    assert cli.main(["annotations", "--create", str(tmp_path / "typo")]) == cli.EXIT_BAD_INPUT
+    assert "typo does not exist" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_annotations_create_prints_the_id_alone_on_stdout(
+    live_server: LiveServer, tmp_path: Path, client_env: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client_env(live_server)
+    write_synthetic_ct(tmp_path / "series", slices=3, size=32, seed=9051)
+    code = cli.main(["annotations", "--create", str(tmp_path / "series"), "--description", "trial"])
+    assert code == cli.EXIT_OK
+    captured = capsys.readouterr()
+    assert re.fullmatch(r"\d+\n", captured.out), captured.out  # ID=$(pacs-mask annotations --create …)
+    assert f"created annotation {captured.out.strip()}" in captured.err
+    with live_server.api() as api:
+        row = api.get_annotation(int(captured.out))
+    assert row["series_instance_uid"] == load_series(tmp_path / "series").series_instance_uid
+
+
+def test_a_mask_path_that_does_not_exist_is_reported_as_missing(
+    live_server: LiveServer, tmp_path: Path, client_env: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client_env(live_server)
+    annotation = live_server.new_annotation()
+    assert _upload(live_server, annotation, tmp_path / "maks") == cli.EXIT_BAD_INPUT
+    (problem,) = _json_problems(capsys)
+    assert (problem["filename"], problem["code"]) == ("maks", "not_found")
+    assert problem["message"] == f"{tmp_path / 'maks'} does not exist"
+    _no_group(live_server, annotation)
+
+
+def test_download_never_overwrites_a_different_file_silently(
+    live_server: LiveServer, tmp_path: Path, client_env: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client_env(live_server)
+    annotation = live_server.new_annotation()
+    _small_masks(tmp_path / "masks", range(4))
+    assert _upload(live_server, annotation, tmp_path / "masks") == cli.EXIT_OK
+    group_id = json.loads(capsys.readouterr().out)["group_id"]
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "mask_0000.png").write_bytes((tmp_path / "masks" / "mask_0000.png").read_bytes())  # identical
+    (target / "mask_0001.png").write_bytes(b"someone else's file")
+    assert cli.main(["download", group_id, str(target)]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "mask_0001.png" in err
+    assert "--overwrite" in err
+    assert (target / "mask_0001.png").read_bytes() == b"someone else's file"
+    assert sorted(p.name for p in target.iterdir()) == ["mask_0000.png", "mask_0001.png"]  # nothing fetched
+    assert cli.main(["download", group_id, str(target), "--overwrite", "--json"]) == cli.EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert (report["downloaded"], report["already_there"]) == (3, 1)
+    for name in ("mask_0000.png", "mask_0001.png", "mask_0002.png", "mask_0003.png"):
+        assert (target / name).read_bytes() == (tmp_path / "masks" / name).read_bytes()
+    assert cli.main(["download", group_id, str(target)]) == cli.EXIT_OK  # identical files: fine
+
+
+def test_an_unknown_annotation_or_group_exits_2_from_every_command(
+    live_server: LiveServer, tmp_path: Path, client_env: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client_env(live_server)
+    assert cli.main(["groups", "--annotation", "987654"]) == cli.EXIT_BAD_INPUT
+    assert "Annotation 987654 does not exist" in capsys.readouterr().err
+    assert cli.main(["slices", "0b0c9a6e-5f5e-4c0e-9a55-000000000000"]) == cli.EXIT_BAD_INPUT
+    assert "does not exist" in capsys.readouterr().err
+    _small_masks(tmp_path / "masks", range(2))
+    assert _upload(live_server, 987654, tmp_path / "masks") == cli.EXIT_BAD_INPUT
+
+
+def test_infer_demo_checks_the_annotation_before_running_the_model(
+    live_server: LiveServer, tmp_path: Path, client_env: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client_env(live_server)
+    write_synthetic_ct(tmp_path / "series", slices=3, size=32, seed=9052)
+    code = cli.main(["infer-demo", "--annotation", "987654", "--series", str(tmp_path / "series")])
+    assert code == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "Annotation 987654 does not exist" in err
+    assert "demo model" not in err  # it never ran
+    with live_server.api() as api:
+        assert api.audit(annotation_id=987654) == []
+
+
+def test_give_up_after_must_be_a_positive_number(client_env: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    client_env()
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["groups", "--annotation", "1", "--give-up-after", "0"])
+    assert exited.value.code == cli.EXIT_BAD_INPUT
+    assert "not a positive number of seconds" in capsys.readouterr().err

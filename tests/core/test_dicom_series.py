@@ -221,8 +221,10 @@ def test_folder_without_dicom_images_is_a_clear_error(tmp_path):
     (tmp_path / "readme.txt").write_text("hello")
     with pytest.raises(SeriesError, match="no DICOM image files"):
         load_series(tmp_path)
-    with pytest.raises(SeriesError, match="not a folder"):
+    with pytest.raises(SeriesError, match="does not exist"):
         load_series(tmp_path / "missing")
+    with pytest.raises(SeriesError, match="not a folder"):
+        load_series(tmp_path / "readme.txt")
 
 
 def test_duplicate_copies_of_an_instance_count_once(tmp_path, ct_folder):

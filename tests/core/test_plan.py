@@ -239,7 +239,7 @@ def test_files_and_folders_mix_and_duplicate_names_are_caught(tmp_path):
     codes = _codes(result)
     assert ("mask_0001.png", "duplicate_filename") in codes
     assert ("mask_0001.png", "duplicate_slice_index") in codes
-    assert ("missing_0002.png", "unreadable") in codes
+    assert ("missing_0002.png", "not_found") in codes  # said as such, not as an unreadable file
 
 
 def test_match_by_instance_number(tmp_path, series):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import threading
 import time
 import uuid
 from collections import Counter
@@ -514,7 +515,9 @@ def test_transport_refuses_urls_that_are_not_http(tmp_path: Path) -> None:
         transport.close()
 
 
-def test_transport_trusts_ssl_cert_file_as_well_as_certifi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_transport_trusts_ssl_cert_file_as_well_as_certifi(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A clinic's private CA named by SSL_CERT_FILE (as Python's ssl honours it) is trusted for PUTs."""
     import certifi
 
@@ -530,3 +533,38 @@ def test_transport_trusts_ssl_cert_file_as_well_as_certifi(tmp_path: Path, monke
         transport.trusted_certificates.cache_clear()
     assert private.read_bytes() in bundle
     assert Path(certifi.where()).read_bytes() in bundle
+
+
+def test_storage_that_answers_nothing_for_a_while_is_waited_out_within_the_retry_budget(
+    live_server_factory: Any, ct_1000: Volume, tmp_path: Path, client_env: Any
+) -> None:
+    """A storage restart shorter than the budget (issue 11, defect 5): slices that get no answer at all
+    keep trying past their attempt limit instead of failing, and everything lands once storage is back."""
+    server = live_server_factory("local", proxy=True)
+    assert server.proxy is not None
+    client_env(server)
+    files = copy_masks(ct_1000, tmp_path / "masks", 700, 12)
+    annotation = server.new_annotation()
+    server.proxy.configure(drop=1.0, max_faults_per_path=10_000)  # every PUT dies without an answer
+    outcome: dict[str, Any] = {}
+
+    def upload() -> None:
+        outcome["run"] = run_engine(server, tmp_path / "masks", annotation, workers=4, max_attempts=2)
+
+    thread = threading.Thread(target=upload)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60  # a guard, not a measurement
+        while server.proxy.stats.dropped < 16 and time.monotonic() < deadline:  # 4 tries for each of 4 slices
+            time.sleep(0.05)
+        assert server.proxy.stats.dropped >= 16
+    finally:
+        server.proxy.configure()  # storage is back
+        thread.join(timeout=150)
+    result, events = outcome["run"]
+    assert result.ok, (result.message, result.failed)
+    assert (result.uploaded, result.failed) == (len(files), {})
+    assert states(events)[SliceState.FAILED] == 0
+    assert max(e.attempt for e in events if isinstance(e, SliceEvent)) > 2  # past the attempt limit
+    assert result.group_id is not None
+    assert_group_matches(server, result.group_id, files)

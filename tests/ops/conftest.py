@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 import shutil
 import uuid
@@ -26,6 +27,8 @@ from typing import Any
 import httpx
 import pytest
 from litestar.testing import TestClient
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.engine import make_url
 
@@ -52,10 +55,16 @@ def md5_b64(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
 
 
-def slice_body(group_no: int, index: int, size: int = 300) -> bytes:
-    """Distinct bytes per group and slice (the server checks names, types and digests, not pixels)."""
-    seed = f"{group_no}:{index}:".encode()
-    return b"\x89PNG\r\n\x1a\n" + (seed * (size // len(seed) + 1))[:size]
+def slice_body(group_no: int, index: int) -> bytes:
+    """A real empty 8x8 mask PNG, distinct per group and slice (a text chunk names them).
+
+    ``validate`` decodes stored masks and compares them with what ``complete`` registered (8x8, no label).
+    """
+    info = PngInfo()
+    info.add_text("slice", f"{group_no}:{index}")
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8), 0).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
 
 
 @dataclass

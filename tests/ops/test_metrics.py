@@ -96,6 +96,40 @@ def test_counters_and_histograms_move_with_a_real_flow(ops: OpsEnv) -> None:
         assert ("pacs_mask_upload_failures_total", (("reason", reason),)) in after
 
 
+def test_every_route_has_a_request_duration_histogram_labelled_by_template(ops: OpsEnv) -> None:
+    """p50/p99 of any call can be read from ``/metrics``; labels are route templates, never raw paths
+    (one group id per label value would grow without bound), and methods outside HTTP's usual set are
+    counted together."""
+    before = scrape(ops.client, ops.admin)
+    group = ops.upload_group(2)
+    assert ops.api("GET", f"/api/mask/{group.id}").status_code == 200
+    assert ops.api("GET", "/api/no-such-route/123").status_code == 404
+    assert ops.client.request("BREW", "/api/annotations").status_code in (401, 405)
+    after = scrape(ops.client, ops.admin)
+    name = "pacs_mask_http_request_duration_seconds"
+
+    def delta(sample: str, **labels: str) -> float:
+        return value(after, sample, **labels) - value(before, sample, **labels)
+
+    complete = {"method": "POST", "route": "/api/mask-group/{group_id}/complete"}
+    assert delta(f"{name}_count", **complete) == 1
+    assert delta(f"{name}_bucket", le="+Inf", **complete) == 1
+    assert delta(f"{name}_sum", **complete) > 0
+    assert delta(f"{name}_count", method="POST", route="/api/mask-group/{group_id}/signed-url") >= 1
+    assert delta(f"{name}_count", method="GET", route="/api/mask/{group_id}") == 1
+    assert delta(f"{name}_count", method="GET", route="(no route)") == 1
+    counts = {labels: v for (sample, labels), v in after.items() if sample == f"{name}_count"}
+    others = sum(
+        v - before.get((f"{name}_count", labels), 0.0)
+        for labels, v in counts.items()
+        if ("method", "OTHER") in labels
+    )
+    assert others == 1
+    routes = {dict(labels)["route"] for labels in counts}
+    assert not any(str(group.id) in route or "123" in route for route in routes), routes
+    assert "BREW" not in {dict(labels)["method"] for labels in counts}
+
+
 class CountingStorage(Storage):
     """Delegates to a real backend and counts ``usage`` calls."""
 

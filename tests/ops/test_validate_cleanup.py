@@ -156,7 +156,9 @@ def test_cleanup_keeps_broken_complete_groups_unless_asked(
 
     code, out = run_cli(capsys, "cleanup", "--apply", "--remove-broken", "--json")
     assert code == 0, out
-    assert [(a["action"], a["status"]) for a in json.loads(out)["actions"]] == [("remove_broken_group", "done")]
+    assert [(a["action"], a["status"]) for a in json.loads(out)["actions"]] == [
+        ("remove_broken_group", "done")
+    ]
     assert ops.api("GET", f"/api/mask/{broken.id}").status_code == 404
 
 

@@ -161,12 +161,8 @@ def test_delete_survives_a_storage_failure_midway(server_factory) -> None:
         assert session.scalar(select(func.count()).select_from(Mask)) == 0
     assert server.api("GET", f"/api/mask-group/{annotation_id}").json()["items"] == []
     actions = [action for action, _actor in audit_actions(server, group["id"])]
-    assert actions[-4:] == [
-        "group.delete_started",
-        "group.delete_failed",
-        "group.delete_started",
-        "group.delete",
-    ]
+    # The repeat finds the group 'deleting' already: it finishes without a second start entry.
+    assert actions[-3:] == ["group.delete_started", "group.delete_failed", "group.delete"]
 
 
 def test_delete_of_a_pending_group_removes_its_uploads(app_client: Server) -> None:

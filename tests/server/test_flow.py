@@ -193,7 +193,9 @@ def test_a_browser_upload_to_local_storage_gets_cors_headers(server_factory) -> 
     pieces = make_slices(2)
     first, second = sign(server, group["id"], pieces)
 
-    from_browser = server.client.put(first["url"], content=pieces[0].body, headers={**first["headers"], "Origin": origin})
+    from_browser = server.client.put(
+        first["url"], content=pieces[0].body, headers={**first["headers"], "Origin": origin}
+    )
     plain = server.put_signed(second, pieces[1].body)
     tampered = server.client.put(
         second["url"], content=pieces[0].body, headers={**second["headers"], "Origin": origin}

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from server.storage.base import ObjectExists
 from server.storage.local import LocalStorage
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names fsynced descriptors through /proc")
-def test_make_durable_fsyncs_every_object_and_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_make_durable_fsyncs_every_object_and_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     storage = LocalStorage(tmp_path / "root", public_url="http://x", signing_key=b"k" * 32)
     keys = [f"mask/1/g/{i:03d}.png" for i in range(20)]
     for key in keys:
@@ -27,7 +30,12 @@ def test_make_durable_fsyncs_every_object_and_its_folder(tmp_path: Path, monkeyp
 
     storage.make_durable(keys)
 
-    folders = [storage.root / "mask" / "1" / "g", storage.root / "mask" / "1", storage.root / "mask", storage.root]
+    folders = [
+        storage.root / "mask" / "1" / "g",
+        storage.root / "mask" / "1",
+        storage.root / "mask",
+        storage.root,
+    ]
     assert sorted(synced) == sorted([str(storage.root / key) for key in keys] + [str(f) for f in folders])
 
 
@@ -43,10 +51,14 @@ def test_make_durable_that_fails_removes_the_objects_and_says_so(tmp_path: Path)
     assert storage.stat("mask/1/g/a.png") is None
 
 
-def test_writes_leave_no_temporary_files_and_replace_atomically(tmp_path: Path) -> None:
+def test_writes_are_create_only_and_leave_no_temporary_files(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "root", public_url="http://x", signing_key=b"k" * 32)
-    storage.write("mask/1/g/a.png", [b"first"])
-    info = storage.write("mask/1/g/a.png", [b"sec", b"ond"])
-    assert info.size == 6
-    assert (storage.root / "mask/1/g/a.png").read_bytes() == b"second"
+    first = storage.write("mask/1/g/a.png", [b"first"])
+    # The same bytes again (a re-sent PUT whose answer was lost): the same object, nothing changes.
+    assert storage.write("mask/1/g/a.png", [b"fir", b"st"]) == first
+    # Other bytes: refused, the stored object stays as it was.
+    with pytest.raises(ObjectExists) as refused:
+        storage.write("mask/1/g/a.png", [b"sec", b"ond"])
+    assert refused.value.stored == first
+    assert (storage.root / "mask/1/g/a.png").read_bytes() == b"first"
     assert sorted(p.name for p in (storage.root / "mask/1/g").iterdir()) == ["a.png"]

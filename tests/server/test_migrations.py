@@ -22,7 +22,15 @@ from server.db.models import Base
 from server.db.session import make_engine
 from tests.server.conftest import ALL_DBS, create_postgres_database, drop_postgres_database
 
-TABLES = {"annotation", "annotation_mask_group", "annotation_mask", "audit_log", "api_token"}
+TABLES = {
+    "annotation",
+    "annotation_instance",
+    "annotation_mask_group",
+    "annotation_mask",
+    "annotation_mask_upload",
+    "audit_log",
+    "api_token",
+}
 
 
 @pytest.fixture

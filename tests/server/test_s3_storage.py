@@ -72,7 +72,7 @@ class TestPresignedPutOnRclone:
     def test_put_with_exactly_the_returned_headers_lands(self, s3_storage: S3Storage, body: bytes) -> None:
         signed = sign_put(s3_storage, KEY, body)
         assert signed.method == "PUT"
-        assert set(signed.headers) == {"Content-MD5", "Content-Type", "Content-Length"}
+        assert set(signed.headers) == {"Content-MD5", "Content-Type", "Content-Length", "If-None-Match"}
 
         response = httpx.put(signed.url, content=body, headers=signed.headers)
 
@@ -329,6 +329,7 @@ def _botocore_put_url(storage: S3Storage, key: str, data: bytes, ttl: int) -> st
             "ContentMD5": md5_b64(data),
             "ContentType": "image/png",
             "ContentLength": len(data),
+            "IfNoneMatch": "*",
         },
         ExpiresIn=ttl,
     )
@@ -375,12 +376,13 @@ def test_presign_put_signs_length_md5_and_type(offline_storage: S3Storage) -> No
         KEY, size=10, content_md5=md5_b64(b"0123456789"), content_type="image/png", ttl_seconds=600
     )
     query = parse_qs(urlsplit(signed.url).query)
-    assert query["X-Amz-SignedHeaders"] == ["content-length;content-md5;content-type;host"]
+    assert query["X-Amz-SignedHeaders"] == ["content-length;content-md5;content-type;host;if-none-match"]
     assert query["X-Amz-Expires"] == ["600"]
     assert signed.headers == {
         "Content-MD5": md5_b64(b"0123456789"),
         "Content-Type": "image/png",
         "Content-Length": "10",
+        "If-None-Match": "*",  # create-only where the server honours it (tests/server/test_create_only.py)
     }
     assert before + dt.timedelta(seconds=600) <= signed.expires_at <= before + dt.timedelta(seconds=602)
     assert urlsplit(signed.url).path == "/pacs-masks/" + KEY
@@ -399,7 +401,9 @@ def test_presign_put_signs_length_md5_and_type(offline_storage: S3Storage) -> No
     ],
 )
 @pytest.mark.parametrize("token", [None, "FwoGZXIvYXdzEJr//////////token+with/odd=chars"])
-@pytest.mark.parametrize("key", ["mask/1/2/slice_0001.png", "mask/7/g/a b+c~d(e)!.png", "mask/9/g/\u00e9t\u00e9.png"])
+@pytest.mark.parametrize(
+    "key", ["mask/1/2/slice_0001.png", "mask/7/g/a b+c~d(e)!.png", "mask/9/g/\u00e9t\u00e9.png"]
+)
 def test_hand_written_signer_matches_botocore_byte_for_byte(
     monkeypatch: pytest.MonkeyPatch, endpoint: str, style: str, region: str, token: str | None, key: str
 ) -> None:
@@ -566,10 +570,17 @@ def test_hand_written_signer_with_operation_parameters_matches_botocore(
     _freeze_botocore_clock(monkeypatch, when)
     prefix = "https://minio.clinic.example:9000/pacs-masks/"
     secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
-    params = {"list-type": "2", "prefix": "mask/7/a b+c/", "encoding-type": "url", "continuation-token": "x/y+z=="}
+    params = {
+        "list-type": "2",
+        "prefix": "mask/7/a b+c/",
+        "encoding-type": "url",
+        "continuation-token": "x/y+z==",
+    }
     query = "&".join(f"{name}={quote(value, safe='-_.~')}" for name, value in params.items())
     request = AWSRequest(method="GET", url=f"{prefix}?{query}")
-    S3SigV4QueryAuth(Credentials("AKIDEXAMPLE", secret, token), "s3", "eu-central-1", expires=60).add_auth(request)
+    S3SigV4QueryAuth(Credentials("AKIDEXAMPLE", secret, token), "s3", "eu-central-1", expires=60).add_auth(
+        request
+    )
 
     ours = sigv4.presign(
         "GET", prefix, "", {}, access_key="AKIDEXAMPLE", secret_key=secret, token=token, region="eu-central-1",

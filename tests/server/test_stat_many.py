@@ -18,7 +18,10 @@ def _check(storage: S3Storage | LocalStorage, bodies: dict[str, bytes]) -> None:
     assert found == [storage.stat(key) for key in keys]
     for key, info in zip(bodies, found, strict=False):
         assert info is not None
-        assert (info.size, info.md5_hex) == (len(bodies[key]), hashlib.md5(bodies[key], usedforsecurity=False).hexdigest())
+        assert (info.size, info.md5_hex) == (
+            len(bodies[key]),
+            hashlib.md5(bodies[key], usedforsecurity=False).hexdigest(),
+        )
     assert found[-1] is None
 
 
@@ -59,6 +62,8 @@ def test_quick_listing_falls_back_when_storage_refuses(s3_storage: S3Storage, mo
     from types import SimpleNamespace
 
     monkeypatch.setattr(
-        s3_storage, "_frozen_credentials", lambda: SimpleNamespace(access_key="nobody", secret_key="x", token=None)
+        s3_storage,
+        "_frozen_credentials",
+        lambda: SimpleNamespace(access_key="nobody", secret_key="x", token=None),
     )
     assert s3_storage._quick_listing(PREFIX) is None

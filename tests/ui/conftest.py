@@ -100,7 +100,10 @@ def ui_data(ui_api: ApiClient, tmp_path_factory: pytest.TempPathFactory) -> UiDa
     shutil.copy(masks_dir / "mask_0001.png", bad_dir / "mask_0099.png")  # beyond the series
     shutil.copy(masks_dir / "mask_0007.png", bad_dir / "slice-7.png")  # a second mask for slice 7
     annotation = ensure_annotation(
-        ui_api, series.study_instance_uid, series.series_instance_uid, patient_id=series.patient_id,
+        ui_api,
+        series.study_instance_uid,
+        series.series_instance_uid,
+        patient_id=series.patient_id,
         description="UI test phantom",
     )
     return UiData(series_dir, masks_dir, bad_dir, annotation, series.series_instance_uid)
@@ -149,7 +152,11 @@ def drop_paths(target: QWidget, paths: list[Path]) -> None:
     mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
     point = QPointF(target.width() / 2, target.height() / 2)
     enter = QDragEnterEvent(
-        point.toPoint(), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+        point.toPoint(),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
     )
     QApplication.sendEvent(target, enter)
     assert enter.isAccepted(), "the window refused the drag"

@@ -17,8 +17,11 @@ def test_demo_is_created_once_and_reused(ui_api: ApiClient, tmp_path: Path) -> N
     assert again == first
     assert {p: p.stat().st_mtime_ns for p in again.series_dir.iterdir()} == stamps
     assert len(list(first.masks_dir.glob("*.png"))) == 6
-    matching = [a for a in ui_api.list_annotations(first.series_instance_uid)
-                if a["series_instance_uid"] == first.series_instance_uid]
+    matching = [
+        a
+        for a in ui_api.list_annotations(first.series_instance_uid)
+        if a["series_instance_uid"] == first.series_instance_uid
+    ]
     assert [a["id"] for a in matching] == [first.annotation_id]
 
 

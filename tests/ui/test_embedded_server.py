@@ -27,7 +27,14 @@ def test_run_server_mode_of_the_app_serves_and_stops(tmp_path: Path, monkeypatch
         embedded,
         "server_command",
         lambda port, host="127.0.0.1": [
-            sys.executable, "-m", "pacs_mask_desktop", "--run-server", "--host", host, "--port", str(port)
+            sys.executable,
+            "-m",
+            "pacs_mask_desktop",
+            "--run-server",
+            "--host",
+            host,
+            "--port",
+            str(port),
         ],
     )
     server = EmbeddedServer(tmp_path / "data", log_path=tmp_path / "server.log")
@@ -43,7 +50,9 @@ def test_run_server_mode_of_the_app_serves_and_stops(tmp_path: Path, monkeypatch
         httpx.get(f"{target.url}/health", timeout=2)
 
 
-def test_a_failing_start_says_why_with_the_servers_own_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_start_says_why_with_the_servers_own_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PACS_MASK_URL_TTL_SECONDS", "0")
     server = EmbeddedServer(tmp_path / "data", log_path=tmp_path / "server.log", startup_timeout=30)
     with pytest.raises(EmbeddedServerError) as failure:

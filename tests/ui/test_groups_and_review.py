@@ -23,8 +23,13 @@ from tests.ui.conftest import SLICES, UiData
 def stored_group(api: ApiClient, data: UiData) -> dict[str, Any]:
     """A complete group uploaded through the core engine (what an AI worker would have sent)."""
     prepared = prepare(
-        data.masks_dir, annotation_id=data.annotation["id"], model_name="ai-liver", version=uuid.uuid4().hex[:8],
-        source="ai", confidence=0.87, series=data.series_dir,
+        data.masks_dir,
+        annotation_id=data.annotation["id"],
+        model_name="ai-liver",
+        version=uuid.uuid4().hex[:8],
+        source="ai",
+        confidence=0.87,
+        series=data.series_dir,
     )
     assert prepared.plan is not None, prepared.problems
     engine = UploadEngine(api)
@@ -90,8 +95,10 @@ def test_browse_show_review_and_delete_a_group(
     audit = ui_api.audit(group_id=group["id"])
     assert any(a["action"] == "group.review" and a["detail"]["decision"] == "approved" for a in audit)
     qtbot.waitUntil(
-        lambda: (row := browser.groups.row_of(group["id"])) is not None
-        and browser.groups.data(browser.groups.index(row, browser.groups.REVIEW_COLUMN)) == "approved",
+        lambda: (
+            (row := browser.groups.row_of(group["id"])) is not None
+            and browser.groups.data(browser.groups.index(row, browser.groups.REVIEW_COLUMN)) == "approved"
+        ),
         timeout=10_000,
     )
     assert "approved" in review.state.text()

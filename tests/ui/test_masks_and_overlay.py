@@ -127,7 +127,9 @@ def test_compressed_multiframe_series_is_shown_in_geometry_order(
 
     from pacs_mask_desktop.core.demo import write_synthetic_enhanced_ct
 
-    path = write_synthetic_enhanced_ct(tmp_path / "enhanced" / "ct.dcm", frames=12, size=64, reverse_frames=True)
+    path = write_synthetic_enhanced_ct(
+        tmp_path / "enhanced" / "ct.dcm", frames=12, size=64, reverse_frames=True
+    )
     ds = pydicom.dcmread(path)
     ds.compress(JPEG2000Lossless)  # decoded again through the pylibjpeg plugin
     ds.save_as(path)

@@ -52,11 +52,15 @@ def test_upload_runs_to_100_percent_with_per_slice_signals(
     group = ui_api.group_with_slices(result.group_id)
     assert group["group"]["status"] == "complete"
     assert len(group["items"]) == SLICES
-    assert {m["sop_instance_uid"] for m in group["items"]} == {ref.sop_instance_uid for ref in window.series.slices}
+    assert {m["sop_instance_uid"] for m in group["items"]} == {
+        ref.sop_instance_uid for ref in window.series.slices
+    }
 
     # The group browser lists the new group and selects it.
     qtbot.waitUntil(lambda: window.groups.groups.row_of(result.group_id) is not None, timeout=10_000)
-    qtbot.waitUntil(lambda: window.groups.selected is not None and window.groups.selected["id"] == result.group_id)
+    qtbot.waitUntil(
+        lambda: window.groups.selected is not None and window.groups.selected["id"] == result.group_id
+    )
     qtbot.waitUntil(lambda: window.groups.slice_model.rowCount() == SLICES, timeout=10_000)
 
 
@@ -140,8 +144,13 @@ def test_a_refused_upload_is_explained_in_a_dialog(
     from pacs_mask_desktop.core.upload import UploadEngine
 
     version = f"v-{uuid.uuid4().hex[:8]}"
-    first = prepare(ui_data.masks_dir, annotation_id=ui_data.annotation["id"], model_name="ui-test",
-                    version=version, series=ui_data.series_dir)
+    first = prepare(
+        ui_data.masks_dir,
+        annotation_id=ui_data.annotation["id"],
+        model_name="ui-test",
+        version=version,
+        series=ui_data.series_dir,
+    )
     engine = UploadEngine(ui_api)
     try:
         assert engine.run(first.plan).ok

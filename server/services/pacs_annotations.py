@@ -1,0 +1,42 @@
+"""Annotations created from the PACS: the server reads the series' headers over DICOMweb itself."""
+
+from __future__ import annotations
+
+from server import __version__
+from server.api import schemas
+from server.context import Call
+from server.errors import PacsFailed
+from server.geometry import geometry_from_datasets
+from server.pacs import read_series, shown_url
+from server.services.annotations import create_annotation_with_geometry
+
+
+def create_from_pacs(call: Call, data: schemas.AnnotationFromPacs) -> schemas.AnnotationOut:
+    """Read the series' instance metadata (WADO-RS), build and check its geometry, store both; audited.
+
+    The PACS is read before any database work, so a PACS that fails leaves nothing behind.
+    """
+    datasets = read_series(call.settings, data.series_instance_uid, data.study_instance_uid)
+    geometry = geometry_from_datasets(datasets, source="pacs")
+    if geometry.series_instance_uid != data.series_instance_uid or (
+        data.study_instance_uid is not None and geometry.study_instance_uid != data.study_instance_uid
+    ):
+        raise PacsFailed(
+            "The PACS answered with the instances of another series or study.",
+            code="pacs_malformed_answer",
+            details={
+                "requested": data.series_instance_uid,
+                "answered": geometry.series_instance_uid,
+            },
+        )
+    return create_annotation_with_geometry(call, geometry, data.description)
+
+
+def client_config(call: Call) -> schemas.ClientConfig:
+    """Where this server's PACS is (URL without credentials) and the server's version."""
+    url = call.settings.dicomweb_url
+    return schemas.ClientConfig(
+        dicomweb_url=shown_url(url) if url else None,
+        version=__version__,
+        send_unreviewed=call.settings.send_unreviewed,
+    )

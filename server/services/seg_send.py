@@ -1,0 +1,134 @@
+"""Send a group's DICOM SEG to the PACS over STOW-RS (:class:`server.pacs.Pacs`), once.
+
+Only approved groups are sent unless ``PACS_MASK_SEND_UNREVIEWED=true`` (409 ``group_not_approved``).
+The SEG is built first when it was not (:func:`server.services.seg.build_seg`). A group already sent
+answers what was recorded without sending again (the SOP Instance UID never changes, so a re-send would
+be harmless anyway). Success records ``sent_at``/``sent_to`` on the group and clears ``send_error``; a
+failure records ``send_error``, is audited and logged, and answers the PACS's error (``pacs_*`` codes).
+
+``PACS_MASK_SEND_APPROVED_SEG=true`` makes :func:`send_after_approval` send right after a reviewer
+approves; a failure there is recorded and logged and does not undo the approval.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pydicom
+from sqlalchemy import update
+
+from server import audit
+from server.api import schemas
+from server.context import Call
+from server.db.models import MaskGroup, utcnow
+from server.errors import ApiError, Conflict, PacsFailed
+from server.pacs import Pacs
+from server.services.seg import build_seg, seg_bytes
+from server.services.serialize import utc
+
+log = logging.getLogger("pacs_mask.server.seg")
+
+
+def send_seg(call: Call, group_ref: str) -> schemas.SendOut:
+    """STOW the group's SEG to the configured PACS (building it first if needed); idempotent."""
+    from server.services.mask_groups import _load_group, parse_group_id
+
+    group_id = parse_group_id(group_ref)
+    with call.db.session() as session:
+        group = _load_group(session, group_id)
+        if group.sent_at is not None and group.seg_sop_instance_uid is not None:
+            return schemas.SendOut(
+                sop_instance_uid=group.seg_sop_instance_uid,
+                sent_at=utc(group.sent_at),  # type: ignore[arg-type]
+                pacs_url=group.sent_to or "",
+            )
+        if group.status != "complete":
+            raise Conflict(
+                f"Mask group {group_id} is {group.status}; only a complete group can be sent to the PACS.",
+                code="group_not_complete",
+                details={"status": group.status},
+            )
+        if group.review_status != "approved" and not call.settings.send_unreviewed:
+            state = group.review_status or "not reviewed"
+            raise Conflict(
+                f"Mask group {group_id} is {state}; only approved groups are sent to the PACS "
+                "(PACS_MASK_SEND_UNREVIEWED=true on the server allows sending before review).",
+                code="group_not_approved",
+                details={"review_status": group.review_status},
+            )
+        annotation_id = group.annotation_id
+    try:
+        pacs = _pacs(call)
+        try:
+            seg = build_seg(call, str(group_id))
+            with call.db.session() as session:
+                key = _load_group(session, group_id).seg_storage_key
+            pacs.store(pydicom.dcmread(io.BytesIO(seg_bytes(call, key or ""))))
+        finally:
+            pacs.close()
+    except ApiError as exc:
+        _record_failure(call, group_id, annotation_id, exc)
+        raise
+    now = utcnow()
+    with call.db.session() as session:
+        session.execute(
+            update(MaskGroup)
+            .where(MaskGroup.id == group_id)
+            .values(sent_at=now, sent_to=pacs.url, send_error=None)
+        )
+        audit.record(
+            session,
+            call,
+            "group.send",
+            annotation_id=annotation_id,
+            group_id=group_id,
+            detail={"sop_instance_uid": seg.sop_instance_uid, "pacs_url": pacs.url},
+        )
+    log.info("sent SEG %s of group %s to %s", seg.sop_instance_uid, group_id, pacs.url)
+    return schemas.SendOut(sop_instance_uid=seg.sop_instance_uid, sent_at=now, pacs_url=pacs.url)
+
+
+def _pacs(call: Call) -> Pacs:
+    """The configured PACS; checked before anything is built, so a server without one refuses at once."""
+    try:
+        return Pacs(call.settings)
+    except PacsFailed as exc:
+        if exc.code != "pacs_not_configured":
+            raise
+        raise PacsFailed(
+            "This server has no PACS configured (PACS_MASK_DICOMWEB_URL), so the SEG cannot be sent; "
+            "download it with GET /api/mask-group/{group_id}/seg instead.",
+            code="pacs_not_configured",
+            status_code=503,
+        ) from None
+
+
+def _record_failure(call: Call, group_id: object, annotation_id: int, exc: ApiError) -> None:
+    message = f"{exc.code}: {exc}"[:1024]
+    log.warning("sending the SEG of group %s failed: %s", group_id, message)
+    with call.db.session() as session:
+        session.execute(update(MaskGroup).where(MaskGroup.id == group_id).values(send_error=message))
+        audit.record(
+            session,
+            call,
+            "group.send_failed",
+            annotation_id=annotation_id,
+            group_id=group_id,  # type: ignore[arg-type]
+            detail={"error": exc.code, "message": str(exc)},
+        )
+
+
+def send_after_approval(call: Call, group_id: str) -> None:
+    """With ``PACS_MASK_SEND_APPROVED_SEG=true``: send an approved group's SEG now; never raises.
+
+    A failure is recorded on the group (``send_error``), audited and logged; the approval stands.
+    """
+    if not call.settings.send_approved_seg:
+        return
+    try:
+        send_seg(call, group_id)
+    except ApiError:
+        pass  # recorded by send_seg
+    except Exception:  # the approval must stand whatever happens here
+        log.exception("sending the SEG of approved group %s failed unexpectedly", group_id)

@@ -1,0 +1,156 @@
+"""Viewer fixes on the real window: orientation markers, Zoom 100%, a new series clears the old state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from PySide6.QtGui import QColor
+
+from pacs_mask_desktop.core.demo import write_synthetic_ct
+from pacs_mask_desktop.core.dicom_series import window_level
+from pacs_mask_desktop.core.orientation import EdgeLabels
+from pacs_mask_desktop.ui.main_window import MainWindow
+from tests.ui.conftest import SIZE, UiData
+
+MARKER_COLOUR = QColor("#7fd8ff")
+
+
+def open_series(qtbot: Any, window: MainWindow, folder: Path) -> None:
+    with qtbot.waitSignal(window.seriesLoaded, timeout=10_000):
+        window.open_series(folder)
+
+
+def _marker_pixels(image: Any, x0: int, y0: int, x1: int, y1: int) -> int:
+    """How many pixels of the marker colour lie in the box."""
+    hits = 0
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            colour = image.pixelColor(x, y)
+            if (
+                abs(colour.red() - MARKER_COLOUR.red()) < 12
+                and abs(colour.blue() - MARKER_COLOUR.blue()) < 12
+                and (abs(colour.green() - MARKER_COLOUR.green()) < 12)
+            ):
+                hits += 1
+    return hits
+
+
+def test_axial_series_is_marked_on_its_edges(qtbot: Any, window: MainWindow, ui_data: UiData) -> None:
+    open_series(qtbot, window, ui_data.series_dir)
+    view = window.viewer.view
+    assert view.markers == EdgeLabels(left="R", right="L", top="A", bottom="P")
+    image = view.grab().toImage()
+    ratio = view.devicePixelRatioF()
+    w, h = int(view.width() * ratio), int(view.height() * ratio)
+    # Letters are painted in the middle of each edge, and nowhere near the corners' text.
+    assert _marker_pixels(image, 0, h // 2 - 20, 40, h // 2 + 20) > 5
+    assert _marker_pixels(image, w - 40, h // 2 - 20, w, h // 2 + 20) > 5
+    assert _marker_pixels(image, w // 2 - 20, 0, w // 2 + 20, 40) > 5
+    assert _marker_pixels(image, w // 2 - 20, h - 40, w // 2 + 20, h) > 5
+    assert _marker_pixels(image, 0, 0, 60, 60) == 0
+
+
+def test_sagittal_series_gets_its_own_markers(qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
+    folder = tmp_path / "sagittal"
+    for path in write_synthetic_ct(folder, slices=3, size=32, seed=5):
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+        ds.ImagePositionPatient = [float(ds.InstanceNumber), 0.0, 0.0]
+        ds.save_as(path)
+    open_series(qtbot, window, folder)
+    assert window.viewer.view.markers == EdgeLabels(left="A", right="P", top="H", bottom="F")
+
+
+def test_zoom_100_is_one_image_pixel_per_screen_pixel(
+    qtbot: Any, window: MainWindow, ui_data: UiData
+) -> None:
+    open_series(qtbot, window, ui_data.series_dir)
+    view = window.viewer.view
+    qtbot.waitUntil(lambda: view.shown_index() == view.index, timeout=5_000)
+    assert view.actual_scale() > 2  # a 128x128 slice fitted to the viewer is magnified
+    window.actions["zoom_100"].trigger()
+    assert abs(view.actual_scale() - 1.0) < 1e-6
+    rect = view.image_rect()
+    ratio = view.devicePixelRatioF()
+    assert round(rect.width() * ratio) == SIZE
+    assert round(rect.height() * ratio) == SIZE
+    assert "Zoom 100%" in _corner_text(view)
+
+    # Magnified: nearest-neighbour, so an image pixel is a uniform block that lines up with the mask's.
+    window.actions["fit"].trigger()
+    window.actions["zoom_in"].trigger()
+    scale = view.actual_scale()
+    assert scale > 4
+    image = view.grab().toImage()
+    shown = window_level(view.series.pixel_array(view.index), view.window.center, view.window.width)
+    rect = view.image_rect()
+    step = rect.width() / SIZE  # widget units per image pixel
+    # Only the middle of the view: the edges carry the orientation letters, the corners text.
+    first_col = max(0, int((view.width() * 0.25 - rect.left()) / step))
+    first_row = max(0, int((view.height() * 0.25 - rect.top()) / step))
+    last_col = min(SIZE - 2, int((view.width() * 0.75 - rect.left()) / step))
+    last_row = min(SIZE - 1, int((view.height() * 0.75 - rect.top()) / step))
+    edges = [
+        (c, r)
+        for r in range(first_row, last_row)
+        for c in range(first_col, last_col)
+        if abs(int(shown[r, c]) - int(shown[r, c + 1])) > 40
+    ]
+    assert edges, "no visible edge to check"
+    column, row = edges[len(edges) // 2]
+    top_left = view.image_to_widget(column - 0.5, row - 0.5) * ratio
+    block = [
+        image.pixelColor(int(top_left.x() + dx), int(top_left.y() + dy)).name()
+        for dx in range(1, int(scale) - 1)
+        for dy in range(1, int(scale) - 1)
+    ]
+    assert len(set(block)) == 1, "a magnified image pixel is not one uniform block"
+
+
+def _corner_text(view: Any) -> str:
+    """The bottom-right corner lines as the view writes them."""
+    return f"Zoom {view.actual_scale() * 100:.0f}%"
+
+
+def test_opening_another_series_clears_masks_overlay_and_annotation(
+    qtbot: Any, window: MainWindow, ui_data: UiData, tmp_path: Path
+) -> None:
+    open_series(qtbot, window, ui_data.series_dir)
+    with qtbot.waitSignal(window.masksPrepared, timeout=10_000):
+        window.add_masks([ui_data.masks_dir])
+    window.picker.choose(ui_data.annotation)
+    assert window.viewer.view.overlay is not None
+    assert window.masks.model.rowCount() > 0
+
+    other = tmp_path / "other"
+    write_synthetic_ct(other, slices=4, size=32, seed=8)
+    open_series(qtbot, window, other)
+    assert window.mask_paths == []
+    assert window.prepared is None
+    assert window.masks.model.rowCount() == 0
+    assert window.viewer.view.overlay is None
+    assert window.annotation is None
+    assert window.picker.current is None
+    assert "Cleared the dropped masks and the annotation" in window.statusBar().currentMessage()
+
+    # Back to the annotation's series: choosing the annotation first keeps it (the demo and resume do so).
+    window.picker.choose(ui_data.annotation)
+    open_series(qtbot, window, ui_data.series_dir)
+    assert window.annotation is not None
+    assert window.annotation["id"] == ui_data.annotation["id"]
+
+
+def test_slice_numbers_are_the_0_based_index_everywhere(
+    qtbot: Any, window: MainWindow, ui_data: UiData
+) -> None:
+    open_series(qtbot, window, ui_data.series_dir)
+    with qtbot.waitSignal(window.masksPrepared, timeout=10_000):
+        window.add_masks([ui_data.masks_dir])
+    model = window.masks.model
+    for row in range(model.rowCount()):
+        filename = model.data(model.index(row, 1))
+        assert filename == f"mask_{model.data(model.index(row, 0)):04d}.png"
+    window.viewer.view.set_index(7)
+    assert window.viewer.slice_label.text().startswith("Slice 7 of 0–")
