@@ -715,6 +715,19 @@ class ViewedSlice:
     filename: str
 
 
+def open_stored(call: Call, key: str, what: str) -> Iterator[bytes]:
+    """The chunks of the stored object ``key``: 409 ``object_missing`` naming ``what`` when it is gone
+    (the validate job reports it), 503 when storage cannot be read."""
+    try:
+        return call.storage.open(key)
+    except KeyError:
+        raise Conflict(
+            f"{what} is missing; run 'pacs-mask-server validate'.", code="object_missing"
+        ) from None
+    except StorageError as exc:
+        raise StorageUnavailable(f"Storage could not be read: {exc}") from exc
+
+
 def view_slice(call: Call, group_ref: str, filename: str | None, slice_index: int | None) -> ViewedSlice:
     """Open one registered slice for streaming; audited."""
     group_id = parse_group_id(group_ref)
@@ -732,15 +745,7 @@ def view_slice(call: Call, group_ref: str, filename: str | None, slice_index: in
         if mask is None:
             what = f"file {filename!r}" if filename is not None else f"slice index {slice_index}"
             raise NotFound(f"Mask group {group_id} has no {what}.", code="slice_not_found")
-        try:
-            chunks = call.storage.open(mask.storage_key)
-        except KeyError:
-            raise Conflict(
-                f"The stored object for {mask.filename} is missing; run 'pacs-mask-server validate'.",
-                code="object_missing",
-            ) from None
-        except StorageError as exc:
-            raise StorageUnavailable(f"Storage could not be read: {exc}") from exc
+        chunks = open_stored(call, mask.storage_key, f"The stored object for {mask.filename}")
         audit.record(
             session,
             call,

@@ -493,7 +493,7 @@ class SegFile:
 def open_seg(call: Call, group_ref: str) -> SegFile:
     """Open the group's built SEG for download (404 ``seg_not_built`` before ``POST``); audited."""
     from server.errors import NotFound
-    from server.services.mask_groups import _load_group, parse_group_id
+    from server.services.mask_groups import _load_group, open_stored, parse_group_id
 
     group_id = parse_group_id(group_ref)
     with call.db.session() as session:
@@ -503,15 +503,7 @@ def open_seg(call: Call, group_ref: str) -> SegFile:
                 f"Mask group {group_id} has no DICOM SEG yet; POST /api/mask-group/{group_id}/seg builds it.",
                 code="seg_not_built",
             )
-        try:
-            chunks = call.storage.open(group.seg_storage_key)
-        except KeyError:
-            raise Conflict(
-                f"The stored SEG of group {group_id} is missing; run 'pacs-mask-server validate'.",
-                code="object_missing",
-            ) from None
-        except StorageError as exc:
-            raise StorageUnavailable(f"Storage could not be read: {exc}") from exc
+        chunks = open_stored(call, group.seg_storage_key, f"The stored SEG of group {group_id}")
         audit.record(
             session,
             call,
