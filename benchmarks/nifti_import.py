@@ -1,14 +1,15 @@
 """NIfTI import vs the PNG-folder prepare, on the same 500-slice 512x512 two-label volume, in one run.
 
 - **NIfTI import**: ``masks_from_nifti`` (read the ``.nii.gz``, check its affine against the series grid,
-  reorder the voxels, write the PNG slices into the staging folder) and then ``prepare()`` on those slices,
-  as ``pacs-mask upload seg.nii.gz`` does before anything is sent.
+  reorder the voxels, write the PNG slices into the staging folder) and then ``prepare()`` on those slices
+  with the facts of the files just written (``known_slices``), as ``pacs-mask upload seg.nii.gz`` does
+  before anything is sent.
 - **peer**: ``prepare()`` on the same masks already written as a folder of PNG slices (what a PNG upload
   costs before anything is sent).
 
 Both check against the same stored series geometry (a headers-only series; no DICOM files are read).
 Target: NIfTI import <= 1.0x the PNG-folder prepare. Medians of ``--repeat`` alternating runs after a
-warm-up.
+warm-up. Figures and the state of the target: the README (NIfTI and DICOM SEG section).
 
 Usage: ``python benchmarks/nifti_import.py [--slices 500] [--size 512] [--repeat 3]``
 """
@@ -100,7 +101,7 @@ def main() -> None:
     def nifti_import() -> float:
         start = time.perf_counter()
         with masks_from_nifti(nifti, g) as staged:
-            assert prepare(staged.folder, **fields, labels=staged.labels).ok
+            assert prepare(staged.folder, **fields, labels=staged.labels, known_slices=staged.known_slices).ok
             return time.perf_counter() - start  # the staging folder's removal is not timed
 
     png_prepare(), nifti_import()  # warm-up

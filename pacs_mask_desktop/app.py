@@ -26,7 +26,7 @@ from types import TracebackType
 
 from pacs_mask_desktop import __version__
 from pacs_mask_desktop.core.embedded import RUN_SERVER_FLAG
-from pacs_mask_desktop.core.paths import log_dir
+from pacs_mask_desktop.core.paths import log_dir, private_dir
 
 log = logging.getLogger("pacs_mask_desktop")
 
@@ -64,8 +64,7 @@ def run_server(host: str, port: int) -> int:
 
 def configure_logging() -> Path:
     """Log to a rotating file in the user log dir (and warnings to stderr when there is one)."""
-    folder = log_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_dir(log_dir())  # log lines can name patients and series
     path = folder / LOG_FILE
     handler = logging.handlers.RotatingFileHandler(
         path, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"

@@ -98,10 +98,10 @@ def _client(args: argparse.Namespace) -> ApiClient:
     return ApiClient(target.url, target.token, policy=_policy(args))
 
 
-def _require_annotation(api: ApiClient, annotation_id: int) -> None:
-    """Stop with exit 2 before any work when the annotation does not exist."""
+def _require_annotation(api: ApiClient, annotation_id: int) -> dict[str, Any]:
+    """The annotation's row; stop with exit 2 before any work when the annotation does not exist."""
     try:
-        api.get_annotation(annotation_id)
+        return api.get_annotation(annotation_id)
     except ApiError as exc:
         if exc.status == 404:
             message = f"Annotation {annotation_id} does not exist on {api.base_url}."
@@ -271,7 +271,7 @@ def cmd_upload(args: argparse.Namespace, out: Output) -> int:
     params = _json_arg(args.params, "--params")
     api = _client(args)
     with api:
-        _require_annotation(api, args.annotation)
+        args.annotation_series_uid = _require_annotation(api, args.annotation).get("series_instance_uid")
         if args.series == PACS_SERIES:
             series = stored = _stored_series(api, args.annotation)
         else:  # the annotation's recorded series checks the masks and --series FOLDER (None if unknown)
@@ -333,7 +333,9 @@ def _upload_checked(
         match=args.match,
         require_all_slices=args.require_all_slices,
         annotation_series=stored,
+        annotation_series_uid=args.annotation_series_uid,
         labels=volume.labels if volume is not None else None,
+        known_slices=volume.known_slices if volume is not None else None,
     )
     if volume is not None:
         for note in volume.notes:

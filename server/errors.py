@@ -106,6 +106,7 @@ _OUT_OF_BOUNDS = re.compile(
     r"^Expected `[^`]+` (?:of length )?(?:<=|>=|<|>|matching regex|that's a multiple)"
 )
 _CONTROL_CHARACTERS = "\\x00-"  # how msgspec quotes the safe-text patterns (server.api.schemas)
+_NO_BACKSLASH = "\\x7f\\"  # ... and the DICOM-text pattern, which also refuses a backslash
 
 
 def from_validation(errors: Sequence[Mapping[str, Any]]) -> ApiError:
@@ -123,7 +124,12 @@ def from_validation(errors: Sequence[Mapping[str, Any]]) -> ApiError:
         source = getattr(source, "value", source)  # Litestar's ParamType for parameters
         where = f"'{error['key']}' ({source})" if error.get("key") else "The request"
         text = str(error.get("message", "is not valid"))
-        if _CONTROL_CHARACTERS in text:
+        if _CONTROL_CHARACTERS in text and _NO_BACKSLASH in text:
+            text = (
+                "it must not contain control characters or a backslash (this text goes into a DICOM SEG, "
+                "where a backslash separates values)"
+            )
+        elif _CONTROL_CHARACTERS in text:
             text = "it must not contain control characters (NUL and the like cannot be stored)"
         described.append(f"{where} is refused: {text[:1].lower()}{text[1:]}")
     bounded = all(_OUT_OF_BOUNDS.match(str(e.get("message", ""))) for e in errors)

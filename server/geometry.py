@@ -41,12 +41,25 @@ class GeometryError(Unprocessable):
     code = "series_geometry_invalid"
 
 
+class MalformedHeader(GeometryError):
+    """A header value that cannot be read (an attribute without value, a number that is not finite).
+
+    422 ``series_geometry_invalid`` for headers a client sent; the PACS path answers it as
+    ``502 pacs_malformed_answer`` (:mod:`server.services.pacs_annotations`).
+    """
+
+
+MULTIFRAME_NEEDS_POSITIONS = frozenset({"CT", "MR", "PT"})
+"""Modalities whose multi-frame images are refused without plane positions (no frame-order fallback)."""
+
+
 def geometry_from_datasets(datasets: Iterable[Dataset], source: str) -> schemas.SeriesGeometry:
     """Build the geometry of one series from its instances' headers (any order; multi-frame expanded).
 
     Instances without pixels (no Rows/Columns: SR, presentation states) are ignored. Raises
     :class:`GeometryError` (422) when there is no image, the instances belong to several series, or the
-    slices cannot form one volume (see :func:`validate_geometry`).
+    slices cannot form one volume (see :func:`validate_geometry`); :class:`MalformedHeader` (a
+    GeometryError) when a header value cannot be read, never a TypeError/ValueError.
     """
     images = [ds for ds in datasets if "Rows" in ds and "Columns" in ds]
     if not images:
@@ -58,6 +71,24 @@ def geometry_from_datasets(datasets: Iterable[Dataset], source: str) -> schemas.
             code="series_mixed",
             details={"series_instance_uids": series_uids[:MAX_LISTED]},
         )
+    try:
+        data = _geometry_data(images, source)
+    except MalformedHeader:
+        raise
+    except (TypeError, ValueError, OverflowError, AttributeError, KeyError, IndexError) as exc:
+        raise MalformedHeader(
+            f"The series' headers cannot be read: {type(exc).__name__}: {exc}.",
+            details={"problem": f"{type(exc).__name__}: {exc}"[:500]},
+        ) from None
+    try:
+        geometry = msgspec.convert(data, schemas.SeriesGeometry)
+    except msgspec.ValidationError as exc:
+        raise GeometryError(f"The series' headers do not fit: {exc}.", details={"problem": str(exc)}) from exc
+    return validate_geometry(geometry)
+
+
+def _geometry_data(images: list[Dataset], source: str) -> dict[str, Any]:
+    """The geometry of ``images`` as plain data; a malformed value raises (mapped by the caller)."""
     first = images[0]
     instances: list[dict[str, Any]] = []
     for ds in images:
@@ -79,7 +110,7 @@ def geometry_from_datasets(datasets: Iterable[Dataset], source: str) -> schemas.
                 }
             )
     orientations = [i["image_orientation_patient"] for i in instances if i["image_orientation_patient"]]
-    data = {
+    return {
         "series_instance_uid": _text(first, "SeriesInstanceUID"),
         "study_instance_uid": _text(first, "StudyInstanceUID"),
         "frame_of_reference_uid": _text(first, "FrameOfReferenceUID"),
@@ -102,11 +133,6 @@ def geometry_from_datasets(datasets: Iterable[Dataset], source: str) -> schemas.
         "source": source,
         "instances": instances,
     }
-    try:
-        geometry = msgspec.convert(data, schemas.SeriesGeometry)
-    except msgspec.ValidationError as exc:
-        raise GeometryError(f"The series' headers do not fit: {exc}.", details={"problem": str(exc)}) from exc
-    return validate_geometry(geometry)
 
 
 def validate_geometry(geometry: schemas.SeriesGeometry) -> schemas.SeriesGeometry:
@@ -122,6 +148,7 @@ def validate_geometry(geometry: schemas.SeriesGeometry) -> schemas.SeriesGeometr
     _check_indexes(instances)
     _check_unique_instances(instances)
     _check_sizes(geometry, instances)
+    _check_multiframe_positions(geometry, instances)
     orientation = _check_orientation(geometry, instances)
     ordered = _order(instances, orientation)
     renumbered = [
@@ -196,6 +223,39 @@ def _check_unique_instances(instances: list[schemas.SeriesInstance]) -> None:
             f"e.g. SOP Instance {repeated[0]['sop_instance_uid']}.",
             code="series_duplicate_instances",
             details={"slices": repeated[:MAX_LISTED]},
+        )
+
+
+def _check_multiframe_positions(
+    geometry: schemas.SeriesGeometry, instances: list[schemas.SeriesInstance]
+) -> None:
+    """Refuse CT/MR/PET multi-frame images without plane positions when frame order is ambiguous.
+
+    As for single-frame CT/MR/PET (:meth:`server.pacs.Pacs.require_image_plane`), guessing an order
+    could put every mask upside down. One exception: a series that is a single multi-frame instance
+    with no spatial information at all (no positions, no orientation, like pydicom's
+    ``emri_small.dcm``). There slice index k is frame k+1 of that one object: nothing can be placed in
+    space, so no other order exists, and every mask stays tied to its (SOP Instance UID, frame number).
+    """
+    modality = (geometry.modality or "").strip().upper()
+    if modality not in MULTIFRAME_NEEDS_POSITIONS:
+        return
+    if (
+        len({i.sop_instance_uid for i in instances}) == 1
+        and geometry.image_orientation_patient is None
+        and all(i.image_position_patient is None and i.image_orientation_patient is None for i in instances)
+    ):
+        return
+    unplaced = [
+        _describe(i) for i in instances if i.frame_number is not None and i.image_position_patient is None
+    ]
+    if unplaced:
+        raise GeometryError(
+            f"{len(unplaced)} frame(s) of the multi-frame {modality} image {unplaced[0]['sop_instance_uid']} "
+            "have no plane position (PlanePositionSequence/ImagePositionPatient), so the order of its "
+            "slices is unknown; frame order is not used as slice order for CT, MR or PET.",
+            code="series_missing_positions",
+            details={"slices": unplaced[:MAX_LISTED]},
         )
 
 
@@ -322,13 +382,25 @@ def _number(value: Any) -> float | None:
 
 
 def _floats(value: Any, count: int) -> list[float] | None:
-    if value is None:
+    """``count`` finite numbers, ``None`` when absent or empty; :class:`MalformedHeader` for anything else.
+
+    A position or orientation that is there but unreadable must not pass as "no position": the order
+    would silently fall back to InstanceNumber.
+    """
+    if value is None or (isinstance(value, str | bytes) and not value.strip()):
+        return None
+    if isinstance(value, list | tuple | MultiValue) and not len(value):
         return None
     try:
-        numbers = [float(v) for v in value]
+        numbers = [float(v) for v in (value if isinstance(value, list | tuple | MultiValue) else [value])]
     except (TypeError, ValueError):
-        return None
-    return numbers if len(numbers) == count and all(math.isfinite(v) for v in numbers) else None
+        raise MalformedHeader(f"The header value {str(value)[:80]!r} is not {count} numbers.") from None
+    if len(numbers) != count or not all(math.isfinite(v) for v in numbers):
+        raise MalformedHeader(
+            f"The header value {str(value)[:80]!r} is not {count} finite numbers.",
+            details={"value": str(value)[:80]},
+        )
+    return numbers
 
 
 def _number_of_frames(ds: Dataset) -> int:
@@ -369,7 +441,14 @@ def _orientation(ds: Dataset, frame: int) -> list[float] | None:
 
 def _instance_number(ds: Dataset) -> int | None:
     number = _number(ds.get("InstanceNumber"))
-    return None if number is None else int(number)
+    if number is None:
+        return None
+    if not math.isfinite(number) or number != int(number) or not -(2**31) <= number < 2**31:
+        raise MalformedHeader(
+            f"InstanceNumber {number} of instance {ds.get('SOPInstanceUID')} is not an integer.",
+            details={"instance_number": str(number)},
+        )
+    return int(number)
 
 
 def _frame_positions(ds: Dataset, frames: int) -> list[list[float] | None]:

@@ -185,7 +185,9 @@ class Pacs:
             raise PacsFailed(
                 f"Cannot reach the PACS at {self.url}.", code="pacs_unreachable", status_code=503
             ) from None
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except MalformedItem as exc:
+            raise self._malformed(str(exc)) from None
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
             raise self._malformed(type(exc).__name__) from None
 
     def _http_failure(self, status: int) -> PacsFailed:
@@ -217,12 +219,66 @@ class Pacs:
         )
 
 
+#: Attributes the geometry reads (server.geometry): delivered as ``BulkDataURI`` they would be silently
+#: missing, so such an answer is refused as malformed instead of being read without them.
+GEOMETRY_TAGS = frozenset(
+    {
+        "00080016",  # SOPClassUID
+        "00080018",  # SOPInstanceUID
+        "00080060",  # Modality
+        "00180050",  # SliceThickness
+        "00180088",  # SpacingBetweenSlices
+        "0020000D",  # StudyInstanceUID
+        "0020000E",  # SeriesInstanceUID
+        "00200013",  # InstanceNumber
+        "00200032",  # ImagePositionPatient
+        "00200037",  # ImageOrientationPatient
+        "00200052",  # FrameOfReferenceUID
+        "00280008",  # NumberOfFrames
+        "00280010",  # Rows
+        "00280011",  # Columns
+        "00280030",  # PixelSpacing
+        "3004000C",  # GridFrameOffsetVector
+        "52009229",  # SharedFunctionalGroupsSequence
+        "52009230",  # PerFrameFunctionalGroupsSequence
+        "00209113",  # PlanePositionSequence
+        "00209116",  # PlaneOrientationSequence
+        "00289110",  # PixelMeasuresSequence
+    }
+)
+
+
+class MalformedItem(ValueError):
+    """A metadata item the server cannot read as it must (answered ``502 pacs_malformed_answer``)."""
+
+
 def _dataset(item: Any) -> Dataset:
-    """One DICOM JSON metadata object as a Dataset, without bulk data (the server never needs pixels)."""
+    """One DICOM JSON metadata object as a Dataset, without bulk data (the server never needs pixels).
+
+    Bulk data (pixels, large private blobs) is dropped, at every nesting level; a geometry attribute
+    sent as ``BulkDataURI`` raises :class:`MalformedItem` rather than vanishing.
+    """
     if not isinstance(item, dict):
         raise TypeError("a metadata item is not a JSON object")
-    slim = {k: v for k, v in item.items() if not (isinstance(v, dict) and "BulkDataURI" in v)}
-    return Dataset.from_json(slim)
+    return Dataset.from_json(_without_bulk(item))
+
+
+def _without_bulk(item: dict[str, Any]) -> dict[str, Any]:
+    slim: dict[str, Any] = {}
+    for tag, element in item.items():
+        if isinstance(element, dict) and "BulkDataURI" in element:
+            if str(tag).upper() in GEOMETRY_TAGS:
+                raise MalformedItem(
+                    f"the geometry attribute ({str(tag)[:4]},{str(tag)[4:8]}) came as BulkDataURI"
+                )
+            continue
+        if isinstance(element, dict) and element.get("vr") == "SQ" and isinstance(element.get("Value"), list):
+            element = {
+                **element,
+                "Value": [_without_bulk(v) if isinstance(v, dict) else v for v in element["Value"]],
+            }
+        slim[tag] = element
+    return slim
 
 
 def read_series(settings: Settings, series_uid: str, study_uid: str | None = None) -> list[Dataset]:

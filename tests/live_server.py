@@ -92,10 +92,17 @@ class LiveServer:
         """A new API client (close it, or use it as a context manager)."""
         return ApiClient(self.url, self.token)
 
-    def new_annotation(self, description: str = "test") -> int:
-        """A fresh annotation (its own study/series UIDs), so each test has its own groups."""
+    def new_annotation(self, description: str = "test", series: Path | None = None) -> int:
+        """A fresh annotation without stored geometry, so each test has its own groups: on its own new
+        study/series UIDs, or on those of the DICOM ``series`` folder the test uploads with."""
+        study_uid, series_uid = generate_uid(), generate_uid()
+        if series is not None:
+            from pacs_mask_desktop.core.dicom_series import load_series
+
+            loaded = load_series(series)
+            study_uid, series_uid = loaded.study_instance_uid, loaded.series_instance_uid
         with self.api() as api:
-            row = api.create_annotation(generate_uid(), generate_uid(), "TEST", description)
+            row = api.create_annotation(study_uid, series_uid, "TEST", description)
         return int(row["id"])
 
     def sign_calls(self, group_id: str) -> int:

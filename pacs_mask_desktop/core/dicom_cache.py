@@ -25,7 +25,7 @@ from pathlib import Path
 
 import platformdirs
 
-from pacs_mask_desktop.core.paths import APP_NAME
+from pacs_mask_desktop.core.paths import APP_NAME, private_dir
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -67,11 +67,6 @@ def _check_uid(uid: str, what: str) -> str:
     return uid
 
 
-def _private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.chmod(0o700)  # mkdir's mode is filtered by the umask; patient data stays private
-
-
 class DicomCache:
     """Retrieved instances on disk, per series, bounded to ``max_bytes`` by LRU eviction of whole series.
 
@@ -84,7 +79,7 @@ class DicomCache:
         if self.max_bytes <= 0:
             raise CacheError("the DICOM cache size must be positive")
         self._lock = threading.Lock()
-        _private_dir(self.root)
+        private_dir(self.root)
 
     # --- one series ---------------------------------------------------------------------------------
 
@@ -110,7 +105,7 @@ class DicomCache:
         ``dataset.save_as``); the file appears under its final name only once complete.
         """
         target = self.instance_path(series_uid, sop_uid)
-        _private_dir(target.parent)
+        private_dir(target.parent)
         partial = target.with_name(f".{target.name}.{threading.get_ident()}.part")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -131,7 +126,7 @@ class DicomCache:
     def mark_used(self, series_uid: str) -> None:
         """Record that a series was used now (it becomes the last to be evicted)."""
         folder = self.series_dir(series_uid)
-        _private_dir(folder)
+        private_dir(folder)
         marker = folder / _USED
         fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600)
         os.close(fd)
@@ -140,7 +135,7 @@ class DicomCache:
     def mark_complete(self, series_uid: str, sop_uids: Iterable[str]) -> None:
         """Record the full instance list of a series once every instance is cached."""
         folder = self.series_dir(series_uid)
-        _private_dir(folder)
+        private_dir(folder)
         marker = folder / _COMPLETE
         fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

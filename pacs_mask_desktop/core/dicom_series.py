@@ -527,6 +527,7 @@ def _build_series(
     elif all(ref.instance_number is not None for ref in refs):
         ordered_by = "instance_number"
         refs.sort(key=lambda r: (r.instance_number, r.frame_index or 0, str(r.path)))
+        _refuse_duplicate_instance_numbers(refs)
         warnings.append("no usable ImagePositionPatient/Orientation: slices ordered by InstanceNumber")
     else:
         ordered_by = "file_order"
@@ -597,6 +598,19 @@ def _refuse_duplicate_positions(refs: list[SliceRef]) -> None:
                 f"two slices share the position {a.position:.3f} mm along the slice normal ({name_a} and "
                 f"{name_b}: several echoes, phases or acquisitions?); the series cannot be opened as one "
                 "volume"
+            )
+
+
+def _refuse_duplicate_instance_numbers(refs: list[SliceRef]) -> None:
+    """``SeriesError`` when two instances (sorted by InstanceNumber) share one: with no positions that
+    number is the only slice order, and breaking the tie by file name would not be the server's order
+    (the frames of one multi-frame instance share its number and are ordered by frame)."""
+    for a, b in itertools.pairwise(refs):
+        if a.instance_number == b.instance_number and a.path != b.path:
+            raise SeriesError(
+                f"two instances share InstanceNumber {a.instance_number} ({a.path.name} and {b.path.name}) "
+                "and the series has no usable ImagePositionPatient/Orientation, so the order of its slices "
+                "is unknown; the series cannot be opened as one volume"
             )
 
 

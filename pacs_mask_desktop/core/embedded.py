@@ -37,7 +37,7 @@ from typing import IO
 import httpx
 
 import pacs_mask_desktop
-from pacs_mask_desktop.core.paths import ADMIN_TOKEN_FILE, ServerTarget, data_dir, log_dir
+from pacs_mask_desktop.core.paths import ADMIN_TOKEN_FILE, ServerTarget, data_dir, log_dir, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,10 @@ class EmbeddedServer:
     def _spawn(self, port: int) -> None:
         self.port = port
         self.target = None
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # The database, the stored objects (masks, SEGs) and the server's log are patient data; the
+        # folders are the app's own, so ones made by an older version are tightened too.
+        private_dir(self.data_dir)
+        private_dir(self.log_path.parent)
         self._close_log()
         self._log_handle = open(self.log_path, "wb")  # noqa: SIM115 - kept open for the child's lifetime
         command = server_command(port, self.host)

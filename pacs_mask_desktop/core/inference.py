@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -65,15 +65,18 @@ def upload_inference_result(
     on_event: Callable[[SliceEvent | GroupEvent], None] | None = None,
     policy: RetryPolicy | None = None,
     affine: np.ndarray | None = None,
+    affine_space: Literal["RAS", "LPS"] | None = None,
     labels: Mapping[str, Any] | None = None,
 ) -> UploadResult:
     """Upload one model output as a group with ``source="ai"``; raises :class:`InvalidResult` on bad input.
 
     ``masks`` is a folder of PNG label maps, a sequence of 2-D label arrays in slice order, a NIfTI
-    (``.nii``/``.nii.gz``) or DICOM SEG file, or a 3-D label array with its ``affine`` (4x4 voxel-to-world,
-    RAS as nibabel gives it). Volumes are placed exactly on the annotation's series grid
-    (:mod:`pacs_mask_desktop.core.volume_masks`: never resampled; another grid is :class:`InvalidResult`
-    naming the measured difference); ``labels`` (``{"1": "liver"}`` or full entries) names the labels when
+    (``.nii``/``.nii.gz``) or DICOM SEG file, or a 3-D label array with its ``affine`` (4x4 voxel-to-world)
+    and ``affine_space``, required with an affine: ``"RAS"`` (nibabel) or ``"LPS"`` (SimpleITK/ITK); it
+    cannot be told from the matrix (on a grid centred in x and y the wrong one rotates the mask 180 degrees
+    in-plane and still fits), so an affine without it is :class:`InvalidResult`. Volumes are placed
+    exactly on the annotation's series grid (:mod:`pacs_mask_desktop.core.volume_masks`: never resampled;
+    another grid is :class:`InvalidResult` naming the measured difference); ``labels`` (``{"1": "liver"}`` or full entries) names the labels when
     the file's sidecar or segments do not. The
     server and token default to ``PACS_MASK_SERVER``/``PACS_MASK_TOKEN`` or the embedded server.
     ``policy`` sets how long to wait for an unreachable server (default about 2 minutes); the result
@@ -81,6 +84,17 @@ def upload_inference_result(
     The masks (and ``series``) are checked against the annotation's series as the server recorded it:
     another series, another size or a slice outside it is :class:`InvalidResult`, and nothing is sent.
     """
+    if affine is not None and affine_space not in ("RAS", "LPS"):
+        raise InvalidResult(
+            [
+                Problem(
+                    None,
+                    "invalid_field",
+                    f"affine_space must be 'RAS' (nibabel) or 'LPS' (SimpleITK/ITK) with an affine, not "
+                    f"{affine_space!r}; it cannot be told from the affine itself",
+                )
+            ]
+        )
     temp: Path | None = None
     if affine is None and not isinstance(masks, (str, Path)):
         temp = Path(tempfile.mkdtemp(prefix="pacs-mask-result-"))
@@ -92,11 +106,14 @@ def upload_inference_result(
             # The annotation's recorded series checks the masks (and ``series``) before anything is sent.
             try:
                 stored = fetch_annotation_series(api, annotation_id)
+                series_uid = (  # an older annotation without geometry: ``series`` must still be its series
+                    api.get_annotation(annotation_id).get("series_instance_uid") if stored is None else None
+                )
             except (ApiError, GeometryFormatError) as exc:
                 return UploadResult(
                     "incomplete", None, str(exc), error_code=getattr(exc, "code", "bad_geometry")
                 )
-            volume = _stage_volume(api, masks, affine, labels, annotation_id, series)
+            volume = _stage_volume(api, masks, affine, affine_space, labels, annotation_id, series)
             try:
                 prepared = prepare(
                     volume.folder if volume is not None else masks,  # type: ignore[arg-type]
@@ -108,9 +125,11 @@ def upload_inference_result(
                     params=params,
                     series=series,
                     annotation_series=stored,
+                    annotation_series_uid=series_uid,
                     labels=(volume.labels or normalize_label_table(labels))
                     if volume is not None
                     else normalize_label_table(labels),
+                    known_slices=volume.known_slices if volume is not None else None,
                 )
                 if not prepared.ok:
                     raise InvalidResult(prepared.problems)
@@ -134,6 +153,7 @@ def _stage_volume(
     api: ApiClient,
     masks: Any,
     affine: np.ndarray | None,
+    affine_space: Literal["RAS", "LPS"] | None,
     labels: Mapping[str, Any] | None,
     annotation_id: int,
     series: Path | str | None,
@@ -150,7 +170,11 @@ def _stage_volume(
         if is_file:
             return masks_from_file(masks, geometry)
         return masks_from_array(
-            np.asarray(masks), np.asarray(affine), geometry, labels=normalize_label_table(labels)
+            np.asarray(masks),
+            np.asarray(affine),
+            geometry,
+            affine_space=affine_space,  # type: ignore[arg-type]  # the caller refused None with an affine
+            labels=normalize_label_table(labels),
         )
     except VolumeMaskError as exc:
         raise InvalidResult([Problem(name, exc.code, exc.message)]) from None

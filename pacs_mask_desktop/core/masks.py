@@ -23,6 +23,7 @@ import io
 import re
 import struct
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,7 +144,7 @@ def read_mask(path: Path | str) -> MaskInfo:
     path = Path(path)
     data = _read_bytes(path)
     array, mode, bit_depth = _decode(path.name, data)
-    labels = _labels(array)
+    labels = present_labels(array)
     return MaskInfo(
         filename=path.name,
         path=path,
@@ -240,8 +241,8 @@ def _not_png(filename: str, data: bytes) -> MaskError:
     return MaskError(filename, f"is a {kind} image; only PNG masks can be uploaded", "not_a_mask")
 
 
-def _labels(array: np.ndarray) -> tuple[int, ...]:
-    """Sorted non-zero label values present.
+def present_labels(array: np.ndarray) -> tuple[int, ...]:
+    """Sorted non-zero label values present (what :func:`read_mask` reports as ``labels``).
 
     ``max`` first (cheap, SIMD): empty masks stop there; a few labels are found with one comparison
     each (these release the GIL); many labels fall back to one ``bincount`` pass.
@@ -261,8 +262,8 @@ def write_label_pngs(
     """Write label arrays as 8-bit (or 16-bit when labels exceed 255) grayscale PNGs named by index.
 
     ``compress_level`` 1 encodes label masks about 1.6x faster than 6 (measured here: 200 slices of
-    512x512, 0.55 s -> 0.34 s; whole NIfTI import of 500 slices 4.0 s -> 1.9 s) for files still a few KB
-    each; imported volumes use it (``core.volume_masks``).
+    512x512, 0.55 s -> 0.34 s) for files still a few KB each. Imported volumes use the faster
+    :func:`encode_label_png` instead (``core.volume_masks``).
     """
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -279,3 +280,28 @@ def write_label_pngs(
         )
         paths.append(path)
     return paths
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def encode_label_png(array: np.ndarray) -> bytes:
+    """An 8-bit grayscale PNG of a 2-D uint8 label image: filter "none" on every row, zlib level 1.
+
+    About 2.5x faster than Pillow's encoder at ``compress_level=1`` (which tries every row filter) and a
+    little smaller for label masks (500 slices of 512x512: 0.76 s -> 0.29 s); :func:`read_mask` decodes it
+    to the same array. ``zlib.compress`` releases the GIL, so slices encode in parallel in threads.
+    """
+    if array.ndim != 2 or array.dtype != np.uint8:
+        raise ValueError(f"a label image is a 2-D uint8 array, not {array.dtype} {array.shape}")
+    height, width = array.shape
+    scanlines = np.zeros((height, width + 1), dtype=np.uint8)  # a leading 0 per row: filter type none
+    scanlines[:, 1:] = array
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit, grayscale, no interlace
+    return (
+        _PNG_SIGNATURE
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(scanlines, 1))
+        + _png_chunk(b"IEND", b"")
+    )

@@ -40,7 +40,8 @@ OnInstance = Callable[[Path, int, int], None]
 
 class PacsError(Exception):
     """The PACS could not answer usefully. ``kind``: unreachable, timeout, unauthorized, forbidden,
-    not_found, malformed, tls, http, not_configured or cancelled."""
+    not_found, malformed, incomplete (a retrieval lacked instances of the series), tls, http,
+    not_configured or cancelled."""
 
     def __init__(self, kind: str, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -135,6 +136,7 @@ def describe_failure(exc: BaseException, url: str) -> PacsError:
     """Turn what ``requests``/``dicomweb-client``/pydicom raised into a :class:`PacsError` for a person."""
     if isinstance(exc, PacsError):
         return exc
+    url = _without_credentials(url)  # a message never shows a user:password@
     where, pacs = f"the PACS at {url}", f"The PACS at {url}"
     if isinstance(exc, requests.exceptions.InvalidJSONError | requests.exceptions.ContentDecodingError):
         return PacsError("malformed", f"{pacs} sent an answer that is not valid DICOMweb JSON.")
@@ -219,7 +221,8 @@ class PacsClient:
 
         if not url.startswith(("http://", "https://")):
             raise PacsError(
-                "not_configured", f"The PACS URL must start with http:// or https:// (got {url!r})."
+                "not_configured",
+                f"The PACS URL must start with http:// or https:// (got {_without_credentials(url)!r}).",
             )
         self.url = _without_credentials(url.rstrip("/"))  # what messages show; the session gets the real one
         self._cache = cache
@@ -234,7 +237,9 @@ class PacsClient:
                 url.rstrip("/"), session=session, timeout=(CONNECT_TIMEOUT, timeout)
             )
         except ValueError as exc:
-            raise PacsError("not_configured", f"The PACS URL {self.url} is not usable: {exc}") from None
+            raise PacsError(
+                "not_configured", f"The PACS URL {self.url} is not usable: {_redact(str(exc), url)}"
+            ) from None
         # One quick retry of 503/504/429, not dicomweb-client's default five with growing waits: a person
         # is waiting, and "the PACS is slow" is a message they should see in seconds.
         self._client.set_http_retry_params(retry=True, max_attempts=2, wait_exponential_multiplier=250)
@@ -407,7 +412,9 @@ class PacsClient:
         first image at once. Setting ``cancel`` stops between two instances with :class:`PacsCancelled`.
         The returned paths are in arrival (or cache) order, not slice order: open them with
         :func:`~pacs_mask_desktop.core.dicom_series.load_series` on their folder, which orders them.
-        The cache is then trimmed to its size (never evicting this series). ``total``: the instance count
+        A stream lacking instances the series lists (QIDO-RS) raises ``PacsError`` ``incomplete`` and is
+        not marked complete in the cache. The cache is then trimmed to its size (never evicting this
+        series). ``total``: the instance count
         when the caller already knows it, or 0 for "do not count" (``on_instance`` then gets 0 as total); either
         saves a QIDO-RS search before the first byte (0.8 s for 500 instances on Orthanc, measured here).
         ``on_header(path, header)``: the instance's header as parsed (no pixels),
@@ -428,8 +435,10 @@ class PacsClient:
                 if on_header is not None:
                     on_header(path, dcmread(path, stop_before_pixels=True))
             return cached
+        expected: list[str] | None = None  # the series' SOP Instance UIDs (QIDO-RS), to check the stream by
         if total is None:
-            total = len(self.series_instances(study_uid, series_uid))
+            expected = self.series_instances(study_uid, series_uid)
+            total = len(expected)
             if total == 0:
                 raise PacsError(
                     "not_found", f"The PACS at {self.url} has no instances in series {series_uid}."
@@ -463,17 +472,49 @@ class PacsClient:
                 on_instance(path, len(paths), max(total, len(paths)))
         if not paths:
             raise PacsError("malformed", f"The PACS at {self.url} sent no instance of series {series_uid}.")
+        self._check_received(study_uid, series_uid, sops, expected, total)
         self.cache.mark_complete(series_uid, sops)
         self.cache.evict(keep=[series_uid])
         return paths
 
+    def _check_received(
+        self, study_uid: str, series_uid: str, sops: list[str], expected: list[str] | None, total: int
+    ) -> None:
+        """Raise ``incomplete`` when the stream lacked instances the series lists (QIDO-RS), so a truncated
+        retrieval is never cached as complete. Without the list asked for before the stream it is asked
+        now, unless the caller's count shows everything arrived."""
+        received = set(sops)
+        if expected is None and (total <= 0 or len(received) < total):
+            expected = self.series_instances(study_uid, series_uid)
+        missing = [uid for uid in expected or () if uid not in received]
+        if missing and expected is not None:
+            raise PacsError(
+                "incomplete",
+                f"The PACS at {self.url} sent {len(received)} instances of series {series_uid} but lists "
+                f"{len(expected)}: {len(missing)} missing (e.g. {missing[0]}), so the series is not kept as "
+                "complete. Open it again to retry, or check the PACS.",
+            )
+
 
 def _without_credentials(url: str) -> str:
     """``url`` without a ``user:password@`` part, for messages."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. a broken IPv6 host: still never show what precedes the "@"
+        return re.sub(r"//[^/]*@", "//", url)
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _redact(text: str, url: str) -> str:
+    """``text`` (an exception's message) with ``url``'s ``user:password@`` taken out, for messages and logs."""
+    text = text.replace(url, _without_credentials(url))
+    if found := re.search(r"//([^/]*)@", url):
+        for secret in (found.group(1), found.group(1).partition(":")[2]):
+            if secret:
+                text = text.replace(secret, "***")
+    return text
 
 
 _PIXEL_DATA = 0x7FE00010

@@ -24,6 +24,19 @@ def data_dir() -> Path:
     return Path(configured) if configured else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and its parents) if needed and make it readable by this user only (0700).
+
+    Patient data at rest (database, stored masks, DICOM cache, staging folders, logs) lives in such
+    folders. ``mkdir``'s mode is filtered by the umask, and a folder made by an older version may be
+    wider, so the mode is set explicitly (POSIX; on Windows the user's profile folders are private).
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.name != "nt":
+        path.chmod(0o700)
+    return path
+
+
 def journal_path() -> Path:
     """The upload journal shared by the CLI, the watch worker, the Python API and the desktop app."""
     return data_dir() / "upload-journal.sqlite3"

@@ -222,7 +222,9 @@ def prepare(
     max_workers: int | None = None,
     ignore_names: Iterable[str] = (),
     annotation_series: Series | None = None,
+    annotation_series_uid: str | None = None,
     labels: Mapping[str, Any] | None = None,
+    known_slices: Mapping[Path, MaskInfo] | None = None,
 ) -> PreparedUpload:
     """Check masks and group fields and return a plan, or every problem found (never only the first).
 
@@ -231,10 +233,17 @@ def prepare(
     (hidden dot-files, :data:`IGNORED_NAMES` and ``ignore_names`` are skipped). ``series`` is a loaded :class:`Series`
     or a DICOM folder. ``annotation_series`` is the annotation's series as the server recorded it
     (see the module docstring): when given, masks are checked against it and ``series`` must be it.
+    Without it, ``annotation_series_uid`` (the annotation's SeriesInstanceUID) must be ``series``' UID.
     ``labels`` is the group's label table (names, codes, colours of label numbers), sent when the group
     is created; NIfTI/SEG imports (``core.volume_masks``) give one. Masks are read and hashed in a thread pool; ``on_progress(done, total)`` is
     called on the calling thread after each file, and setting ``cancel`` raises
     :class:`PrepareCancelled`. Blocking: run it from a worker, not the GUI thread.
+
+    ``known_slices`` is only for files this process has just written into its private staging folder
+    (``VolumeMasks.known_slices`` of a NIfTI/SEG import): path -> the :class:`MaskInfo` of the exact
+    bytes written, so they are not read and decoded again. A path given there whose file's size on disk
+    differs is read as usual. Names, slice indexes, sizes against the series, duplicates and gaps are
+    checked for these files exactly as for any other.
     """
     problems: list[Problem] = []
     warnings: list[str] = []
@@ -259,6 +268,8 @@ def prepare(
         if loaded is not None and (mismatch := series_mismatch(loaded, annotation_series, annotation_id)):
             problems.append(Problem(None, *mismatch))
         loaded = annotation_series  # the server's slice order is the one complete checks
+    elif loaded is not None and (wrong := series_uid_mismatch(loaded, annotation_series_uid, annotation_id)):
+        problems.append(Problem(None, *wrong))  # no stored geometry: the annotation's UID still decides
     if match != "auto" and loaded is None:
         problems.append(
             Problem(None, "series_required", f"matching by {match} needs the DICOM series; open it first")
@@ -269,7 +280,7 @@ def prepare(
     if not entries:
         problems.append(Problem(None, "empty_input", "no mask files were given (or the folders hold none)"))
 
-    _read_all(entries, on_progress, cancel, max_workers)
+    _read_all(entries, on_progress, cancel, max_workers, known_slices or {})
     for entry in entries:
         if entry.read and (name_problem := check_upload_filename(entry.path.name)) is not None:
             entry.add("bad_filename", "bad_filename", name_problem)
@@ -368,6 +379,25 @@ def series_mismatch(local: Series, stored: Series, annotation_id: Any) -> tuple[
     return None
 
 
+def series_uid_mismatch(
+    local: Series, series_instance_uid: str | None, annotation_id: Any
+) -> tuple[str, str] | None:
+    """``("wrong_series", message)`` when ``local`` is not the annotation's series by its SeriesInstanceUID.
+
+    For an annotation without stored geometry the server still knows its SeriesInstanceUID: a folder of
+    another series must not place or match masks. ``None`` when it fits or the UID is unknown.
+    Used by :func:`prepare` and :func:`pacs_mask_desktop.core.volume_masks.annotation_geometry`.
+    """
+    if not series_instance_uid or local.series_instance_uid == series_instance_uid:
+        return None
+    return (
+        "wrong_series",
+        f"the DICOM series given is series {local.series_instance_uid} ({local.modality or 'no modality'}, "
+        f"{local.columns}x{local.rows}, {len(local)} slices, patient {local.patient_id or 'unknown'}), but "
+        f"annotation {annotation_id} is on series {series_instance_uid}; masks for another series are never sent",
+    )
+
+
 def _check_group_fields(
     annotation_id: Any, model_name: Any, version: Any, source: Any, confidence: Any, params: Any
 ) -> list[Problem]:
@@ -439,12 +469,33 @@ def _read_all(
     on_progress: Callable[[int, int], None] | None,
     cancel: threading.Event | None,
     max_workers: int | None,
+    known: Mapping[Path, MaskInfo],
 ) -> None:
-    """Read and hash every readable entry in a thread pool (Pillow and hashlib release the GIL)."""
+    """Read and hash every readable entry in a thread pool (Pillow and hashlib release the GIL).
+
+    Entries in ``known`` (files this process just wrote, see :func:`prepare`) take their facts from it.
+    """
     todo = [e for e in entries if e.read]
     total = len(todo)
     if on_progress is not None:
         on_progress(0, total)
+    done = 0
+    if known:
+        unknown = []
+        for entry in todo:
+            info = known.get(entry.path)
+            if (
+                info is not None
+                and info.filename == entry.path.name
+                and _size_on_disk(entry.path) == info.size_bytes
+            ):
+                entry.info = info
+                done += 1
+            else:
+                unknown.append(entry)
+        if done and on_progress is not None:
+            on_progress(done, total)
+        todo = unknown
 
     def work(entry: _Entry) -> MaskInfo | MaskError | None:
         if cancel is not None and cancel.is_set():
@@ -454,7 +505,6 @@ def _read_all(
         except MaskError as exc:
             return exc
 
-    done = 0
     workers = max(1, max_workers or DEFAULT_WORKERS)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mask-read") as pool:
         pending: dict[Future[MaskInfo | MaskError | None], _Entry] = {}
@@ -483,6 +533,13 @@ def _read_all(
                 next_entry = next(queue, None)
                 if next_entry is not None:
                     pending[pool.submit(work, next_entry)] = next_entry
+
+
+def _size_on_disk(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def _match(name: str, series: Series | None, match: str) -> tuple[int | None, tuple[str, str] | None]:

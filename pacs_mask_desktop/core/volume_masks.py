@@ -51,21 +51,23 @@ the value or the slice. Slice numbers in messages are 0-based slice indexes (``m
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from pacs_mask_desktop.core.masks import write_label_pngs
-from pacs_mask_desktop.core.paths import data_dir
+from pacs_mask_desktop.core.masks import MaskInfo, encode_label_png, present_labels
+from pacs_mask_desktop.core.paths import data_dir, private_dir
 
 DIRECTION_TOLERANCE = 1e-3
 """Largest difference allowed between a direction cosine of a NIfTI axis and of its series axis."""
@@ -107,7 +109,9 @@ class VolumeMasks:
     ``mask_{k:04d}.png`` in ``folder`` (a private staging folder; every slice is written, empty ones
     too). ``labels`` is the group label table for ``POST /api/mask-group`` (``{"1": {"name", "category",
     "type", "color"}}``) or ``None`` when the file names no labels. ``notes`` say how the voxels were
-    reordered. Call :meth:`cleanup` (or use ``with``) once the upload no longer needs the files.
+    reordered. ``known_slices`` says what each file holds (size, MD5, labels, width, height), taken from
+    the bytes as they were written: pass it to ``prepare(known_slices=...)`` so the slices are not decoded
+    again. Call :meth:`cleanup` (or use ``with``) once the upload no longer needs the files.
     """
 
     volume: np.ndarray
@@ -116,6 +120,7 @@ class VolumeMasks:
     labels: dict[str, dict[str, Any]] | None
     source_format: str
     notes: list[str] = field(default_factory=list)
+    known_slices: dict[Path, MaskInfo] = field(default_factory=dict)
 
     def cleanup(self) -> None:
         """Delete the staging folder (patient data: do not leave it behind)."""
@@ -149,11 +154,13 @@ def annotation_geometry(api: Any, annotation_id: int, series: Any = None) -> dic
 
     ``api`` is an ApiClient (``GET /api/annotations/{id}/series``; its ApiError propagates except
     ``series_geometry_unknown``); ``series`` is a loaded ``Series`` read from files or a DICOM folder,
-    used only for an older annotation without stored geometry. ``None`` when neither is known.
+    used only for an older annotation without stored geometry, and then only if its SeriesInstanceUID is
+    the annotation's (else :class:`VolumeMaskError` ``wrong_series``). ``None`` when neither is known.
     Every import path (CLI, watch worker, ``upload_inference_result``, the desktop drop) calls this.
     """
     from pacs_mask_desktop.core.api_client import ApiError
     from pacs_mask_desktop.core.dicom_series import Series, load_series
+    from pacs_mask_desktop.core.plan import series_uid_mismatch
     from pacs_mask_desktop.core.series_geometry import geometry_from_series
 
     try:
@@ -164,6 +171,9 @@ def annotation_geometry(api: Any, annotation_id: int, series: Any = None) -> dic
     if series is None:
         return None
     loaded = series if isinstance(series, Series) else load_series(series)
+    uid = api.get_annotation(annotation_id).get("series_instance_uid")
+    if wrong := series_uid_mismatch(loaded, uid, annotation_id):  # never another series' grid
+        raise VolumeMaskError(*wrong)
     if loaded.ordered_by != "geometry":
         return None  # a headers-only or InstanceNumber-ordered series has no positions to place voxels by
     return geometry_from_series(loaded)
@@ -291,15 +301,103 @@ def masks_from_nifti(
 
     path = Path(path)
     try:
-        image = nib.load(path)
+        # keep_file_open: slabs read one after another continue one gzip stream (else each reopens it)
+        image = nib.load(path, keep_file_open=True)
         affine = _nifti_affine(image, path.name)
+    except FileNotFoundError:
+        raise VolumeMaskError("unreadable", f"{path.name}: file not found") from None
+    except (ImageFileError, OSError, ValueError, EOFError, AttributeError) as exc:
+        raise VolumeMaskError("unreadable", f"{path.name}: not a readable NIfTI file ({exc})") from None
+    streamed = _stage_nifti_slabs(image, affine, geometry, path, staging)
+    if streamed is not None:
+        return streamed
+    try:
         data = np.asanyarray(image.dataobj)
     except FileNotFoundError:
         raise VolumeMaskError("unreadable", f"{path.name}: file not found") from None
     except (ImageFileError, OSError, ValueError, EOFError, AttributeError) as exc:
         raise VolumeMaskError("unreadable", f"{path.name}: not a readable NIfTI file ({exc})") from None
     labels = read_label_sidecar(path)
-    return masks_from_array(data, affine, geometry, labels=labels, staging=staging, name=path.name)
+    return masks_from_array(
+        data, affine, geometry, affine_space="RAS", labels=labels, staging=staging, name=path.name
+    )
+
+
+NIFTI_SLAB_SLICES = 16
+"""Slices read from a NIfTI at a time while earlier ones are encoded (:func:`_stage_nifti_slabs`)."""
+
+
+def _stage_nifti_slabs(
+    image: Any, affine: np.ndarray, geometry: Mapping[str, Any], path: Path, staging: Path | None
+) -> VolumeMasks | None:
+    """The fast path of :func:`masks_from_nifti`: decompress slabs of slices while a pool encodes the last.
+
+    Taken only when the file's last axis (the slowest in its storage order, as ITK, nnU-Net and dcm2niix
+    write) runs along the series' slices and every geometry check passes; each slab is checked by the
+    same :func:`_as_labels`. Any failure (a check, a read error, a label value, the sidecar) removes what
+    was written and returns ``None``, and :func:`masks_from_nifti` then takes the whole-volume path,
+    which raises exactly the error it always did. The voxels and files are the same either way.
+    """
+    name = path.name
+    proxy = image.dataobj
+    shape = tuple(int(n) for n in getattr(proxy, "shape", ()))
+    if len(shape) != 3:
+        return None
+    try:
+        grid = _SeriesGrid.from_geometry(geometry)
+        affine = np.asarray(affine, dtype=float)
+        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+            return None
+        lps = _LPS_FROM_RAS @ affine
+        order, flips, notes = _match_axes(lps, shape, grid, name)
+        _check_positions(lps, order, flips, grid, name)
+    except VolumeMaskError:
+        return None
+    if order[0] != 2:
+        return None  # slices across the file's storage order: read it whole
+    n_slices = grid.shape[0]
+    volume = np.empty(grid.shape, dtype=np.uint8)
+    folder = _staging_folder(staging, "nifti")
+    write = _slice_writer(volume, folder)
+    pool = ThreadPoolExecutor(max_workers=STAGING_WORKERS, thread_name_prefix="stage-slices")
+    futures: list[tuple[int, Future[list[tuple[Path, MaskInfo]]]]] = []
+    try:
+        for start in range(0, n_slices, NIFTI_SLAB_SLICES):
+            stop = min(n_slices, start + NIFTI_SLAB_SLICES)
+            slab = np.transpose(np.asanyarray(proxy[:, :, start:stop]), (2, order[1], order[2]))
+            if flips[1]:
+                slab = slab[:, ::-1]
+            if flips[2]:
+                slab = slab[:, :, ::-1]
+            if flips[0]:  # file slice j is series slice n - 1 - j
+                first = n_slices - stop
+                volume[first : n_slices - start] = _as_labels(slab[::-1], name)
+            else:
+                first = start
+                volume[start:stop] = _as_labels(slab, name)
+            futures.append((first, pool.submit(_write_range, write, range(first, first + stop - start))))
+        labels = normalize_label_table(read_label_sidecar(path))
+        known = dict(item for _, future in sorted(futures, key=lambda f: f[0]) for item in future.result())
+    except Exception:  # the whole-volume path raises the precise error
+        pool.shutdown(wait=True, cancel_futures=True)
+        _remove_staged(folder, staging, n_slices)
+        return None
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _remove_staged(folder, staging, n_slices)
+        raise
+    pool.shutdown(wait=True)
+    return VolumeMasks(volume, folder, list(known), labels, "nifti", notes, known)
+
+
+def _remove_staged(folder: Path, staging: Path | None, n_slices: int) -> None:
+    """Undo a failed staging: the whole new folder, or the slices written into a given one."""
+    if staging is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for k in range(n_slices):
+        with contextlib.suppress(OSError):
+            (folder / f"mask_{k:04d}.png").unlink()
 
 
 def _nifti_affine(image: Any, name: str) -> np.ndarray:
@@ -307,7 +405,9 @@ def _nifti_affine(image: Any, name: str) -> np.ndarray:
 
     nibabel falls back to an invented affine (voxel sizes around the centre) when neither the sform nor the
     qform is set: placing that on a patient would be a guess. When both are set they must agree (ITK reads
-    one, nibabel the other): within the direction and position tolerances at the grid's far corner.
+    one, nibabel the other): each of the volume's 8 corner voxels (so every voxel, the maps being affine)
+    within :data:`POSITION_TOLERANCE_MM` as placed by either. Two corners alone would let an in-plane axis
+    swap on a square grid cancel out.
     """
     header = image.header
     sform, sform_code = header.get_sform(coded=True)
@@ -319,8 +419,9 @@ def _nifti_affine(image: Any, name: str) -> np.ndarray:
             "placed on the series; write it with its affine",
         )
     if sform_code and qform_code:
-        shape = np.asarray(image.shape[:3], dtype=float) - 1
-        corners = np.array([[0, 0, 0, 1], [*shape, 1]])
+        last = np.zeros(3)
+        last[: min(3, len(image.shape))] = np.asarray(image.shape[:3], dtype=float) - 1
+        corners = np.array([[*(last * np.array(bits)), 1.0] for bits in np.ndindex(2, 2, 2)])
         apart = float(np.max(np.linalg.norm((corners @ (sform - qform).T)[:, :3], axis=1)))
         if apart > POSITION_TOLERANCE_MM:
             raise VolumeMaskError(
@@ -336,15 +437,26 @@ def masks_from_array(
     affine: np.ndarray,
     geometry: Mapping[str, Any],
     *,
+    affine_space: Literal["RAS", "LPS"],
     labels: Mapping[str, Any] | None = None,
     staging: Path | None = None,
     name: str = "the label volume",
 ) -> VolumeMasks:
-    """Place a 3-D label array with its voxel-to-world ``affine`` (RAS, as nibabel gives it) on the series.
+    """Place a 3-D label array with its voxel-to-world ``affine`` on the series.
 
-    The same rules as :func:`masks_from_nifti` (it calls this): for model output held in memory, e.g.
-    ``upload_inference_result(array, affine=...)``. ``labels`` is a label table or ``{"1": "liver"}``.
+    ``affine_space`` is required and says which world the affine maps to: ``"RAS"`` (nibabel, NIfTI) or
+    ``"LPS"`` (SimpleITK/ITK, DICOM). It cannot be told from the matrix: on a series grid centred in x and
+    y (common for CT around the isocentre) an LPS affine read as RAS passes every check and the mask
+    would be rotated 180 degrees in-plane, so there is no default (``ValueError`` for anything else).
+    The same rules as :func:`masks_from_nifti` (it calls this with ``"RAS"``): for model output held in
+    memory, e.g. ``upload_inference_result(array, affine=..., affine_space=...)``. ``labels`` is a label
+    table or ``{"1": "liver"}``.
     """
+    if affine_space not in ("RAS", "LPS"):
+        raise ValueError(
+            f"{name}: affine_space must be 'RAS' (nibabel, NIfTI) or 'LPS' (SimpleITK/ITK, DICOM), not "
+            f"{affine_space!r}; it cannot be told from the affine itself"
+        )
     grid = _SeriesGrid.from_geometry(geometry)
     data = np.asanyarray(volume)
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -356,7 +468,7 @@ def masks_from_array(
     affine = np.asarray(affine, dtype=float)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise VolumeMaskError("geometry_mismatch", f"{name}: the affine is not a finite 4x4 matrix")
-    lps = _LPS_FROM_RAS @ affine
+    lps = _LPS_FROM_RAS @ affine if affine_space == "RAS" else affine
     order, flips, notes = _match_axes(lps, data.shape, grid, name)
     _check_positions(lps, order, flips, grid, name)
     placed = np.transpose(data, order)
@@ -730,19 +842,68 @@ class _FramePlacement:
         return placed
 
 
+_SAME_IN_EVERY_FRAME = 1e-6
+"""Largest difference between the orientation or pixel spacing values two frames of one SEG may state."""
+
+
+def _frame_functional_value(seg: Any, sequence: str, keyword: str, name: str) -> list[float] | None:
+    """``keyword`` of the functional group ``sequence`` (e.g. PlaneOrientationSequence) for every frame.
+
+    The standard allows it in the shared group or in each frame's group. Every frame that states it must
+    state the shared value (or the first frame's, within :data:`_SAME_IN_EVERY_FRAME`), and without a shared
+    value every frame must state it: otherwise the frames do not lie the same way and it is refused naming
+    the frame. ``None`` when no group states it.
+    """
+
+    def read(group: Any) -> list[float] | None:
+        items = group.get(sequence) if group is not None else None
+        value = items[0].get(keyword) if items else None
+        return None if value is None else [float(v) for v in value]
+
+    shared = seg.get("SharedFunctionalGroupsSequence")
+    reference = read(shared[0]) if shared else None
+    source = "the shared functional group" if reference is not None else ""
+    missing = 0
+    for f, item in enumerate(seg.get("PerFrameFunctionalGroupsSequence") or [], start=1):
+        value = read(item)
+        if value is None:
+            missing = missing or f
+        elif reference is None:
+            reference, source = value, f"frame {f}"
+        elif len(value) != len(reference) or not np.allclose(
+            value, reference, rtol=0.0, atol=_SAME_IN_EVERY_FRAME
+        ):
+            raise VolumeMaskError(
+                "geometry_mismatch",
+                f"{name}: frame {f} has {keyword} {_vec(value, 5)}, {source} {_vec(reference, 5)}; every frame "
+                "must lie on the series the same way",
+            )
+    if missing and reference is not None and source != "the shared functional group":
+        raise VolumeMaskError(
+            "geometry_mismatch",
+            f"{name}: frame {missing} states no {keyword} while {source} does; every frame must state it",
+        )
+    return reference
+
+
 def _frame_placement(seg: Any, grid: _SeriesGrid, tolerance: float, name: str) -> _FramePlacement:
     """Match the SEG's plane orientation and pixel spacing with the series'; refuse what is not exact.
 
     A SEG frame may lie on the slice mirrored or transposed (dcmqi keeps the orientation of the image it
-    was given): that is placed exactly. Another angle or another pixel spacing is refused.
+    was given): that is placed exactly. Another angle or another pixel spacing is refused. Orientation and
+    spacing come from the shared functional group, else from the per-frame groups (the same in every frame).
+    A frame with a position but no orientation anywhere is refused: its pixels' directions are unknown.
     """
     _, rows, columns = grid.shape
-    try:
-        shared = seg.SharedFunctionalGroupsSequence[0]
-        orientation = shared.PlaneOrientationSequence[0].ImageOrientationPatient
-    except (AttributeError, IndexError):
-        orientation = None
+    orientation = _frame_functional_value(seg, "PlaneOrientationSequence", "ImageOrientationPatient", name)
     if orientation is None:
+        for f, item in enumerate(seg.get("PerFrameFunctionalGroupsSequence") or [], start=1):
+            if item.get("PlanePositionSequence"):
+                raise VolumeMaskError(
+                    "unreadable",
+                    f"{name}: frame {f} has a position (PlanePositionSequence) but no ImageOrientationPatient in "
+                    "the shared or its own functional groups, so which way its pixels run is unknown",
+                )
         if (int(seg.Rows), int(seg.Columns)) != (rows, columns):
             raise VolumeMaskError(
                 "geometry_mismatch",
@@ -770,10 +931,7 @@ def _frame_placement(seg: Any, grid: _SeriesGrid, tolerance: float, name: str) -
             "geometry_mismatch",
             f"{name}: its frames are {seg.Rows}x{seg.Columns}, the series' images {rows}x{columns}",
         )
-    try:
-        spacing = [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing]
-    except (AttributeError, IndexError):
-        spacing = None
+    spacing = _frame_functional_value(seg, "PixelMeasuresSequence", "PixelSpacing", name)
     if spacing is not None:
         for b, label in enumerate(("rows", "columns")):
             theirs, ours_mm = spacing[order[b]], grid.spacing[1 + b]
@@ -897,9 +1055,7 @@ def staging_root() -> Path:
     Each import writes into its own sub-folder, deleted by :meth:`VolumeMasks.cleanup`; folders left by a
     killed process (patient data) are removed here once older than :data:`STALE_STAGING_SECONDS`.
     """
-    root = data_dir() / "staging"
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    root.chmod(0o700)  # mkdir's mode is filtered by the umask; patient data stays private
+    root = private_dir(data_dir() / "staging")
     cutoff = time.time() - STALE_STAGING_SECONDS
     for child in root.iterdir():
         with contextlib.suppress(OSError):
@@ -916,18 +1072,105 @@ def _stage(
     staging: Path | None,
 ) -> VolumeMasks:
     """Write ``volume`` as ``mask_{k:04d}.png`` slices (0600) in a private folder (0700)."""
-    if staging is None:
-        folder = Path(tempfile.mkdtemp(prefix=f"{source_format}-", dir=staging_root()))  # mkdtemp: 0700
-    else:
-        folder = Path(staging)
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        folder.chmod(0o700)
+    folder = _staging_folder(staging, source_format)
     try:
-        paths = write_label_pngs(list(volume), folder, compress_level=1)  # faster (masks.py)
-        for written in paths:
-            os.chmod(written, 0o600)
+        known = _write_slices(volume, folder)
     except BaseException:
         if staging is None:
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    return VolumeMasks(volume, folder, paths, labels, source_format, notes)
+    return VolumeMasks(volume, folder, list(known), labels, source_format, notes, known)
+
+
+def _staging_folder(staging: Path | None, source_format: str) -> Path:
+    """``staging`` made private (0700), or a new private folder under :func:`staging_root`."""
+    if staging is None:
+        return Path(tempfile.mkdtemp(prefix=f"{source_format}-", dir=staging_root()))  # mkdtemp: 0700
+    return private_dir(Path(staging))
+
+
+STAGING_WORKERS = 2
+"""Threads encoding slices (zlib releases the GIL); the dev machine has 2 CPUs. Encoding 500 slices of
+512x512 took 0.29 s in one thread and 0.25 s in two, with a CI run using the same CPUs."""
+
+
+def _write_slices(volume: np.ndarray, folder: Path) -> dict[Path, MaskInfo]:
+    """Encode and write every slice of the uint8 ``volume``; what each written file holds, in slice order."""
+    write = _slice_writer(volume, folder)
+    with ThreadPoolExecutor(max_workers=STAGING_WORKERS, thread_name_prefix="stage-slices") as pool:
+        chunks = [
+            range(k, min(k + NIFTI_SLAB_SLICES, len(volume)))
+            for k in range(0, len(volume), NIFTI_SLAB_SLICES)
+        ]
+        return dict(
+            item for written in pool.map(lambda ks: _write_range(write, ks), chunks) for item in written
+        )
+
+
+def _write_range(
+    write: Callable[[int], tuple[Path, MaskInfo]], indexes: range
+) -> list[tuple[Path, MaskInfo]]:
+    """``write`` each slice of ``indexes``: one pool task per slab, not per slice (fewer GIL hand-overs)."""
+    return [write(k) for k in indexes]
+
+
+def _slice_writer(volume: np.ndarray, folder: Path) -> Callable[[int], tuple[Path, MaskInfo]]:
+    """``write(k)``: encode slice ``k`` of the uint8 ``volume`` as ``mask_{k:04d}.png`` (0600) in ``folder``.
+
+    It returns the path and what the file holds, from exactly the bytes written (as
+    :func:`pacs_mask_desktop.core.masks.read_mask` would report them). Empty slices are all the same
+    bytes, encoded once. Thread-safe: slices are written from a pool.
+    """
+    _, rows, columns = volume.shape
+    empty_png = encode_label_png(np.zeros((rows, columns), dtype=np.uint8))
+    empty_md5 = hashlib.md5(empty_png, usedforsecurity=False).hexdigest()
+
+    def write(k: int) -> tuple[Path, MaskInfo]:
+        labels = present_labels(volume[k])
+        if labels:
+            data = encode_label_png(np.ascontiguousarray(volume[k]))
+            md5_hex = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        else:
+            data, md5_hex = empty_png, empty_md5
+        path = folder / f"mask_{k:04d}.png"
+        _write_private(path, data)
+        info = MaskInfo(
+            filename=path.name,
+            path=path,
+            width=columns,
+            height=rows,
+            labels=labels,
+            empty=not labels,
+            size_bytes=len(data),
+            md5_hex=md5_hex,
+            mode="L",
+            bit_depth=8,
+        )
+        return path, info
+
+    return write
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` readable by the owner only (0600, whatever the umask).
+
+    A new file is created 0600 (a umask only removes bits); a file already there (a given staging folder
+    written again) keeps its mode through ``O_CREAT``, so its mode is set again.
+    """
+    binary = getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | binary, 0o600)
+        existed = False
+    except FileExistsError:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | binary)
+        existed = True
+    try:
+        if existed and hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    if not hasattr(os, "fchmod"):
+        os.chmod(path, 0o600)

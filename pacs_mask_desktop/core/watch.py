@@ -178,7 +178,7 @@ class Watcher:
         if series is not None and not Path(series).is_absolute():
             series = str(folder / series)
         try:  # the annotation's recorded series: masks and the manifest's series are checked against it
-            stored = self._annotation_series(manifest["annotation_id"])
+            stored, series_uid = self._annotation_series(manifest["annotation_id"])
         except (ApiError, GeometryFormatError) as exc:
             code = getattr(exc, "code", "bad_geometry")
             if code in REFUSED_CODES:
@@ -211,7 +211,7 @@ class Watcher:
                 )
                 return UploadResult("incomplete", None, str(exc), error_code=exc.code)
         try:
-            return self._prepare_and_upload(folder, manifest, series, stored, volume)
+            return self._prepare_and_upload(folder, manifest, series, (stored, series_uid), volume)
         finally:
             if volume is not None:
                 volume.cleanup()
@@ -225,9 +225,18 @@ class Watcher:
         return masks_from_file(path, geometry)
 
     def _prepare_and_upload(
-        self, folder: Path, manifest: dict[str, Any], series: str | None, stored: Series | None, volume: Any
+        self,
+        folder: Path,
+        manifest: dict[str, Any],
+        series: str | None,
+        recorded: tuple[Series | None, str | None],
+        volume: Any,
     ) -> UploadResult:
-        """Check the result's PNG slices (or the staged volume's) and upload them; mark the folder."""
+        """Check the result's PNG slices (or the staged volume's) and upload them; mark the folder.
+
+        ``recorded`` is the annotation's stored series and its SeriesInstanceUID (:meth:`_annotation_series`).
+        """
+        stored, series_uid = recorded
         prepared = prepare(
             volume.folder if volume is not None else folder,
             annotation_id=manifest["annotation_id"],
@@ -238,7 +247,9 @@ class Watcher:
             params=manifest.get("params"),
             series=series,
             annotation_series=stored,
+            annotation_series_uid=series_uid,
             labels=volume.labels if volume is not None else None,
+            known_slices=volume.known_slices if volume is not None else None,
         )
         if not prepared.ok:
             problems = [
@@ -305,10 +316,14 @@ class Watcher:
         finally:
             journal.close()
 
-    def _annotation_series(self, annotation_id: int) -> Series | None:
-        """The annotation's series as the server recorded it (``None`` for an older annotation)."""
+    def _annotation_series(self, annotation_id: int) -> tuple[Series | None, str | None]:
+        """The annotation's series as the server recorded it (``None`` for an older annotation), and for
+        such an older one its SeriesInstanceUID, which the manifest's series folder must still have."""
         with ApiClient(self.server, self.token, policy=self.policy) as api:
-            return fetch_annotation_series(api, annotation_id)
+            stored = fetch_annotation_series(api, annotation_id)
+            if stored is not None:
+                return stored, stored.series_instance_uid
+            return None, api.get_annotation(annotation_id).get("series_instance_uid")
 
     def _mark_failed(self, folder: Path, problems: list[dict[str, Any]]) -> None:
         (folder / FAILED_MARKER).write_text(json.dumps({"problems": problems}, indent=2), encoding="utf-8")

@@ -87,6 +87,11 @@ def prepare_task(
             return staged
         volume = staged
     stored = fetch_annotation_series(api, fields["annotation_id"]) if api is not None else None
+    series_uid = (  # an older annotation without geometry: the open series must still be its series
+        api.get_annotation(fields["annotation_id"]).get("series_instance_uid")
+        if api is not None and stored is None
+        else None
+    )
     prepared = prepare(
         [volume.folder] if volume is not None else paths,
         annotation_id=fields["annotation_id"],
@@ -97,7 +102,9 @@ def prepare_task(
         on_progress=throttled(context),
         cancel=context.cancel,
         annotation_series=stored,
+        annotation_series_uid=series_uid,
         labels=volume.labels if volume is not None else None,
+        known_slices=volume.known_slices if volume is not None else None,
     )
     if volume is not None:
         prepared.warnings.extend(volume.notes)

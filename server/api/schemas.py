@@ -24,6 +24,15 @@ before a final line feed (msgspec validates with Python's ``re``; JSON Schema's 
 SAFE_MULTILINE_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 """Like :data:`SAFE_TEXT_PATTERN`, but tab, line feed and carriage return are allowed (free text)."""
 
+DICOM_TEXT_PATTERN = r"^[^\x00-\x1f\x7f\\]*$(?!\n)"
+"""Like :data:`SAFE_TEXT_PATTERN`, and no backslash: text copied into a DICOM SEG (segment labels, code
+values and meanings), where ``\\`` separates the values of a multi-valued element and would make it invalid."""
+
+
+def dicom_text(max_length: int, *, min_length: int = 0) -> msgspec.Meta:
+    """:func:`safe_text` for a value written into a DICOM object: no backslash either."""
+    return msgspec.Meta(min_length=min_length, max_length=max_length, pattern=DICOM_TEXT_PATTERN)
+
 
 def safe_text(max_length: int, *, min_length: int = 0, multiline: bool = False) -> msgspec.Meta:
     """The constraints of a text value stored in a ``String(max_length)`` (or ``Text``) column.
@@ -90,9 +99,9 @@ class CodedConcept(msgspec.Struct, forbid_unknown_fields=True):
     """A coded term (DICOM Code Sequence item): e.g. SNOMED CT ``{"code": "10200004", "scheme": "SCT",
     "meaning": "Liver"}``. Bounds: CodeValue up to 64 (long SNOMED codes), designator SH 16, meaning LO 64."""
 
-    code: Annotated[str, safe_text(64, min_length=1)]
-    scheme: Annotated[str, safe_text(16, min_length=1)]
-    meaning: Annotated[str, safe_text(64, min_length=1)]
+    code: Annotated[str, dicom_text(64, min_length=1)]
+    scheme: Annotated[str, dicom_text(16, min_length=1)]
+    meaning: Annotated[str, dicom_text(64, min_length=1)]
 
 
 ColorByte = Annotated[int, msgspec.Meta(ge=0, le=255)]
@@ -103,7 +112,7 @@ LabelNumber = Annotated[str, msgspec.Meta(pattern=r"^(?:[1-9]|[1-9][0-9]|1[0-9][
 class LabelInfo(msgspec.Struct, forbid_unknown_fields=True):
     """What one label value of a group's masks is: the SEG segment's label, category, type and colour."""
 
-    name: Annotated[str, safe_text(64, min_length=1)]
+    name: Annotated[str, dicom_text(64, min_length=1)]
     category: CodedConcept | None = None
     type: CodedConcept | None = None
     color: Annotated[list[ColorByte], msgspec.Meta(min_length=3, max_length=3)] | None = None
@@ -144,6 +153,8 @@ class SendOut(msgspec.Struct):
     sop_instance_uid: str
     sent_at: datetime
     pacs_url: str
+    retract_from_pacs: str | None = None
+    """Set when the group was rejected while (or after) its SEG was sent: it is in the PACS, retract it there."""
 
 
 class GroupOut(msgspec.Struct):
@@ -170,6 +181,8 @@ class GroupOut(msgspec.Struct):
     sent_to: str | None = None
     send_error: str | None = None
     """The last failure to send the SEG to the PACS (cleared by a successful send)."""
+    retract_from_pacs: str | None = None
+    """Set when the group is rejected but its SEG was already sent: it is in the PACS, retract it there."""
 
 
 class GroupList(msgspec.Struct):
@@ -293,6 +306,10 @@ class Health(msgspec.Struct):
 
 DicomShortText = Annotated[str, safe_text(16)]
 """DA, TM, SH and CS values (DICOM allows 8-16 characters; 16 leaves room for legacy dates)."""
+DicomStudyText = Annotated[str, safe_text(64)]
+"""StudyID and AccessionNumber: SH (16) in DICOM, but real PACS send longer. Optional and descriptive, and
+copied into the SEG (whose study attributes must match the study's), so kept whole up to 64 characters
+rather than truncated or refused (columns widened by migration 0005)."""
 DicomLongText = Annotated[str, safe_text(64)]
 """LO values (PatientID)."""
 PersonName = Annotated[str, safe_text(256)]
@@ -348,8 +365,8 @@ class SeriesGeometry(msgspec.Struct, forbid_unknown_fields=True):
     patient_sex: DicomShortText | None = None
     study_date: DicomShortText | None = None
     study_time: DicomShortText | None = None
-    study_id: DicomShortText | None = None
-    accession_number: DicomShortText | None = None
+    study_id: DicomStudyText | None = None
+    accession_number: DicomStudyText | None = None
     referring_physician_name: PersonName | None = None
 
 

@@ -81,8 +81,8 @@ class Annotation(Base):
     patient_sex: Mapped[str | None] = mapped_column(String(16))
     study_date: Mapped[str | None] = mapped_column(String(16))
     study_time: Mapped[str | None] = mapped_column(String(16))
-    study_id: Mapped[str | None] = mapped_column(String(16))
-    accession_number: Mapped[str | None] = mapped_column(String(16))
+    study_id: Mapped[str | None] = mapped_column(String(64))  # SH 16 in DICOM; real PACS send longer
+    accession_number: Mapped[str | None] = mapped_column(String(64))  # likewise (migration 0005)
     referring_physician_name: Mapped[str | None] = mapped_column(String(256))
 
     groups: Mapped[list[MaskGroup]] = relationship(back_populates="annotation")

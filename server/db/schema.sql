@@ -206,5 +206,13 @@ ALTER TABLE annotation_mask_group ADD COLUMN send_error VARCHAR(1024);
 
 UPDATE alembic_version SET version_num='0004_group_seg' WHERE alembic_version.version_num = '0003_signed_uploads';
 
+-- Running upgrade 0004_group_seg -> 0005_wider_study_text
+
+ALTER TABLE annotation ALTER COLUMN study_id TYPE VARCHAR(64);
+
+ALTER TABLE annotation ALTER COLUMN accession_number TYPE VARCHAR(64);
+
+UPDATE alembic_version SET version_num='0005_wider_study_text' WHERE alembic_version.version_num = '0004_group_seg';
+
 COMMIT;
 

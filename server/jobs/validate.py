@@ -512,6 +512,21 @@ def inspect_object(storage: Storage, key: str) -> tuple[ObjectInfo | None, dict[
 
 def decode_mask(data: bytes) -> dict[str, Any] | str:
     """``{width, height, labels}`` of a mask PNG (labels: sorted non-zero values), or why it is not one."""
+    array = decode_label_array(data)
+    if isinstance(array, str):
+        return array
+    values = np.unique(array)
+    height, width = array.shape
+    return {"width": width, "height": height, "labels": [int(v) for v in values if v != 0]}
+
+
+def decode_label_array(data: bytes) -> np.ndarray | str:
+    """A mask PNG as a 2-D array of its label values, or why it is not one.
+
+    The one decoder of stored masks (the validate job and the SEG export): the bit depth comes from
+    the IHDR chunk, since Pillow scales 2- and 4-bit greyscale to 0..255 and does not report the depth.
+    A 1-bit image decodes to 0/1; 16-bit keeps its values (the caller bounds them).
+    """
     if not data.startswith(b"\x89PNG\r\n\x1a\n") or len(data) < 33 or data[12:16] != b"IHDR":
         return "not a PNG file"
     width, height, bit_depth, colour_type = struct.unpack(">IIBB", data[16:26])
@@ -527,10 +542,11 @@ def decode_mask(data: bytes) -> dict[str, Any] | str:
         return f"corrupt PNG data ({exc})"
     if array.ndim != 2:
         return f"decoded to shape {array.shape}, not a single-channel image"
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
     if colour_type == 0 and bit_depth in (2, 4):
-        array = array // (255 // (2**bit_depth - 1))  # undo Pillow's scaling to 0..255
-    values = np.unique(array)
-    return {"width": width, "height": height, "labels": [int(v) for v in values if v != 0]}
+        array = array // np.uint8(255 // (2**bit_depth - 1))  # undo Pillow's scaling to 0..255
+    return array
 
 
 def content_problem(item: _Slice, content: dict[str, Any] | str) -> str | None:

@@ -43,7 +43,7 @@ from server.errors import (
     Unprocessable,
 )
 from server.naming import INT32_MAX, content_type_problem, filename_problem, group_prefix, mask_key, parse_id
-from server.services.serialize import group_out, mask_out
+from server.services.serialize import group_out, mask_out, retraction_notice
 from server.services.series import index_problem, load_shape, raise_geometry_mismatch, slice_problems
 from server.storage.base import ObjectInfo, StorageError, md5_b64_to_hex
 
@@ -782,10 +782,11 @@ def review_group(call: Call, group_ref: str, data: schemas.ReviewRequest) -> sch
             "group.review",
             annotation_id=group.annotation_id,
             group_id=group_id,
-            detail={"decision": data.decision, "comment": data.comment.strip()},
+            detail={"decision": data.decision, "comment": data.comment.strip()}
+            | ({"retract_from_pacs": retract} if (retract := retraction_notice(group)) else {}),
         )
         session.flush()
-        result = group_out(group, _slice_count(session, group_id))
+        result = group_out(group, _slice_count(session, group_id))  # names the SEG to retract, if any
     if data.decision == "approved" and call.settings.send_approved_seg:
         from server.services.seg_send import send_after_approval  # seg_send imports this module
 

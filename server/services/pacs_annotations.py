@@ -6,7 +6,7 @@ from server import __version__
 from server.api import schemas
 from server.context import Call
 from server.errors import PacsFailed
-from server.geometry import geometry_from_datasets
+from server.geometry import MalformedHeader, geometry_from_datasets
 from server.pacs import read_series, shown_url
 from server.services.annotations import create_annotation_with_geometry
 
@@ -17,7 +17,14 @@ def create_from_pacs(call: Call, data: schemas.AnnotationFromPacs) -> schemas.An
     The PACS is read before any database work, so a PACS that fails leaves nothing behind.
     """
     datasets = read_series(call.settings, data.series_instance_uid, data.study_instance_uid)
-    geometry = geometry_from_datasets(datasets, source="pacs")
+    try:
+        geometry = geometry_from_datasets(datasets, source="pacs")
+    except MalformedHeader as exc:  # the PACS sent headers that cannot be read: its answer is at fault
+        raise PacsFailed(
+            f"The PACS at {shown_url(call.settings.dicomweb_url or '')} sent a malformed answer: {exc.message}",
+            code="pacs_malformed_answer",
+            details=exc.details,
+        ) from None
     if geometry.series_instance_uid != data.series_instance_uid or (
         data.study_instance_uid is not None and geometry.study_instance_uid != data.study_instance_uid
     ):

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from pydicom.dataset import Dataset
 from sqlalchemy import select, update
 
@@ -207,27 +206,19 @@ def _multiframe_dataset(
 
 
 def decode_label_png(data: bytes, filename: str) -> np.ndarray:
-    """A stored mask PNG as a 2-D uint8 label array; 422 for a value above 255 or a non-label image."""
-    try:
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
-            mode, bits = image.mode, image.info.get("bits")
-            array = np.asarray(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    """A stored mask PNG as a 2-D uint8 label array; 422 for a value above 255 or a non-label image.
+
+    Decoded by the validate job's decoder (bit depth from the PNG header: 2-/4-bit labels stay 1..3/1..15).
+    """
+    from server.jobs.validate import decode_label_array
+
+    array = decode_label_array(data)
+    if isinstance(array, str):
         raise Unprocessable(
-            f"The stored mask {filename} cannot be decoded ({exc}); run 'pacs-mask-server validate'.",
-            code="seg_mask_unreadable",
-            details={"filename": filename},
-        ) from None
-    if array.ndim != 2:
-        raise Unprocessable(
-            f"The stored mask {filename} is not a single-channel label image.",
+            f"The stored mask {filename} cannot be decoded ({array}); run 'pacs-mask-server validate'.",
             code="seg_mask_unreadable",
             details={"filename": filename},
         )
-    if mode == "1":
-        return array.astype(np.uint8)
-    if mode == "L" and bits in (2, 4):
-        array = array // np.uint8(255 // (2**bits - 1))  # undo Pillow's scaling to 0..255
     if array.dtype != np.uint8:
         top = int(array.max()) if array.size else 0
         if top > 255:
@@ -307,7 +298,19 @@ def _code(concept: dict[str, Any]) -> Any:
 def build_seg_dataset(
     group: MaskGroup, geometry: schemas.SeriesGeometry, volume: np.ndarray, *, workers: int = 0
 ) -> BuiltSeg:
-    """Build the SEG of ``volume`` (slice-ordered uint8 labels on the series grid) with highdicom."""
+    """Build the SEG of ``volume`` (slice-ordered uint8 labels on the series grid) with highdicom.
+
+    What highdicom or pydicom refuse (a value the DICOM object cannot hold) is 422 ``seg_build_failed``.
+    """
+    try:
+        return _build_seg_dataset(group, geometry, volume, workers=workers)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+        raise seg_build_failed(group.id, exc) from None
+
+
+def _build_seg_dataset(
+    group: MaskGroup, geometry: schemas.SeriesGeometry, volume: np.ndarray, *, workers: int
+) -> BuiltSeg:
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -363,6 +366,39 @@ def build_seg_dataset(
     source_frames = segments if order == list(range(len(places))) else segments[order]
     sop_instance_uid = hd.UID()
     series_instance_uid = hd.UID()
+    seg, data = _segmentation(
+        hd, group, datasets, source_frames, descriptions, sop_instance_uid, series_instance_uid, workers
+    )
+    return BuiltSeg(
+        data=data,
+        sop_instance_uid=str(sop_instance_uid),
+        series_instance_uid=str(series_instance_uid),
+        segments=len(descriptions),
+        frames=int(seg.NumberOfFrames),
+    )
+
+
+def seg_build_failed(group_id: object, exc: BaseException) -> Unprocessable:
+    """422 ``seg_build_failed``: highdicom/pydicom refused what the geometry and masks make."""
+    problem = f"{type(exc).__name__}: {exc}"[:500]
+    return Unprocessable(
+        f"The DICOM SEG of mask group {group_id} could not be built from its series geometry and masks "
+        f"({problem}). Check the annotation's series (GET /api/annotations/{{id}}/series).",
+        code="seg_build_failed",
+        details={"problem": problem},
+    )
+
+
+def _segmentation(
+    hd: Any,
+    group: MaskGroup,
+    datasets: list[Dataset],
+    source_frames: np.ndarray,
+    descriptions: list[Any],
+    sop_instance_uid: str,
+    series_instance_uid: str,
+    workers: int,
+) -> tuple[Any, bytes]:
     seg = hd.seg.Segmentation(
         source_images=datasets,
         pixel_array=source_frames,
@@ -385,13 +421,7 @@ def build_seg_dataset(
     seg.SeriesDescription = f"SEG {group.model_name} {group.version}"[:64]
     buffer = io.BytesIO()
     seg.save_as(buffer, enforce_file_format=True)
-    return BuiltSeg(
-        data=buffer.getvalue(),
-        sop_instance_uid=str(sop_instance_uid),
-        series_instance_uid=str(series_instance_uid),
-        segments=len(descriptions),
-        frames=int(seg.NumberOfFrames),
-    )
+    return seg, buffer.getvalue()
 
 
 def _person_name(actor: str) -> str:
@@ -423,50 +453,76 @@ def build_seg(call: Call, group_ref: str) -> schemas.SegOut:
         ).all()
         session.expunge_all()
     volume = _load_volume(call, masks, len(geometry.instances), geometry.rows, geometry.columns)
-    built = build_seg_dataset(group, geometry, volume)
+    try:
+        built = build_seg_dataset(group, geometry, volume)
+    except Unprocessable as exc:
+        if exc.code == "seg_build_failed":  # a defect, not a refusal the caller could foresee: recorded
+            log.warning("building the SEG of group %s failed: %s", group_id, exc.message)
+            with call.db.session() as session:
+                audit.record(
+                    session,
+                    call,
+                    "group.seg_failed",
+                    annotation_id=group.annotation_id,
+                    group_id=group_id,
+                    detail={"error": exc.code, "message": exc.message},
+                )
+        raise
     key = seg_key(group.annotation_id, group_id, built.sop_instance_uid)
     try:
         info = call.storage.put(key, built.data, content_type=SEG_CONTENT_TYPE)
     except StorageError as exc:
         call.metrics.failure("storage")
         raise StorageUnavailable(f"Storage could not store the SEG: {exc}") from exc
-    now = utcnow()
-    with call.db.session() as session:
-        won = session.execute(
-            update(MaskGroup)
-            .where(MaskGroup.id == group_id, MaskGroup.seg_sop_instance_uid.is_(None))
-            .values(
-                seg_sop_instance_uid=built.sop_instance_uid,
-                seg_series_instance_uid=built.series_instance_uid,
-                seg_storage_key=key,
-                seg_size=info.size,
-                seg_checksum=info.md5_hex,
-                seg_created_at=now,
-                seg_segments=built.segments,
-                seg_frames=built.frames,
-            )
-        ).rowcount
-        if won == 1:
-            audit.record(
-                session,
-                call,
-                "group.seg",
-                annotation_id=group.annotation_id,
-                group_id=group_id,
-                detail={
-                    "sop_instance_uid": built.sop_instance_uid,
-                    "segments": built.segments,
-                    "frames": built.frames,
-                    "size": info.size,
-                },
-            )
-        result = _load_group(session, group_id)
-        answer = seg_out(result)
-    if won != 1:  # another build recorded its SEG first: ours is not referenced anywhere
-        try:
-            call.storage.delete([key])
-        except StorageError:
-            log.warning("could not remove the unused SEG object %s", key)
+    # From here the object exists: unless the group's row ends up naming it (committed), it is removed,
+    # whatever fails (a racing delete that removed the group or moved it to 'deleting', the database).
+    referenced = False
+    try:
+        now = utcnow()
+        with call.db.session() as session:
+            won = session.execute(
+                update(MaskGroup)
+                .where(
+                    MaskGroup.id == group_id,
+                    MaskGroup.status == "complete",
+                    MaskGroup.seg_sop_instance_uid.is_(None),
+                )
+                .values(
+                    seg_sop_instance_uid=built.sop_instance_uid,
+                    seg_series_instance_uid=built.series_instance_uid,
+                    seg_storage_key=key,
+                    seg_size=info.size,
+                    seg_checksum=info.md5_hex,
+                    seg_created_at=now,
+                    seg_segments=built.segments,
+                    seg_frames=built.frames,
+                )
+            ).rowcount
+            if won == 1:
+                audit.record(
+                    session,
+                    call,
+                    "group.seg",
+                    annotation_id=group.annotation_id,
+                    group_id=group_id,
+                    detail={
+                        "sop_instance_uid": built.sop_instance_uid,
+                        "segments": built.segments,
+                        "frames": built.frames,
+                        "size": info.size,
+                    },
+                )
+            result = _load_group(session, group_id)  # 404 when a delete removed the group meanwhile
+            answer = seg_out(result)
+            if answer is None:  # not ours and nobody else's: the group left 'complete' (a delete started)
+                _require_complete(result)
+        referenced = won == 1
+    finally:
+        if not referenced:  # another build recorded its SEG first, or the group went away
+            try:
+                call.storage.delete([key])
+            except StorageError:
+                log.warning("could not remove the unused SEG object %s", key)
     assert answer is not None
     return answer
 

@@ -16,6 +16,7 @@ import io
 import logging
 
 import pydicom
+from pydicom.errors import InvalidDicomError
 from sqlalchemy import update
 
 from server import audit
@@ -24,8 +25,8 @@ from server.context import Call
 from server.db.models import MaskGroup, utcnow
 from server.errors import ApiError, Conflict, PacsFailed
 from server.pacs import Pacs
-from server.services.seg import build_seg, seg_bytes
-from server.services.serialize import utc
+from server.services.seg import build_seg, seg_build_failed, seg_bytes
+from server.services.serialize import retraction_notice, utc
 
 log = logging.getLogger("pacs_mask.server.seg")
 
@@ -42,21 +43,9 @@ def send_seg(call: Call, group_ref: str) -> schemas.SendOut:
                 sop_instance_uid=group.seg_sop_instance_uid,
                 sent_at=utc(group.sent_at),  # type: ignore[arg-type]
                 pacs_url=group.sent_to or "",
+                retract_from_pacs=retraction_notice(group),
             )
-        if group.status != "complete":
-            raise Conflict(
-                f"Mask group {group_id} is {group.status}; only a complete group can be sent to the PACS.",
-                code="group_not_complete",
-                details={"status": group.status},
-            )
-        if group.review_status != "approved" and not call.settings.send_unreviewed:
-            state = group.review_status or "not reviewed"
-            raise Conflict(
-                f"Mask group {group_id} is {state}; only approved groups are sent to the PACS "
-                "(PACS_MASK_SEND_UNREVIEWED=true on the server allows sending before review).",
-                code="group_not_approved",
-                details={"review_status": group.review_status},
-            )
+        _require_sendable(call, group)
         annotation_id = group.annotation_id
     try:
         pacs = _pacs(call)
@@ -64,7 +53,12 @@ def send_seg(call: Call, group_ref: str) -> schemas.SendOut:
             seg = build_seg(call, str(group_id))
             with call.db.session() as session:
                 key = _load_group(session, group_id).seg_storage_key
-            pacs.store(pydicom.dcmread(io.BytesIO(seg_bytes(call, key or ""))))
+            dataset = _read_seg(group_id, seg_bytes(call, key or ""))
+            # Building took seconds: a reviewer may have rejected the group meanwhile. Check again under
+            # the row lock, just before the STOW (a rejection during the STOW is caught after it).
+            with call.db.session() as session:
+                _require_sendable(call, _load_group(session, group_id, for_update=True))
+            pacs.store(dataset)
         finally:
             pacs.close()
     except ApiError as exc:
@@ -72,21 +66,51 @@ def send_seg(call: Call, group_ref: str) -> schemas.SendOut:
         raise
     now = utcnow()
     with call.db.session() as session:
-        session.execute(
-            update(MaskGroup)
-            .where(MaskGroup.id == group_id)
-            .values(sent_at=now, sent_to=pacs.url, send_error=None)
-        )
+        group = _load_group(session, group_id, for_update=True)
+        group.sent_at, group.sent_to, group.send_error = now, pacs.url, None
+        # Rejected while the STOW ran: the SEG is in the PACS all the same; say so (never silently).
+        retract = retraction_notice(group)
+        detail = {"sop_instance_uid": seg.sop_instance_uid, "pacs_url": pacs.url}
         audit.record(
             session,
             call,
             "group.send",
             annotation_id=annotation_id,
             group_id=group_id,
-            detail={"sop_instance_uid": seg.sop_instance_uid, "pacs_url": pacs.url},
+            detail=detail | ({"retract_from_pacs": retract} if retract else {}),
         )
     log.info("sent SEG %s of group %s to %s", seg.sop_instance_uid, group_id, pacs.url)
-    return schemas.SendOut(sop_instance_uid=seg.sop_instance_uid, sent_at=now, pacs_url=pacs.url)
+    if retract:
+        log.warning("group %s was rejected while its SEG was sent: %s", group_id, retract)
+    return schemas.SendOut(
+        sop_instance_uid=seg.sop_instance_uid, sent_at=now, pacs_url=pacs.url, retract_from_pacs=retract
+    )
+
+
+def _read_seg(group_id: object, data: bytes) -> pydicom.Dataset:
+    """The stored SEG as a Dataset for the STOW; 422 ``seg_build_failed`` when it does not parse."""
+    try:
+        return pydicom.dcmread(io.BytesIO(data))
+    except (InvalidDicomError, ValueError, TypeError, KeyError, IndexError, EOFError, OSError) as exc:
+        raise seg_build_failed(group_id, exc) from None
+
+
+def _require_sendable(call: Call, group: MaskGroup) -> None:
+    """409 unless the group is complete and approved (or ``PACS_MASK_SEND_UNREVIEWED`` is on)."""
+    if group.status != "complete":
+        raise Conflict(
+            f"Mask group {group.id} is {group.status}; only a complete group can be sent to the PACS.",
+            code="group_not_complete",
+            details={"status": group.status},
+        )
+    if group.review_status != "approved" and not call.settings.send_unreviewed:
+        state = group.review_status or "not reviewed"
+        raise Conflict(
+            f"Mask group {group.id} is {state}; only approved groups are sent to the PACS "
+            "(PACS_MASK_SEND_UNREVIEWED=true on the server allows sending before review).",
+            code="group_not_approved",
+            details={"review_status": group.review_status},
+        )
 
 
 def _pacs(call: Call) -> Pacs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
@@ -54,12 +55,36 @@ def group_out(row: MaskGroup, slice_count: int) -> schemas.GroupOut:
         review_comment=row.review_comment,
         reviewed_by=row.reviewed_by,
         reviewed_at=utc(row.reviewed_at),
-        labels=msgspec.convert(row.labels, dict[str, schemas.LabelInfo]) if row.labels else None,
+        labels=_labels_out(row.labels) if row.labels else None,
         seg=seg_out(row),
         sent_at=utc(row.sent_at),
         sent_to=row.sent_to,
         send_error=row.send_error,
+        retract_from_pacs=retraction_notice(row),
     )
+
+
+def retraction_notice(row: MaskGroup) -> str | None:
+    """What to do in the PACS when a rejected group's SEG was already sent there, else ``None``.
+
+    This server never deletes from the PACS: the rejected SEG stays there until someone removes it.
+    """
+    if row.review_status != "rejected" or row.sent_at is None:
+        return None
+    return (
+        f"The DICOM SEG of this group (SOP Instance UID {row.seg_sop_instance_uid}, series "
+        f"{row.seg_series_instance_uid}) was sent to the PACS {row.sent_to or ''} before the group was "
+        "rejected; it is still in the PACS and must be retracted (deleted) there."
+    )
+
+
+def _labels_out(labels: dict[str, Any]) -> dict[str, schemas.LabelInfo]:
+    """The stored label table; one stored before backslashes were refused reads with ``/`` instead."""
+    try:
+        return msgspec.convert(labels, dict[str, schemas.LabelInfo])
+    except msgspec.ValidationError:
+        cleaned = msgspec.json.decode(msgspec.json.encode(labels).replace(b"\\\\", b"/"))
+        return msgspec.convert(cleaned, dict[str, schemas.LabelInfo])
 
 
 def seg_out(row: MaskGroup) -> schemas.SegOut | None:

@@ -32,6 +32,10 @@ from urllib.parse import quote
 
 from server.storage.base import ObjectExists, ObjectInfo, PresignedRequest, Storage, StorageError
 
+FILE_MODE = 0o600
+"""Objects are readable by the server's user only: masks and SEGs are patient data (a SEG names the patient)."""
+FOLDER_MODE = 0o700
+"""The storage root and every folder under it, created by the server."""
 _CHUNK = 256 * 1024
 
 
@@ -46,7 +50,7 @@ class LocalStorage(Storage):
 
     def __init__(self, root: Path, *, public_url: str, signing_key: bytes) -> None:
         self.root = root.resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        _private_folder(self.root, parents=True)
         self.public_url = public_url.rstrip("/")
         self._key = signing_key
 
@@ -157,12 +161,14 @@ class LocalStorage(Storage):
         :class:`ObjectExists`. Durable after :meth:`make_durable`.
         """
         path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._folders_for(path)
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
         tmp = path.parent / f".{secrets.token_hex(8)}.tmp"  # dot-files are never listed as objects
         try:
-            with open(tmp, "xb") as handle:
+            # 0600: the objects hold patient data (a SEG names the patient); create-only like "xb".
+            flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0)
+            with os.fdopen(os.open(tmp, flags, FILE_MODE), "wb") as handle:
                 for chunk in chunks:
                     handle.write(chunk)
                     digest.update(chunk)
@@ -182,6 +188,14 @@ class LocalStorage(Storage):
             raise ObjectExists(key, None)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _folders_for(self, path: Path) -> None:
+        """Create the folders from the root down to ``path``'s, each 0700 (``mkdir(parents=True)`` would
+        give the intermediate ones the default mode)."""
+        folder = self.root
+        for part in path.parent.relative_to(self.root).parts:
+            folder = folder / part
+            _private_folder(folder)
 
     def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:  # noqa: ARG002
         """Write ``data`` create-only (:meth:`write`), then fsync it and its folders (:meth:`make_durable`)."""
@@ -319,6 +333,16 @@ def _resolved_inside(root: Path, parts: tuple[str, ...]) -> Path | None:
     """``root/parts`` with symlinks resolved, or ``None`` when that lies outside ``root``."""
     folder = root.joinpath(*parts).resolve()
     return folder if folder.is_relative_to(root) else None
+
+
+def _private_folder(folder: Path, *, parents: bool = False) -> None:
+    """``folder`` created 0700 when missing (objects hold patient data; only the server's user reads them)."""
+    try:
+        folder.mkdir(mode=FOLDER_MODE, parents=parents, exist_ok=False)
+    except FileExistsError:
+        return
+    if os.name != "nt":
+        os.chmod(folder, FOLDER_MODE)  # mkdir's mode is masked by the umask; this is exactly 0700
 
 
 def _link_no_replace(tmp: Path, path: Path) -> None:

@@ -82,7 +82,7 @@ def test_1000_slices_upload_to_the_embedded_server_with_a_readable_progress_bar(
     live_server: LiveServer, ct_1000: Volume, client_env: Callable[..., dict[str, str]]
 ) -> None:
     env = client_env(live_server)
-    annotation = live_server.new_annotation("1000 slices local")
+    annotation = live_server.new_annotation("1000 slices local", ct_1000.series)
     # A terminal is what people watch the bar on; rich draws it when told the stream is one.
     env.update({"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "TERM": "xterm-256color", "COLUMNS": "150"})
     done = run_cli(
@@ -111,7 +111,7 @@ def test_1000_slices_upload_to_rclone_s3_with_a_json_and_a_plain_summary(
     live_server_s3: LiveServer, ct_1000: Volume, client_env: Callable[..., dict[str, str]]
 ) -> None:
     env = client_env(live_server_s3)
-    annotation = live_server_s3.new_annotation("1000 slices s3")
+    annotation = live_server_s3.new_annotation("1000 slices s3", ct_1000.series)
     done = run_cli(
         ["upload", "--annotation", str(annotation), "--model", "unet-liver", "--version", "1.3", "--source", "ai",
          "--series", str(ct_1000.series), "--json", str(ct_1000.masks)],

@@ -137,6 +137,23 @@ def test_falls_back_to_instance_number_without_geometry(tmp_path, ct_folder):
     assert any("InstanceNumber" in w for w in series.warnings)
 
 
+def test_duplicate_instance_numbers_without_geometry_are_refused(tmp_path, ct_folder):
+    """No positions and two instances numbered alike: no file-name tie-break (the server keeps PACS order)."""
+    paths = ct_folder[1]
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        del ds.ImagePositionPatient
+        if path == paths[5]:
+            ds.InstanceNumber = pydicom.dcmread(paths[4]).InstanceNumber
+        ds.save_as(tmp_path / path.name)
+    with pytest.raises(SeriesError) as caught:
+        load_series(tmp_path)
+    message = str(caught.value)
+    assert f"share InstanceNumber {pydicom.dcmread(paths[4]).InstanceNumber}" in message
+    assert paths[4].name in message
+    assert paths[5].name in message
+
+
 def test_enhanced_multiframe_is_ordered_by_per_frame_positions(tmp_path):
     path = write_synthetic_enhanced_ct(tmp_path / "enhanced.dcm", frames=12, size=64, reverse_frames=True)
     series = load_series(tmp_path)

@@ -214,3 +214,104 @@ def test_from_env_needs_a_url_and_reads_the_credentials(
     monkeypatch.delenv("PACS_MASK_DICOMWEB_URL")
     with PacsClient.from_env({"dicomweb_url": orthanc.dicomweb_url}) as pacs:  # the server's config
         assert pacs.search_studies(patient_id=pacs_ct.patient_id)
+
+
+# --- a truncated retrieval is never cached as complete ---------------------------------------------------
+
+
+def _stow_small_ct(orthanc: Orthanc, folder: Path, seed: int) -> tuple[str, str, list[str]]:
+    """A fresh 5-slice CT in the PACS (its own UIDs): study, series and SOP Instance UIDs."""
+    import pydicom
+
+    from pacs_mask_desktop.core.demo import write_synthetic_ct
+
+    datasets = [pydicom.dcmread(p) for p in write_synthetic_ct(folder, slices=5, size=16, seed=seed)]
+    orthanc.stow(datasets)
+    first = datasets[0]
+    return first.StudyInstanceUID, first.SeriesInstanceUID, [ds.SOPInstanceUID for ds in datasets]
+
+
+def _delete_from_orthanc(orthanc: Orthanc, sop_uid: str) -> None:
+    """Remove one instance from the PACS through Orthanc's REST API."""
+    import httpx
+
+    auth = (orthanc.user, orthanc.password)
+    found = httpx.post(f"{orthanc.url}/tools/lookup", content=sop_uid, auth=auth, timeout=30).json()
+    (instance,) = [item["ID"] for item in found if item["Type"] == "Instance"]
+    httpx.delete(f"{orthanc.url}/instances/{instance}", auth=auth, timeout=30).raise_for_status()
+
+
+def test_a_retrieval_lacking_instances_the_series_lists_is_refused_and_not_cached_complete(
+    orthanc: Orthanc, cache: DicomCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance vanishes between the QIDO-RS listing and the WADO-RS stream (a real Orthanc)."""
+    study, series, sops = _stow_small_ct(orthanc, tmp_path / "ct", seed=4401)
+    with client(orthanc, cache) as pacs:
+        listed = pacs.series_instances
+
+        def list_then_lose_one(study_uid: str, series_uid: str) -> list[str]:
+            answer = listed(study_uid, series_uid)
+            _delete_from_orthanc(orthanc, sops[2])
+            monkeypatch.setattr(pacs, "series_instances", listed)  # once
+            return answer
+
+        monkeypatch.setattr(pacs, "series_instances", list_then_lose_one)
+        with pytest.raises(PacsError) as caught:
+            pacs.retrieve_series(study, series)
+        assert caught.value.kind == "incomplete"
+        assert "sent 4 instances" in caught.value.message
+        assert "lists 5" in caught.value.message
+        assert sops[2] in caught.value.message
+        assert cache.complete_instances(series) is None  # the next open asks the PACS again
+        assert len(cache.cached(series)) == 4
+
+        # The browser's stale count of 5: four arrive, and the listing asked after the stream says the
+        # PACS now holds four, so the series is complete and later opens come from disk.
+        assert len(pacs.retrieve_series(study, series, total=5)) == 4
+        assert cache.complete_instances(series) is not None
+
+
+def test_a_truncated_stream_with_an_unknown_count_is_checked_after_the_stream(
+    orthanc: Orthanc, cache: DicomCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``total=0`` (count not asked for): the stream stops one instance short, the listing catches it."""
+    study, series, sops = _stow_small_ct(orthanc, tmp_path / "ct", seed=4402)
+    with client(orthanc, cache) as pacs:
+        streamed = pacs._client.iter_series
+
+        def short_stream(*args: object, **kwargs: object) -> object:
+            return iter(list(streamed(*args, **kwargs))[:-1])
+
+        monkeypatch.setattr(pacs._client, "iter_series", short_stream)
+        with pytest.raises(PacsError) as caught:
+            pacs.retrieve_series(study, series, total=0)
+        assert caught.value.kind == "incomplete"
+        assert "sent 4 instances" in caught.value.message
+        assert "lists 5" in caught.value.message
+        assert cache.complete_instances(series) is None
+        monkeypatch.setattr(pacs._client, "iter_series", streamed)
+        assert sorted(p.name for p in pacs.retrieve_series(study, series, total=0)) == sorted(
+            p.name for p in cache.cached(series).values()
+        )
+        assert cache.complete_instances(series) is not None
+    assert len(sops) == 5
+
+
+# --- no password in a message ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://reader:s3cr3t-pw@pacs.example/dicom-web",  # not http(s)
+        "http://reader:s3cr3t-pw@[::1/dicom-web",  # not parseable
+        "http://reader:s3cr3t-pw@127.0.0.1:9/dicom-web",  # nobody listening
+    ],
+)
+def test_no_password_of_the_pacs_url_reaches_an_error_message(cache: DicomCache, url: str) -> None:
+    with pytest.raises(PacsError) as caught, PacsClient(url, timeout=1.0, cache=cache) as pacs:
+        pacs.search_studies(patient_id="X")
+    text = f"{caught.value} {caught.value.message} {caught.value!r}"
+    assert "s3cr3t-pw" not in text
+    assert "reader" not in text
+    assert caught.value.kind in ("not_configured", "unreachable")

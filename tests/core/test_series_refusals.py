@@ -188,6 +188,106 @@ def test_upload_inference_result_refuses_masks_of_another_size_without_a_series_
     no_group(live_server, ct_annotation)
 
 
+# --- an older annotation without stored geometry: the folder must still be its series ---------------------
+
+
+@pytest.fixture
+def bare_annotation(live_server: LiveServer, tmp_path: Path, client_env: Any) -> tuple[int, Path, Path]:
+    """An annotation on the CT in ``ct`` recorded without geometry, and ``other``: a CT of another series
+    with the same grid size (so only the SeriesInstanceUID tells them apart)."""
+    client_env(live_server)
+    write_synthetic_ct(tmp_path / "ct", slices=CT_SLICES, size=CT_SIZE, seed=9902)
+    write_synthetic_ct(tmp_path / "other", slices=CT_SLICES, size=CT_SIZE, seed=9903)
+    own = load_series(tmp_path / "ct")
+    with live_server.api() as api:
+        row = api.create_annotation(own.study_instance_uid, own.series_instance_uid, "TEST", "no geometry")
+    assert row["has_geometry"] is False
+    return int(row["id"]), tmp_path / "ct", tmp_path / "other"
+
+
+def nifti_on(folder: Path, path: Path) -> Path:
+    """A label volume exactly on ``folder``'s series grid (LPS index storage: column, row, slice)."""
+    import nibabel as nib
+
+    geometry = geometry_from_series(load_series(folder))
+    iop = np.asarray(geometry["image_orientation_patient"], dtype=float)
+    positions = np.asarray([i["image_position_patient"] for i in geometry["instances"]], dtype=float)
+    affine = np.eye(4)
+    affine[:3, 0] = iop[:3] * geometry["pixel_spacing"][1]
+    affine[:3, 1] = iop[3:] * geometry["pixel_spacing"][0]
+    affine[:3, 2] = (positions[-1] - positions[0]) / (len(positions) - 1)
+    affine[:3, 3] = positions[0]
+    data = np.zeros((CT_SIZE, CT_SIZE, CT_SLICES), dtype=np.uint8)
+    data[2:9, 3:7, :] = 1
+    nib.save(nib.Nifti1Image(data, np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine), path)
+    return path
+
+
+def wrong_series_of(found: list[Any], other: Path, annotation: int) -> Any:
+    """The one ``wrong_series`` problem, naming the folder's series and the annotation's."""
+    wrong = [p for p in found if (p["code"] if isinstance(p, dict) else p.code) == "wrong_series"]
+    assert len(wrong) == 1, found
+    message = wrong[0]["message"] if isinstance(wrong[0], dict) else wrong[0].message
+    assert load_series(other).series_instance_uid in message
+    assert f"annotation {annotation} is on series" in message
+    return wrong[0]
+
+
+def test_cli_refuses_a_series_folder_of_another_series_for_an_annotation_without_geometry(
+    live_server: LiveServer,
+    bare_annotation: tuple[int, Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    annotation, own, other = bare_annotation
+    masks = masks_of(tmp_path / "masks", range(CT_SLICES), CT_SIZE)
+    assert upload(annotation, "--series", other, masks) == cli.EXIT_BAD_INPUT
+    assert wrong_series_of(problems(capsys), other, annotation)["filename"] is None
+    seg = nifti_on(other, tmp_path / "seg.nii.gz")  # fits the other series' grid exactly
+    assert upload(annotation, "--series", other, seg) == cli.EXIT_BAD_INPUT
+    assert wrong_series_of(problems(capsys), other, annotation)["filename"] == "seg.nii.gz"
+    no_group(live_server, annotation)
+    assert upload(annotation, "--series", own, nifti_on(own, tmp_path / "own.nii.gz")) == cli.EXIT_OK
+    capsys.readouterr()
+    with live_server.api() as api:
+        assert len(api.list_groups(annotation)) == 1
+
+
+def test_the_worker_refuses_a_series_folder_of_another_series_for_an_annotation_without_geometry(
+    live_server: LiveServer, bare_annotation: tuple[int, Path, Path], tmp_path: Path
+) -> None:
+    annotation, _own, other = bare_annotation
+    inbox = tmp_path / "inbox"
+    fields = {"annotation_id": annotation, "model_name": "m", "version": "1", "series": str(other)}
+    pngs = write_result_folder(inbox / "pngs", [np.ones((CT_SIZE, CT_SIZE), np.uint8)] * CT_SLICES, fields)
+    volume = write_result_folder(inbox / "volume", [], {**fields, "masks": "seg.nii.gz"})
+    nifti_on(other, volume / "seg.nii.gz")
+    watcher = Watcher(inbox, server=live_server.url, token=live_server.token, log=[].append)
+    for result in (pngs, volume):
+        assert watcher.process(result).status == "invalid"
+        failed = json.loads((result / FAILED_MARKER).read_text(encoding="utf-8"))["problems"]
+        wrong_series_of(failed, other, annotation)
+    with pytest.raises(InvalidResult) as caught:
+        upload_inference_result(
+            [np.ones((CT_SIZE, CT_SIZE), np.uint8)] * CT_SLICES,
+            annotation_id=annotation,
+            model_name="m",
+            version="1",
+            series=other,
+        )
+    wrong_series_of(caught.value.problems, other, annotation)
+    with pytest.raises(InvalidResult) as caught:
+        upload_inference_result(
+            nifti_on(other, tmp_path / "seg.nii.gz"),
+            annotation_id=annotation,
+            model_name="m",
+            version="1",
+            series=other,
+        )
+    wrong_series_of(caught.value.problems, other, annotation)
+    no_group(live_server, annotation)
+
+
 # --- one volume, in one order -----------------------------------------------------------------------------
 
 

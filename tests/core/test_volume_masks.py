@@ -36,6 +36,7 @@ from pacs_mask_desktop.core.demo import write_synthetic_ct, write_synthetic_enha
 from pacs_mask_desktop.core.dicom_series import load_series
 from pacs_mask_desktop.core.inference import InvalidResult, upload_inference_result
 from pacs_mask_desktop.core.masks import load_mask_array
+from pacs_mask_desktop.core.retry import RetryPolicy
 from pacs_mask_desktop.core.series_geometry import geometry_from_series
 from pacs_mask_desktop.core.volume_masks import (
     STALE_STAGING_SECONDS,
@@ -196,13 +197,13 @@ def test_within_the_tolerance_is_accepted_and_an_oblique_volume_refused(ct: Ct) 
     affine = LPS_TO_RAS @ ct.affine_lps()
     nudged = affine.copy()
     nudged[0, 3] += 0.005  # 5 micrometres: float rounding of a real export, well inside 0.01 mm
-    with masks_from_array(ct.truth, nudged, ct.geometry) as result:
+    with masks_from_array(ct.truth, nudged, ct.geometry, affine_space="RAS") as result:
         np.testing.assert_array_equal(result.volume, ct.truth)
     angle = np.radians(0.5)
     rotation = np.eye(4)
     rotation[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
     with pytest.raises(VolumeMaskError, match=r"0\.500 degrees from the series' (row|column) axis"):
-        masks_from_array(ct.truth, rotation @ affine, ct.geometry)
+        masks_from_array(ct.truth, rotation @ affine, ct.geometry, affine_space="RAS")
 
 
 def test_a_volume_of_another_size_is_refused(ct: Ct) -> None:
@@ -210,7 +211,7 @@ def test_a_volume_of_another_size_is_refused(ct: Ct) -> None:
     with pytest.raises(
         VolumeMaskError, match="21 slices of 64x64 on the series' axes; the series has 20 slices"
     ):
-        masks_from_array(np.zeros((21, SIZE, SIZE), np.uint8), affine, ct.geometry)
+        masks_from_array(np.zeros((21, SIZE, SIZE), np.uint8), affine, ct.geometry, affine_space="RAS")
 
 
 @pytest.mark.parametrize(
@@ -227,7 +228,7 @@ def test_voxels_that_are_not_labels_0_to_255_are_refused_naming_the_value(
     volume = ct.truth.astype(dtype)
     volume[4, 5, 6] = value
     with pytest.raises(VolumeMaskError, match=message.replace(".", r"\.")) as refused:
-        masks_from_array(volume, LPS_TO_RAS @ ct.affine_lps(), ct.geometry)
+        masks_from_array(volume, LPS_TO_RAS @ ct.affine_lps(), ct.geometry, affine_space="RAS")
     assert refused.value.code == "bad_labels"
 
 
@@ -467,7 +468,7 @@ def test_upload_inference_result_takes_a_3d_array_with_its_affine(
     annotation = created_annotation(ct, capsys)
     ras = nifti_of(ct, (2, 1, 0), (True, True, False))  # nibabel's canonical order, as models write it
     result = upload_inference_result(
-        np.asarray(ras.dataobj), affine=ras.affine, labels={"1": "liver"},
+        np.asarray(ras.dataobj), affine=ras.affine, affine_space="RAS", labels={"1": "liver"},
         annotation_id=annotation, model_name="monai", version="a1",
     )  # fmt: skip
     assert result.ok, result.message
@@ -484,6 +485,7 @@ def test_upload_inference_result_takes_a_3d_array_with_its_affine(
         upload_inference_result(
             np.asarray(ras.dataobj),
             affine=shifted,
+            affine_space="RAS",
             annotation_id=annotation,
             model_name="monai",
             version="a2",
@@ -505,7 +507,7 @@ def test_a_multiframe_enhanced_ct_takes_a_nifti_and_a_seg_by_frame(tmp_path: Pat
     lps[:3, 1] = [0, geometry["pixel_spacing"][0], 0]
     lps[:3, 2] = [geometry["pixel_spacing"][1], 0, 0]
     lps[:3, 3] = positions[0]
-    with masks_from_array(truth, LPS_TO_RAS @ lps, geometry) as result:
+    with masks_from_array(truth, LPS_TO_RAS @ lps, geometry, affine_space="RAS") as result:
         np.testing.assert_array_equal(result.volume, truth)
     masks = (truth == 1)[..., np.newaxis]
     highdicom_seg(tmp_path / "enh", masks).save_as(tmp_path / "enh-seg.dcm")
@@ -522,7 +524,7 @@ def test_pydicoms_multiframe_mr_without_plane_positions_is_refused_clearly(tmp_p
     with pytest.raises(
         VolumeMaskError, match="has no ImageOrientationPatient, PixelSpacing, ImagePositionPatient, so"
     ) as refused:
-        masks_from_array(np.zeros((10, 64, 64), np.uint8), np.eye(4), geometry)
+        masks_from_array(np.zeros((10, 64, 64), np.uint8), np.eye(4), geometry, affine_space="RAS")
     assert refused.value.code == "no_geometry"
 
 
@@ -531,7 +533,7 @@ def test_staging_folders_left_by_a_killed_process_are_removed(ct: Ct, tmp_path: 
     stale.mkdir(parents=True)
     (stale / "mask_0000.png").write_bytes(b"patient data")
     os.utime(stale, (time.time() - 2 * STALE_STAGING_SECONDS,) * 2)
-    with masks_from_array(ct.truth, LPS_TO_RAS @ ct.affine_lps(), ct.geometry) as result:
+    with masks_from_array(ct.truth, LPS_TO_RAS @ ct.affine_lps(), ct.geometry, affine_space="RAS") as result:
         assert result.folder.exists()
     assert not stale.exists()
 
@@ -549,3 +551,152 @@ def test_a_nifti_without_a_stated_position_or_with_two_is_refused(ct: Ct, tmp_pa
     image.set_qform(moved, code=1)
     with pytest.raises(VolumeMaskError, match=r"sform and qform disagree by up to 2\.500 mm"):
         masks_from_nifti(save(image, tmp_path / "two.nii.gz"), ct.geometry)
+
+
+# --- review: the affine's space, sform/qform corners, per-frame SEG geometry ----------------------------------
+
+
+def centred_grid() -> dict[str, Any]:
+    """4x4 pixels of 1 mm, 3 slices, centred in x and y like a CT around the isocentre."""
+    return {
+        "rows": 4, "columns": 4, "pixel_spacing": [1.0, 1.0], "image_orientation_patient": [1, 0, 0, 0, 1, 0],
+        "series_instance_uid": "1.2.3", "instances": [
+            {"slice_index": k, "sop_instance_uid": f"1.2.3.{k}", "image_position_patient": [-1.5, -1.5, 2.0 * k]}
+            for k in range(3)
+        ],
+    }  # fmt: skip
+
+
+def test_an_array_affine_must_say_whether_it_is_ras_or_lps(tmp_path: Path) -> None:
+    """SimpleITK gives LPS: read as RAS on a centred grid it passed every check, the label 180 degrees off."""
+    geometry = centred_grid()
+    volume = np.zeros((3, 4, 4), np.uint8)
+    volume[0, 0, 0] = 1
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = [0, 0, 2], [0, 1, 0], [1, 0, 0], [-1.5, -1.5, 0]
+    with pytest.raises(TypeError, match="affine_space"):
+        masks_from_array(volume, lps, geometry)  # the reviewer's case: no longer read as RAS by default
+    with pytest.raises(ValueError, match=r"affine_space must be 'RAS' .* or 'LPS'"):
+        masks_from_array(volume, lps, geometry, affine_space=None)  # type: ignore[arg-type]
+    with masks_from_array(volume, lps, geometry, affine_space="LPS") as result:
+        assert np.argwhere(result.volume).tolist() == [[0, 0, 0]]
+    with masks_from_array(volume, LPS_TO_RAS @ lps, geometry, affine_space="RAS") as result:
+        assert np.argwhere(result.volume).tolist() == [[0, 0, 0]]
+    # Why it must be said: the same numbers taken as RAS still fit this grid exactly, rotated in-plane.
+    with masks_from_array(volume, lps, geometry, affine_space="RAS") as result:
+        assert np.argwhere(result.volume).tolist() == [[0, 3, 3]]
+    with pytest.raises(InvalidResult, match="affine_space must be 'RAS'") as refused:
+        upload_inference_result(
+            volume, affine=lps, annotation_id=1, model_name="m", version="1",
+            server="http://127.0.0.1:9", token="t", policy=RetryPolicy(give_up_after=0.5),
+        )  # fmt: skip
+    assert refused.value.problems[0].code == "invalid_field"
+
+
+def test_a_nifti_with_lps_numbers_in_its_sform_is_refused_on_a_grid_off_centre(
+    ct: Ct, tmp_path: Path
+) -> None:
+    """NIfTI is RAS by the standard; an LPS sform lands (2 x the offset from the centre) off the grid."""
+    shift = np.array([40.0, -25.0, 0.0])
+    geometry = {
+        **ct.geometry,
+        "instances": [
+            {
+                **item,
+                "image_position_patient": list(np.asarray(item["image_position_patient"], float) + shift),
+            }
+            for item in ct.geometry["instances"]
+        ],
+    }
+    lps = ct.affine_lps()[:, [2, 1, 0, 3]]  # ITK storage: i = column, j = row, k = slice
+    lps[:3, 3] += shift
+    data = np.ascontiguousarray(np.transpose(ct.truth, (2, 1, 0)))
+    with masks_from_nifti(
+        save(nib.Nifti1Image(data, LPS_TO_RAS @ lps), tmp_path / "ras.nii.gz"), geometry
+    ) as result:
+        np.testing.assert_array_equal(result.volume, ct.truth)
+    with pytest.raises(
+        VolumeMaskError,
+        match=r"origin differs: slice 0's first voxel is 94\.340 mm away \(LPS shift \[-80\.000, \+50\.000, \+0\.000\] mm\)",
+    ) as refused:
+        masks_from_nifti(save(nib.Nifti1Image(data, lps), tmp_path / "lps.nii.gz"), geometry)
+    assert refused.value.code == "geometry_mismatch"
+
+
+def test_a_qform_with_the_in_plane_axes_swapped_is_refused(ct: Ct, tmp_path: Path) -> None:
+    """On a square grid the swap leaves voxel 0 and the far corner where they were; the other corners move."""
+    image = nifti_of(ct, (2, 1, 0), (False, False, False))
+    swapped = image.affine[:, [1, 0, 2, 3]]
+    image.set_qform(swapped, code=1)
+    np.testing.assert_allclose(image.header.get_qform(), swapped, atol=1e-4)
+    with pytest.raises(VolumeMaskError, match=r"sform and qform disagree by up to 556\.8\d\d mm") as refused:
+        masks_from_nifti(save(image, tmp_path / "swapped.nii.gz"), ct.geometry)
+    assert refused.value.code == "geometry_mismatch"
+
+
+def per_frame_seg(ct: Ct, masks: np.ndarray, orientation: list[float]) -> Any:
+    """A highdicom SEG of ``masks`` whose orientation and pixel spacing are only in the per-frame groups."""
+    seg = highdicom_seg(ct.folder, masks)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    planes, measures = shared.PlaneOrientationSequence, shared.PixelMeasuresSequence
+    del shared.PlaneOrientationSequence, shared.PixelMeasuresSequence
+    assert list(planes[0].ImageOrientationPatient) == [1, 0, 0, 0, 1, 0]
+    for item in seg.PerFrameFunctionalGroupsSequence:  # a fresh item for each frame: no shared elements
+        plane, measure = pydicom.Dataset(), pydicom.Dataset()
+        plane.ImageOrientationPatient = list(orientation)
+        measure.PixelSpacing = list(measures[0].PixelSpacing)
+        measure.SliceThickness = measures[0].SliceThickness
+        item.PlaneOrientationSequence = pydicom.Sequence([plane])
+        item.PixelMeasuresSequence = pydicom.Sequence([measure])
+    return seg
+
+
+def test_a_seg_with_its_orientation_only_per_frame_is_placed_by_it(ct: Ct, tmp_path: Path) -> None:
+    """Frames stored transposed (rows along x), said only in each frame's PlaneOrientationSequence."""
+    masks = np.zeros((SLICES, SIZE, SIZE, 1), dtype=bool)
+    masks[5:9, 3:9, 40:50, 0] = True  # 4 frames
+    transposed = masks.transpose(0, 2, 1, 3)
+    per_frame_seg(ct, transposed, [0, 1, 0, 1, 0, 0]).save_as(tmp_path / "per-frame.dcm")
+    with masks_from_seg(tmp_path / "per-frame.dcm", ct.geometry) as result:
+        np.testing.assert_array_equal(result.volume, masks[..., 0].astype(np.uint8))
+
+    seg = per_frame_seg(ct, transposed, [0, 1, 0, 1, 0, 0])
+    seg.PerFrameFunctionalGroupsSequence[2].PlaneOrientationSequence[0].ImageOrientationPatient = [
+        1,
+        0,
+        0,
+        0,
+        1,
+        0,
+    ]
+    seg.save_as(tmp_path / "disagree.dcm")
+    with pytest.raises(
+        VolumeMaskError, match=r"frame 3 has ImageOrientationPatient \[\+1\.00000, .*, frame 1 \["
+    ):
+        masks_from_seg(tmp_path / "disagree.dcm", ct.geometry)
+
+    seg = per_frame_seg(ct, transposed, [0, 1, 0, 1, 0, 0])
+    del seg.PerFrameFunctionalGroupsSequence[1].PlaneOrientationSequence
+    seg.save_as(tmp_path / "one-missing.dcm")
+    with pytest.raises(VolumeMaskError, match=r"one-missing\.dcm") as refused:  # highdicom refuses it already
+        masks_from_seg(tmp_path / "one-missing.dcm", ct.geometry)
+    assert refused.value.code in ("unreadable", "geometry_mismatch")
+
+    seg = per_frame_seg(ct, transposed, [0, 1, 0, 1, 0, 0])
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        item.PixelMeasuresSequence[0].PixelSpacing = [6.5, 6.5]
+    seg.save_as(tmp_path / "spacing.dcm")
+    with pytest.raises(
+        VolumeMaskError, match=r"spacing between rows differs: 6\.5000 mm in the SEG, 6\.2500 mm"
+    ):
+        masks_from_seg(tmp_path / "spacing.dcm", ct.geometry)
+
+    seg = per_frame_seg(ct, transposed, [0, 1, 0, 1, 0, 0])
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        del item.PlaneOrientationSequence
+    seg.save_as(tmp_path / "none.dcm")
+    with pytest.raises(
+        VolumeMaskError, match=r"frame 1 has a position .* but no ImageOrientationPatient"
+    ) as refused:
+        masks_from_seg(tmp_path / "none.dcm", ct.geometry)
+    assert refused.value.code == "unreadable"

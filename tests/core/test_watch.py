@@ -322,8 +322,8 @@ def test_upload_inference_result_refuses_masks_that_do_not_fit_the_series(
     live_server: LiveServer, tmp_path: Path, client_env: Any
 ) -> None:
     client_env(live_server)
-    annotation = live_server.new_annotation()
     write_synthetic_ct(tmp_path / "series", slices=4, size=64, seed=1)
+    annotation = live_server.new_annotation(series=tmp_path / "series")
     with pytest.raises(InvalidResult) as caught:
         upload_inference_result(
             label_arrays(4, size=48), annotation_id=annotation, model_name="m", version="1",
@@ -339,8 +339,8 @@ def test_infer_demo_end_to_end_and_groups_shows_the_inference_metadata(
     live_server: LiveServer, tmp_path: Path, client_env: Any
 ) -> None:
     env = client_env(live_server)
-    annotation = live_server.new_annotation()
     write_synthetic_ct(tmp_path / "series", slices=40, size=128, seed=9)
+    annotation = live_server.new_annotation(series=tmp_path / "series")
     keep = tmp_path / "kept"
     run = subprocess.run(
         [sys.executable, "-m", "pacs_mask_desktop.cli", "infer-demo", "--annotation", str(annotation),

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.orthanc import Orthanc, StoredSeries
-from tests.server.conftest import Server, ServerFactory
+from tests.server.conftest import Server, ServerFactory, assert_error
 
 
 def pacs_settings(orthanc: Orthanc, **changes: Any) -> dict[str, Any]:
@@ -67,7 +67,56 @@ def test_from_pacs_records_the_multiframe_mr_one_slice_per_frame(
     assert (row["slice_count"], row["rows"], row["columns"], row["modality"]) == (10, 64, 64, "MR")
     geometry = app.api("GET", f"/api/annotations/{row['id']}/series").json()
     assert {i["sop_instance_uid"] for i in geometry["instances"]} == {pacs_mr.sop_uids_in_order[0]}
-    assert sorted(i["frame_number"] for i in geometry["instances"]) == list(range(1, 11))
+    assert [i["frame_number"] for i in geometry["instances"]] == list(range(1, 11))  # frame order
+
+
+def ct_json(count: int = 4) -> list[dict[str, Any]]:
+    """DICOM JSON metadata of a small generated CT, as a PACS answers WADO-RS metadata."""
+    import tempfile
+    from pathlib import Path
+
+    import pydicom
+
+    from pacs_mask_desktop.core.demo import write_synthetic_ct
+
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_synthetic_ct(Path(folder), slices=count, size=16, seed=3)
+        return [pydicom.dcmread(p, stop_before_pixels=True).to_json_dict() for p in paths]
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (lambda item: item.update({"00280010": {"vr": "US"}}), "TypeError"),  # Rows without a value
+        (lambda item: item.update({"00200032": {"vr": "DS", "Value": [0, "nan", 1]}}), "finite numbers"),
+        (lambda item: item.update({"00200013": {"vr": "IS", "Value": ["inf"]}}), "malformed answer"),
+        (
+            lambda item: item.update({"00200032": {"vr": "DS", "BulkDataURI": "http://pacs/bulk/1"}}),
+            "(0020,0032) came as BulkDataURI",
+        ),
+    ],
+    ids=["rows-without-value", "position-nan", "instance-number-inf", "position-as-bulk-data"],
+)
+def test_from_pacs_answers_unreadable_headers_as_a_malformed_answer_not_a_500(
+    server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch, change: Any, said: str
+) -> None:
+    from dicomweb_client.api import DICOMwebClient
+
+    items = ct_json()
+    change(items[1])
+    monkeypatch.setattr(DICOMwebClient, "retrieve_series_metadata", lambda *_args: items)
+    app = server_factory(dicomweb_url="http://127.0.0.1:9/dicom-web")  # never contacted
+    before = app.row_counts()
+    series = items[0]["0020000E"]["Value"][0]
+    study = items[0]["0020000D"]["Value"][0]
+    answer = app.api(
+        "POST",
+        "/api/annotations/from-pacs",
+        json={"series_instance_uid": series, "study_instance_uid": study},
+    )
+    body = assert_error(answer, 502, "pacs_malformed_answer")
+    assert said in body["message"]
+    assert app.row_counts() == before
 
 
 def test_config_tells_any_role_where_the_pacs_is_and_never_a_secret(

@@ -101,13 +101,66 @@ def test_generated_ct_slice_0_is_the_lowest_position_whatever_the_instance_numbe
     assert geometry.study_instance_uid == ct_headers[0].StudyInstanceUID
 
 
-def test_multiframe_mr_from_pydicom_has_one_slice_per_frame() -> None:
+def test_multiframe_mr_without_any_spatial_information_is_one_slice_per_frame_in_frame_order() -> None:
     mr = pydicom.dcmread(get_testdata_file("emri_small.dcm"), stop_before_pixels=True)
-    geometry = geometry_from_datasets([mr], "pacs")
-    assert len(geometry.instances) == mr.NumberOfFrames == 10
+    geometry = geometry_from_datasets([mr], "pacs")  # one object, no positions, no orientation
     assert [i.frame_number for i in geometry.instances] == list(range(1, 11))
     assert {i.sop_instance_uid for i in geometry.instances} == {mr.SOPInstanceUID}
     assert (geometry.rows, geometry.columns, geometry.modality) == (64, 64, "MR")
+
+
+def test_multiframe_mr_without_positions_is_refused_where_frame_order_is_ambiguous() -> None:
+    mr = pydicom.dcmread(get_testdata_file("emri_small.dcm"), stop_before_pixels=True)
+    second = copy.deepcopy(mr)
+    second.SOPInstanceUID = "1.2.3.4.5.6.7.8.9"
+    with pytest.raises(GeometryError) as caught:  # two objects: which comes first is unknown
+        geometry_from_datasets([mr, second], "pacs")
+    assert caught.value.code == "series_missing_positions"
+    assert "frame(s) of the multi-frame MR image" in caught.value.message
+    oriented = copy.deepcopy(mr)
+    oriented.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]  # placed in space, but without positions
+    with pytest.raises(GeometryError) as caught:
+        geometry_from_datasets([oriented], "pacs")
+    assert caught.value.code == "series_missing_positions"
+    mr.Modality = "US"  # only CT, MR and PET must be placed; other multi-frame images keep frame order
+    assert len(geometry_from_datasets([mr, second], "pacs").instances) == 20
+
+
+def raw(ds: pydicom.Dataset, tag: int, vr: str, value: bytes) -> None:
+    """An element as a PACS may deliver it: raw text, converted (and failing) only when read."""
+    from pydicom.dataelem import RawDataElement
+
+    ds._dict[pydicom.tag.Tag(tag)] = RawDataElement(
+        pydicom.tag.Tag(tag), vr, len(value), value, 0, False, True
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda ds: setattr(ds, "Rows", None), "TypeError"),
+        (lambda ds: raw(ds, 0x00200013, "IS", b"inf "), "OverflowError"),
+        (lambda ds: raw(ds, 0x00200013, "IS", b"nan "), "InstanceNumber nan"),
+        (lambda ds: raw(ds, 0x00200013, "DS", b"1e999 "), "InstanceNumber inf"),
+        (lambda ds: setattr(ds, "ImagePositionPatient", ["0", "nan", "1"]), "finite numbers"),
+        (lambda ds: setattr(ds, "ImagePositionPatient", ["0", "inf", "1"]), "finite numbers"),
+        (lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 1]), "6 finite numbers"),
+        (lambda ds: raw(ds, 0x00280030, "DS", b"x\\1 "), "is not 2 numbers"),
+    ],
+    ids=["rows-without-value", "instance-inf", "instance-nan", "instance-ds-inf", "position-nan", "position-inf", "orientation-5", "spacing-text"],
+)  # fmt: skip
+@pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning")  # the point of the test
+def test_malformed_header_values_are_a_geometry_error_not_a_crash(ct_headers, change, problem: str) -> None:
+    from server.geometry import MalformedHeader
+
+    headers = copy.deepcopy(ct_headers)
+    with pydicom.config.disable_value_validation():
+        change(headers[0])  # the first header also gives the series-wide values
+    with pytest.raises(MalformedHeader) as caught:
+        geometry_from_datasets(headers, "pacs")
+    assert caught.value.code == "series_geometry_invalid"
+    assert caught.value.status_code == 422
+    assert problem in caught.value.message
 
 
 def test_enhanced_multiframe_uses_per_frame_positions(tmp_path: Path) -> None:
@@ -152,6 +205,22 @@ def test_several_series_are_refused(ct_headers) -> None:
     with pytest.raises(GeometryError) as caught:
         geometry_from_datasets(headers, "pacs")
     assert caught.value.code == "series_mixed"
+
+
+@pytest.mark.parametrize("db_kind", ALL_DBS)
+def test_over_long_study_id_and_accession_number_are_kept_whole_up_to_64(app_client: Server) -> None:
+    # SH is 16 characters in DICOM, but real PACS send longer; kept as sent (copied into the SEG).
+    long_text = {"study_id": "S" * 40, "accession_number": "ACC-2026-11-30-RADIOLOGY-000123"}
+    created = create_with_geometry(app_client, geometry_dict(4, **long_text))
+    assert created.status_code == 201, created.text
+    stored = app_client.api("GET", f"/api/annotations/{created.json()['id']}/series", role="uploader").json()
+    assert (stored["study_id"], stored["accession_number"]) == (
+        long_text["study_id"],
+        long_text["accession_number"],
+    )
+    garbage = create_with_geometry(app_client, geometry_dict(4, accession_number="A" * 65))
+    assert_error(garbage, 422, "invalid_value")  # still bounded
+    assert_error(create_with_geometry(app_client, geometry_dict(4, study_id="S\x001")), 422, "invalid_value")
 
 
 def test_validate_reorders_a_client_geometry_along_the_normal() -> None:
@@ -225,8 +294,25 @@ def test_older_annotations_without_geometry_keep_working(app_client: Server) -> 
         (lambda g: g["instances"][2].update(rows=32), "series_inconsistent_size"),
         (lambda g: g.update(series_instance_uid="1.2.3.4.999"), "series_mismatch"),
         (lambda g: g.update(image_orientation_patient=[1, 0, 0, 1, 0, 0]), "series_geometry_invalid"),
+        (
+            lambda g: g.update(
+                modality="MR",
+                instances=[
+                    i | {"frame_number": n + 1, "image_position_patient": None}
+                    for n, i in enumerate(g["instances"])
+                ],
+            ),
+            "series_missing_positions",
+        ),
     ],
-    ids=["mixed-planes", "duplicate-positions", "sizes", "other-series", "degenerate-orientation"],
+    ids=[
+        "mixed-planes",
+        "duplicate-positions",
+        "sizes",
+        "other-series",
+        "degenerate-orientation",
+        "multiframe-unplaced",
+    ],
 )
 def test_bad_geometry_is_a_clear_422_and_creates_nothing(app_client: Server, change, code: str) -> None:
     geometry = geometry_dict(4)
