@@ -301,6 +301,44 @@ def client_env(
     return point
 
 
+@dataclass
+class Ran:
+    """What one in-process ``pacs-mask`` run returned and printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Ran]]:
+    """``run_cli(args, env)``: ``pacs-mask ARGS`` in this process (no interpreter start: seconds saved)
+    with exactly ``env``'s PACS_MASK_* settings; the Ctrl+C handlers it installs are put back after."""
+    import signal
+
+    from pacs_mask_desktop import cli
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def run(args: list[str], env: dict[str, str]) -> Ran:
+        for name in list(os.environ):
+            if name.startswith("PACS_MASK_") and name not in env:
+                monkeypatch.delenv(name)
+        for name, value in env.items():
+            if name.startswith("PACS_MASK_"):
+                monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        code = cli.main(args)
+        out, err = capsys.readouterr()
+        return Ran(code, out, err)
+
+    yield run
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
 @dataclass(frozen=True)
 class Volume:
     """A synthetic series and one label mask per slice (``mask_0000.png`` ... in geometry order)."""

@@ -10,57 +10,19 @@ a one-line message and exit code 4 (``EXIT_PACS``).
 from __future__ import annotations
 
 import json
-import os
-import signal
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pacs_mask_desktop import cli
 from pacs_mask_desktop.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_PACS
 from pacs_mask_desktop.core.demo import write_masks_for_series
-from tests.live_server import LiveServer, ServerFactory
+from tests.live_server import LiveServer, Ran, ServerFactory
 from tests.orthanc import Orthanc, StoredSeries
 
 ClientEnv = Callable[..., dict[str, str]]
-
-
-@dataclass
-class Ran:
-    """What one ``pacs-mask`` run returned and printed."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def run_cli(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[..., Ran]]:
-    """``run_cli(args, env)``: ``pacs-mask ARGS`` in this process (no interpreter start: seconds saved)
-    with exactly ``env``'s PACS_MASK_* settings; the Ctrl+C handlers it installs are put back after."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def run(args: list[str], env: dict[str, str]) -> Ran:
-        for name in list(os.environ):
-            if name.startswith("PACS_MASK_") and name not in env:
-                monkeypatch.delenv(name)
-        for name, value in env.items():
-            if name.startswith("PACS_MASK_"):
-                monkeypatch.setenv(name, value)
-        capsys.readouterr()
-        code = cli.main(args)
-        out, err = capsys.readouterr()
-        return Ran(code, out, err)
-
-    yield run
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 @pytest.fixture(scope="module")

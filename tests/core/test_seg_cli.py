@@ -9,10 +9,8 @@ unknown group is bad input (2).
 from __future__ import annotations
 
 import json
-import signal
 import stat
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,38 +18,11 @@ import pydicom
 import pytest
 from PIL import Image
 
-from pacs_mask_desktop import cli
 from pacs_mask_desktop.cli import EXIT_BAD_INPUT, EXIT_OK
-from tests.live_server import LiveServer, ServerFactory
+from tests.live_server import LiveServer, Ran, ServerFactory
 from tests.orthanc import Orthanc, StoredSeries
 
 ClientEnv = Callable[..., dict[str, str]]
-
-
-@dataclass
-class Ran:
-    """What one ``pacs-mask`` run returned and printed."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def run_cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., Ran]]:
-    """``run_cli(args, env)``: ``pacs-mask ARGS`` in this process (``env`` is set by ``client_env``); the
-    Ctrl+C handlers ``upload`` installs are put back after."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def run(args: list[str], _env: dict[str, str]) -> Ran:
-        capsys.readouterr()
-        code = cli.main(args)
-        out, err = capsys.readouterr()
-        return Ran(code, out, err)
-
-    yield run
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before any Qt application exists
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,17 +110,54 @@ def ui_data(ui_api: ApiClient, tmp_path_factory: pytest.TempPathFactory) -> UiDa
     return UiData(series_dir, masks_dir, bad_dir, annotation, series.series_instance_uid)
 
 
-@pytest.fixture
-def window(qtbot: Any, ui_server: EmbeddedServer) -> MainWindow:
-    assert ui_server.target is not None
-    win = MainWindow(ServerConfig(url=ui_server.target.url, token=ui_server.target.token))
+def open_window(qtbot: Any, server: EmbeddedServer, *, wait_for_config: bool = False) -> MainWindow:
+    """A shown main window connected to ``server`` (and, with ``wait_for_config``, holding its
+    ``GET /api/config`` answer, which the PACS and SEG actions need)."""
+    assert server.target is not None
+    win = MainWindow(ServerConfig(url=server.target.url, token=server.target.token))
     win.confirm_quit_during_upload = False
     qtbot.addWidget(win)
     win.resize(1400, 900)
     win.show()
     with qtbot.waitSignal(win.connected, timeout=15_000):
         win.start()
+    if wait_for_config:
+        qtbot.waitUntil(lambda: win.server_config is not None, timeout=10_000)
     return win
+
+
+@contextmanager
+def bundled_server(
+    root: Path,
+    server_env: Mapping[str, str],
+    *,
+    server_only: tuple[str, ...] = ("PACS_MASK_DICOMWEB_URL",),
+    client_env: Mapping[str, str] | None = None,
+) -> Iterator[EmbeddedServer]:
+    """A bundled server started with ``server_env`` (its PACS settings, say) in ``root``.
+
+    Once it runs, the ``server_only`` variables are removed again so that the app under test must learn
+    them from the server (``GET /api/config``), and ``client_env`` is set for the app's side.
+    """
+    patch = pytest.MonkeyPatch()
+    for name, value in server_env.items():
+        patch.setenv(name, value)
+    server = EmbeddedServer(root / "data", log_path=root / "server.log", startup_timeout=60)
+    try:
+        server.start()
+        for name in server_only:
+            patch.delenv(name, raising=False)
+        for name, value in (client_env or {}).items():
+            patch.setenv(name, value)
+        yield server
+    finally:
+        server.stop()
+        patch.undo()
+
+
+@pytest.fixture
+def window(qtbot: Any, ui_server: EmbeddedServer) -> MainWindow:
+    return open_window(qtbot, ui_server)
 
 
 @pytest.fixture(autouse=True)

@@ -27,9 +27,8 @@ from pacs_mask_desktop.core.pacs_open import PacsSeriesRef
 from pacs_mask_desktop.ui import dialogs
 from pacs_mask_desktop.ui.main_window import MainWindow
 from pacs_mask_desktop.ui.pacs_browser import PacsBrowser
-from pacs_mask_desktop.ui.settings import ServerConfig
 from tests.orthanc import Orthanc, StoredSeries
-from tests.ui.conftest import UiData, drop_paths
+from tests.ui.conftest import UiData, bundled_server, drop_paths, open_window
 
 
 class SlowPacs(PacsClient):
@@ -53,32 +52,14 @@ def pacs_server(
 ) -> Iterator[EmbeddedServer]:
     """The bundled server configured with the PACS; the app's side knows only the PACS credentials."""
     root = tmp_path_factory.mktemp("pacs-ui")
-    patch = pytest.MonkeyPatch()
-    for name, value in orthanc.env().items():
-        patch.setenv(name, value)
-    server = EmbeddedServer(root / "data", log_path=root / "server.log", startup_timeout=60)
-    server.start()
-    patch.delenv("PACS_MASK_DICOMWEB_URL")  # the app must learn it from GET /api/config
-    patch.setenv("PACS_MASK_DICOM_CACHE_DIR", str(root / "dicom-cache"))
-    try:
+    cache = {"PACS_MASK_DICOM_CACHE_DIR": str(root / "dicom-cache")}
+    with bundled_server(root, orthanc.env(), client_env=cache) as server:  # the URL comes from the server
         yield server
-    finally:
-        server.stop()
-        patch.undo()
 
 
 @pytest.fixture
 def pacs_window(qtbot: Any, pacs_server: EmbeddedServer) -> MainWindow:
-    assert pacs_server.target is not None
-    win = MainWindow(ServerConfig(url=pacs_server.target.url, token=pacs_server.target.token))
-    win.confirm_quit_during_upload = False
-    qtbot.addWidget(win)
-    win.resize(1400, 900)
-    win.show()
-    with qtbot.waitSignal(win.connected, timeout=15_000):
-        win.start()
-    qtbot.waitUntil(lambda: win.server_config is not None, timeout=10_000)
-    return win
+    return open_window(qtbot, pacs_server, wait_for_config=True)
 
 
 def open_browser(qtbot: Any, window: MainWindow) -> PacsBrowser:

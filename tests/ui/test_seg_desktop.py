@@ -40,10 +40,9 @@ from pacs_mask_desktop.core.upload import UploadEngine
 from pacs_mask_desktop.core.volume_masks import SEG_SOP_CLASS_UID, VolumeMasks
 from pacs_mask_desktop.ui.main_window import MainWindow
 from pacs_mask_desktop.ui.render import label_colour
-from pacs_mask_desktop.ui.settings import ServerConfig
 from pacs_mask_desktop.ui.volume_stage import VolumeStage, stage_volume
 from tests.orthanc import Orthanc
-from tests.ui.conftest import drop_paths
+from tests.ui.conftest import bundled_server, drop_paths, open_window
 
 SLICES = 24
 SIZE = 64
@@ -67,13 +66,7 @@ def seg_case(
     orthanc: Orthanc, ui_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SegCase]:
     root = tmp_path_factory.mktemp("seg-ui")
-    patch = pytest.MonkeyPatch()
-    for name, value in orthanc.env().items():
-        patch.setenv(name, value)
-    server = EmbeddedServer(root / "data", log_path=root / "server.log", startup_timeout=60)
-    server.start()
-    patch.delenv("PACS_MASK_DICOMWEB_URL")  # the app learns the PACS from GET /api/config
-    try:
+    with bundled_server(root, orthanc.env()) as server:  # the app learns the PACS from GET /api/config
         assert server.target is not None
         series_dir = root / "series"
         paths = write_synthetic_ct(series_dir, slices=SLICES, size=SIZE, seed=41)
@@ -100,9 +93,6 @@ def seg_case(
                 volume[12:15, 40:50, 8:16] = 2  # "spleen"
                 volume[7, 12, 21] = 0
                 yield SegCase(server, api, reviewer, series_dir, series, annotation, volume)
-    finally:
-        server.stop()
-        patch.undo()
 
 
 def write_nifti(case: SegCase, path: Path, *, spacing_scale: float = 1.0) -> Path:
@@ -126,17 +116,7 @@ def write_nifti(case: SegCase, path: Path, *, spacing_scale: float = 1.0) -> Pat
 
 @pytest.fixture
 def seg_window(qtbot: Any, seg_case: SegCase) -> MainWindow:
-    target = seg_case.server.target
-    assert target is not None
-    win = MainWindow(ServerConfig(url=target.url, token=target.token))
-    win.confirm_quit_during_upload = False
-    qtbot.addWidget(win)
-    win.resize(1400, 900)
-    win.show()
-    with qtbot.waitSignal(win.connected, timeout=15_000):
-        win.start()
-    qtbot.waitUntil(lambda: win.server_config is not None, timeout=10_000)
-    return win
+    return open_window(qtbot, seg_case.server, wait_for_config=True)
 
 
 def test_drop_nifti_upload_approve_export_and_send_to_pacs(
@@ -280,18 +260,12 @@ def dead_pacs_server(
 ) -> Iterator[EmbeddedServer]:
     """The bundled server with a PACS where nothing listens, and sending before review allowed."""
     root = tmp_path_factory.mktemp("seg-dead-pacs")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("PACS_MASK_DICOMWEB_URL", f"http://127.0.0.1:{free_port()}/dicom-web")
-    patch.setenv("PACS_MASK_SEND_UNREVIEWED", "true")
-    server = EmbeddedServer(root / "data", log_path=root / "server.log", startup_timeout=60)
-    server.start()
-    patch.delenv("PACS_MASK_DICOMWEB_URL")
-    patch.delenv("PACS_MASK_SEND_UNREVIEWED")
-    try:
+    settings = {
+        "PACS_MASK_DICOMWEB_URL": f"http://127.0.0.1:{free_port()}/dicom-web",
+        "PACS_MASK_SEND_UNREVIEWED": "true",
+    }
+    with bundled_server(root, settings, server_only=tuple(settings)) as server:
         yield server
-    finally:
-        server.stop()
-        patch.undo()
 
 
 def upload_png_group(
@@ -336,13 +310,7 @@ def test_send_errors_and_a_group_without_geometry_are_explained(
         bare = api.create_annotation(generate_uid(), generate_uid())
         sendable = upload_png_group(api, located, series, tmp_path / "masks", check=True)
         unplaced = upload_png_group(api, bare, series, tmp_path / "masks", check=False)
-    window = MainWindow(ServerConfig(url=target.url, token=target.token))
-    window.confirm_quit_during_upload = False
-    qtbot.addWidget(window)
-    window.show()
-    with qtbot.waitSignal(window.connected, timeout=15_000):
-        window.start()
-    qtbot.waitUntil(lambda: window.server_config is not None, timeout=10_000)
+    window = open_window(qtbot, dead_pacs_server, wait_for_config=True)
     browser = window.groups
 
     # PACS_MASK_SEND_UNREVIEWED=true: an unreviewed group may be sent; the PACS is down, the dialog says so.
