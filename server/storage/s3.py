@@ -387,8 +387,10 @@ class S3Storage(Storage):
             raise self._error(exc, "PUT", key) from None
         return ObjectInfo(key=key, size=len(data), md5_hex=digest.hexdigest())
 
-    def delete(self, keys: Sequence[str]) -> None:
-        """Delete ``keys`` with DeleteObjects, 1000 a call; missing keys are fine."""
+    def _delete_keys(self, keys: Sequence[str], what: str | None = None) -> tuple[int, list[str]]:
+        """DeleteObjects over ``keys``, 1000 a call: how many went, and ``'key': Code`` for each the
+        server refused (every batch is tried). A failed call raises, naming ``what`` (or its first key)."""
+        deleted = 0
         failures: list[str] = []
         for start in range(0, len(keys), DELETE_BATCH):
             batch = keys[start : start + DELETE_BATCH]
@@ -398,10 +400,15 @@ class S3Storage(Storage):
                     Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
                 )
             except (ClientError, BotoCoreError) as exc:
-                raise self._error(exc, "DELETE", batch[0]) from None
-            failures.extend(
-                f"{err.get('Key')!r}: {err.get('Code', 'Unknown')}" for err in response.get("Errors", [])
-            )
+                raise self._error(exc, "DELETE", what or batch[0]) from None
+            errors = response.get("Errors", [])
+            failures.extend(f"{err.get('Key')!r}: {err.get('Code', 'Unknown')}" for err in errors)
+            deleted += len(batch) - len(errors)
+        return deleted, failures
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Delete ``keys`` with DeleteObjects, 1000 a call; missing keys are fine."""
+        _deleted, failures = self._delete_keys(keys)
         if failures:
             raise StorageError(
                 f"S3 could not delete {len(failures)} object(s) in bucket {self.bucket!r}: {failures[0]}"
@@ -417,20 +424,7 @@ class S3Storage(Storage):
         if not prefix:
             raise ValueError("refusing to delete the whole bucket: prefix must not be empty")
         keys = [info.key for info in self.list(prefix)]
-        deleted = 0
-        failures: list[str] = []
-        for start in range(0, len(keys), DELETE_BATCH):
-            batch = keys[start : start + DELETE_BATCH]
-            try:
-                response = self._client.delete_objects(
-                    Bucket=self.bucket,
-                    Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
-                )
-            except (ClientError, BotoCoreError) as exc:
-                raise self._error(exc, "DELETE", prefix) from None
-            errors = response.get("Errors", [])
-            failures.extend(f"{err.get('Key')!r}: {err.get('Code', 'Unknown')}" for err in errors)
-            deleted += len(batch) - len(errors)
+        deleted, failures = self._delete_keys(keys, prefix)
         if failures:
             shown = "; ".join(failures[:5])
             more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
