@@ -250,6 +250,20 @@ def _may_be_valid(expires_at: datetime, now: datetime) -> bool:
     return _aware(expires_at) + timedelta(seconds=SIGNED_URL_GRACE_SECONDS) > now
 
 
+def _lock_if_pending(session: Session, group_id: uuid.UUID) -> bool:
+    """Whether the group is still pending, checked by a no-op conditional update: it takes the row's
+    write lock (on SQLite the database's), so a racing ``complete`` cannot slip in before this
+    transaction ends."""
+    return (
+        session.execute(
+            update(MaskGroup)
+            .where(MaskGroup.id == group_id, MaskGroup.status == "pending")
+            .values(status="pending")
+        ).rowcount
+        == 1
+    )
+
+
 def _bind_signed_bytes(
     session: Session, group_id: uuid.UUID, slices: Sequence[Any], expires_at: datetime | None
 ) -> None:
@@ -261,12 +275,7 @@ def _bind_signed_bytes(
     """
     if expires_at is None:
         return
-    pending = session.execute(
-        update(MaskGroup)
-        .where(MaskGroup.id == group_id, MaskGroup.status == "pending")
-        .values(status="pending")
-    ).rowcount
-    if pending != 1:
+    if not _lock_if_pending(session, group_id):
         raise Conflict(
             f"Mask group {group_id} stopped being pending while URLs were signed; nothing was signed.",
             code="group_not_pending",
@@ -354,12 +363,7 @@ def _remove_unsigned_objects(call: Call, group_id: uuid.UUID, mismatched: Sequen
     """
     failure: StorageError | None = None
     with call.db.session() as session:
-        pending = session.execute(
-            update(MaskGroup)
-            .where(MaskGroup.id == group_id, MaskGroup.status == "pending")
-            .values(status="pending")
-        ).rowcount
-        if pending != 1:
+        if not _lock_if_pending(session, group_id):
             return []
         names = [c.item.filename for c in mismatched]
         signed = {
