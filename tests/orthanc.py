@@ -112,6 +112,15 @@ class Orthanc:
         for start in range(0, len(datasets), STOW_BATCH):
             client.store_instances(datasets[start : start + STOW_BATCH])
 
+    def delete_series(self, study_uid: str, *, modality: str) -> None:
+        """Delete the ``modality`` series of a study through Orthanc's REST API (test clean-up)."""
+        auth = (self.user, self.password)
+        query = {"Level": "Series", "Query": {"StudyInstanceUID": study_uid, "Modality": modality}}
+        found = httpx.post(f"{self.url}/tools/find", json=query, auth=auth, timeout=30)
+        found.raise_for_status()
+        for orthanc_id in found.json():
+            httpx.delete(f"{self.url}/series/{orthanc_id}", auth=auth, timeout=30).raise_for_status()
+
     def log_tail(self, lines: int = 30) -> str:
         """The end of Orthanc's log, for failure messages."""
         try:
@@ -269,7 +278,10 @@ def _read_back(paths: list[Path]) -> list[Dataset]:
 
 @pytest.fixture(scope="session")
 def pacs_ct(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> StoredSeries:
-    """A 200-slice 64x64 CT in the PACS, sent in shuffled order, InstanceNumber descending with position."""
+    """A 200-slice 64x64 CT in the PACS, sent in shuffled order, InstanceNumber descending with position.
+
+    Read-only for the tests: one that stores a DICOM SEG in its study uses :func:`pacs_ct_for_seg`.
+    """
     folder = tmp_path_factory.mktemp("pacs-ct")
     paths = write_synthetic_ct(folder, slices=CT_SLICES, size=CT_SIZE, seed=CT_SEED)  # in geometry order
     datasets = _read_back(paths)
@@ -289,6 +301,16 @@ def pacs_ct(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Store
         instance_numbers=tuple(int(ds.InstanceNumber) for ds in datasets),
         folder=folder,
     )
+
+
+@pytest.fixture
+def pacs_ct_for_seg(orthanc: Orthanc, pacs_ct: StoredSeries) -> Iterator[StoredSeries]:
+    """:func:`pacs_ct` for a test that stores DICOM SEGs in its study: they are deleted afterwards, so
+    the study holds exactly the CT series again whatever order the tests run in."""
+    try:
+        yield pacs_ct
+    finally:
+        orthanc.delete_series(pacs_ct.study_instance_uid, modality="SEG")
 
 
 def emri_small_path() -> Path | None:

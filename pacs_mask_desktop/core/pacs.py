@@ -124,7 +124,10 @@ def name_pattern(name: str) -> str:
     return "*" + "*".join(parts) + "*" if parts else "*"
 
 
-def _env_verify(value: str | None) -> bool | str:
+def verify_from_env() -> bool | str:
+    """TLS verification for the PACS from ``PACS_MASK_DICOMWEB_VERIFY``: on unless it says off
+    (0/false/no/off); any other value is a CA bundle path."""
+    value = os.environ.get("PACS_MASK_DICOMWEB_VERIFY")
     if value is None or value.strip().lower() in ("", "1", "true", "yes", "on"):
         return True
     if value.strip().lower() in ("0", "false", "no", "off"):
@@ -264,9 +267,7 @@ class PacsClient:
                 password = TokenStore().get(url.rstrip("/")) or ""
             auth = (user, password)
         timeout = float(os.environ.get("PACS_MASK_DICOMWEB_TIMEOUT") or DEFAULT_TIMEOUT)
-        return cls(
-            url, auth, _env_verify(os.environ.get("PACS_MASK_DICOMWEB_VERIFY")), timeout=timeout, **kwargs
-        )
+        return cls(url, auth, verify_from_env(), timeout=timeout, **kwargs)
 
     @property
     def cache(self) -> DicomCache:

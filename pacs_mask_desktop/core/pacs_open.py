@@ -36,7 +36,7 @@ from pacs_mask_desktop.core.dicom_series import (
     load_series,
     series_from_headers,
 )
-from pacs_mask_desktop.core.pacs import PacsClient, PacsError, _env_verify
+from pacs_mask_desktop.core.pacs import PacsClient, PacsError, verify_from_env
 
 MIB = 1024 * 1024
 INDEX_FILE = ".series.json"
@@ -91,7 +91,7 @@ def desktop_pacs_client(
     if auth is None and user:
         auth = (user, password or os.environ.get("PACS_MASK_DICOMWEB_PASSWORD", ""))
     cache = DicomCache(cache_root, max_bytes=max(settings.cache_mb, 1) * MIB)
-    return PacsClient(url, auth, _env_verify(os.environ.get("PACS_MASK_DICOMWEB_VERIFY")), cache=cache)
+    return PacsClient(url, auth, verify_from_env(), cache=cache)
 
 
 @dataclass(frozen=True, slots=True)

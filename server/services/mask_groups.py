@@ -56,7 +56,8 @@ def parse_group_id(value: str) -> uuid.UUID:
         raise NotFound(f"'{value}' is not a mask group id.", code="group_not_found") from None
 
 
-def _load_group(session: Session, group_id: uuid.UUID, *, for_update: bool = False) -> MaskGroup:
+def load_group(session: Session, group_id: uuid.UUID, *, for_update: bool = False) -> MaskGroup:
+    """The group row (locked for update when asked), or 404 ``group_not_found``; shared by the SEG services."""
     query = select(MaskGroup).where(MaskGroup.id == group_id)
     if for_update:
         query = query.with_for_update()
@@ -172,7 +173,7 @@ def sign_urls(call: Call, group_ref: str, data: schemas.SignRequest) -> schemas.
         )
     with call.db.session() as session:
         # Locked (PostgreSQL) until this signature is recorded: a racing complete waits and then sees it.
-        group = _load_group(session, group_id, for_update=True)
+        group = load_group(session, group_id, for_update=True)
         _require_owner(call, group, "upload to")
         if group.status != "pending":
             raise Conflict(
@@ -478,7 +479,7 @@ def complete_group(call: Call, group_ref: str, data: schemas.CompleteRequest) ->
     group_id = parse_group_id(group_ref)
     _check_complete_body(data)
     with call.db.session() as session:
-        group = _load_group(session, group_id)
+        group = load_group(session, group_id)
         _require_owner(call, group, "complete")
         annotation_id, status, expected = group.annotation_id, group.status, group.expected_slices
     if status == "complete":
@@ -539,7 +540,7 @@ def complete_group(call: Call, group_ref: str, data: schemas.CompleteRequest) ->
             group_id=group_id,
             detail={"slices": len(checked), "bytes": total_bytes},
         )
-        group = _load_group(session, group_id)
+        group = load_group(session, group_id)
         result = group_out(group, len(checked))
     call.metrics.completes.inc()
     call.metrics.slices_uploaded.inc(len(checked))
@@ -660,7 +661,7 @@ def _matches(item: schemas.SliceToComplete, info: ObjectInfo | None) -> bool:
 def _repeat_complete(call: Call, group_id: uuid.UUID, data: schemas.CompleteRequest) -> schemas.GroupOut:
     """A complete of an already complete group: the same answer for the same body, 409 otherwise."""
     with call.db.session() as session:
-        group = _load_group(session, group_id)
+        group = load_group(session, group_id)
         rows = session.scalars(select(Mask).where(Mask.group_id == group_id)).all()
         stored = {(m.filename, m.slice_index, m.checksum) for m in rows}
         claimed = {(s.filename, s.slice_index, s.checksum.lower()) for s in data.slices}
@@ -703,7 +704,7 @@ def list_masks(call: Call, group_ref: str) -> schemas.MaskList:
     """The group and its slices ordered by slice index."""
     group_id = parse_group_id(group_ref)
     with call.db.session() as session:
-        group = _load_group(session, group_id)
+        group = load_group(session, group_id)
         rows = session.scalars(select(Mask).where(Mask.group_id == group_id).order_by(Mask.slice_index)).all()
         return schemas.MaskList(group=group_out(group, len(rows)), items=[mask_out(m) for m in rows])
 
@@ -738,7 +739,7 @@ def view_slice(call: Call, group_ref: str, filename: str | None, slice_index: in
     if (filename is None) == (slice_index is None):
         raise InvalidRequest("Give exactly one of 'filename' or 'slice_index'.", code="invalid_query")
     with call.db.session() as session:
-        group = _load_group(session, group_id)
+        group = load_group(session, group_id)
         query = select(Mask).where(Mask.group_id == group_id)
         query = (
             query.where(Mask.filename == filename)
@@ -770,7 +771,7 @@ def review_group(call: Call, group_ref: str, data: schemas.ReviewRequest) -> sch
     if data.decision == "rejected" and not data.comment.strip():
         raise Unprocessable("A rejection needs a comment saying what is wrong.", code="comment_required")
     with call.db.session() as session:
-        group = _load_group(session, group_id, for_update=True)
+        group = load_group(session, group_id, for_update=True)
         if group.status != "complete":
             raise Conflict(
                 f"Only complete groups can be reviewed; {group_id} is {group.status}.",
@@ -796,7 +797,7 @@ def review_group(call: Call, group_ref: str, data: schemas.ReviewRequest) -> sch
 
         send_after_approval(call, str(group_id))
         with call.db.session() as session:
-            result = group_out(_load_group(session, group_id), _slice_count(session, group_id))
+            result = group_out(load_group(session, group_id), _slice_count(session, group_id))
     return result
 
 
@@ -807,7 +808,7 @@ def delete_group(call: Call, group_ref: str) -> schemas.DeleteResult:
     """Remove a group's objects, then its rows; resumable after a storage failure (see module doc)."""
     group_id = parse_group_id(group_ref)
     with call.db.session() as session:
-        group = _load_group(session, group_id, for_update=True)
+        group = load_group(session, group_id, for_update=True)
         annotation_id, previous = group.annotation_id, group.status
         # Conditional: of two racing deletes only the one that moves the group to 'deleting' records the
         # start (a repeat after a storage failure finds it 'deleting' already and just finishes).

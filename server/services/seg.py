@@ -37,6 +37,7 @@ from server.context import Call
 from server.db.models import Mask, MaskGroup, utcnow
 from server.errors import Conflict, StorageUnavailable, Unprocessable
 from server.naming import group_prefix
+from server.services.mask_groups import load_group, open_stored, parse_group_id
 from server.services.serialize import seg_out
 from server.services.series import load_geometry
 from server.storage.base import StorageError
@@ -431,11 +432,9 @@ def _person_name(actor: str) -> str:
 
 def build_seg(call: Call, group_ref: str) -> schemas.SegOut:
     """Build, store and record the SEG of a complete group, once; a repeat answers the recorded one."""
-    from server.services.mask_groups import _load_group, parse_group_id
-
     group_id = parse_group_id(group_ref)
     with call.db.session() as session:
-        group = _load_group(session, group_id)
+        group = load_group(session, group_id)
         if (existing := seg_out(group)) is not None:
             return existing
         _require_complete(group)
@@ -512,7 +511,7 @@ def build_seg(call: Call, group_ref: str) -> schemas.SegOut:
                         "size": info.size,
                     },
                 )
-            result = _load_group(session, group_id)  # 404 when a delete removed the group meanwhile
+            result = load_group(session, group_id)  # 404 when a delete removed the group meanwhile
             answer = seg_out(result)
             if answer is None:  # not ours and nobody else's: the group left 'complete' (a delete started)
                 _require_complete(result)
@@ -549,11 +548,10 @@ class SegFile:
 def open_seg(call: Call, group_ref: str) -> SegFile:
     """Open the group's built SEG for download (404 ``seg_not_built`` before ``POST``); audited."""
     from server.errors import NotFound
-    from server.services.mask_groups import _load_group, open_stored, parse_group_id
 
     group_id = parse_group_id(group_ref)
     with call.db.session() as session:
-        group = _load_group(session, group_id)
+        group = load_group(session, group_id)
         if group.seg_storage_key is None:
             raise NotFound(
                 f"Mask group {group_id} has no DICOM SEG yet; POST /api/mask-group/{group_id}/seg builds it.",

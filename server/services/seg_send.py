@@ -25,6 +25,7 @@ from server.context import Call
 from server.db.models import MaskGroup, utcnow
 from server.errors import ApiError, Conflict, PacsFailed
 from server.pacs import Pacs
+from server.services.mask_groups import load_group, parse_group_id
 from server.services.seg import build_seg, seg_build_failed, seg_bytes
 from server.services.serialize import retraction_notice, utc
 
@@ -33,11 +34,9 @@ log = logging.getLogger("pacs_mask.server.seg")
 
 def send_seg(call: Call, group_ref: str) -> schemas.SendOut:
     """STOW the group's SEG to the configured PACS (building it first if needed); idempotent."""
-    from server.services.mask_groups import _load_group, parse_group_id
-
     group_id = parse_group_id(group_ref)
     with call.db.session() as session:
-        group = _load_group(session, group_id)
+        group = load_group(session, group_id)
         if group.sent_at is not None and group.seg_sop_instance_uid is not None:
             return schemas.SendOut(
                 sop_instance_uid=group.seg_sop_instance_uid,
@@ -52,12 +51,12 @@ def send_seg(call: Call, group_ref: str) -> schemas.SendOut:
         try:
             seg = build_seg(call, str(group_id))
             with call.db.session() as session:
-                key = _load_group(session, group_id).seg_storage_key
+                key = load_group(session, group_id).seg_storage_key
             dataset = _read_seg(group_id, seg_bytes(call, key or ""))
             # Building took seconds: a reviewer may have rejected the group meanwhile. Check again under
             # the row lock, just before the STOW (a rejection during the STOW is caught after it).
             with call.db.session() as session:
-                _require_sendable(call, _load_group(session, group_id, for_update=True))
+                _require_sendable(call, load_group(session, group_id, for_update=True))
             pacs.store(dataset)
         finally:
             pacs.close()
@@ -66,7 +65,7 @@ def send_seg(call: Call, group_ref: str) -> schemas.SendOut:
         raise
     now = utcnow()
     with call.db.session() as session:
-        group = _load_group(session, group_id, for_update=True)
+        group = load_group(session, group_id, for_update=True)
         group.sent_at, group.sent_to, group.send_error = now, pacs.url, None
         # Rejected while the STOW ran: the SEG is in the PACS all the same; say so (never silently).
         retract = retraction_notice(group)

@@ -36,9 +36,10 @@ def test_export_seg_saves_the_file_and_send_stores_it_once(
     client_env: ClientEnv,
     sending_server: LiveServer,
     orthanc: Orthanc,
-    pacs_ct: StoredSeries,
+    pacs_ct_for_seg: StoredSeries,
     tmp_path: Path,
 ) -> None:
+    pacs_ct = pacs_ct_for_seg  # its SEGs are deleted from the PACS afterwards
     env = client_env(sending_server)
     with sending_server.api() as api:
         annotation = api.create_annotation_from_pacs(pacs_ct.series_instance_uid)["id"]

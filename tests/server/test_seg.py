@@ -646,8 +646,9 @@ def seg_in_study(orthanc: Orthanc, study_uid: str) -> list[tuple[str, str]]:
 
 
 def test_approved_seg_is_stored_in_the_pacs_once_and_listed_in_its_study(
-    server_factory: ServerFactory, orthanc: Orthanc, pacs_ct: StoredSeries
+    server_factory: ServerFactory, orthanc: Orthanc, pacs_ct_for_seg: StoredSeries
 ) -> None:
+    pacs_ct = pacs_ct_for_seg  # its SEGs are deleted from the PACS afterwards
     app = server_factory(**pacs_settings(orthanc, send_approved_seg=True))
     created = app.api(
         "POST", "/api/annotations/from-pacs", json={"series_instance_uid": pacs_ct.series_instance_uid}
