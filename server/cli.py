@@ -24,14 +24,25 @@ def _settings() -> Settings:
 def prepare_database(settings: Settings) -> None:
     """Migrate the embedded SQLite database; refuse to serve a PostgreSQL one that is behind.
 
+    SQLite: a database behind this version's head revision is backed up next to itself first and
+    restored if a migration fails (``server.db.backup``); the failure is the last thing this process
+    prints, so the desktop app, which shows the tail of its server's output, tells the user.
     A clinic's PostgreSQL is migrated on purpose (``pacs-mask-server migrate``) by whoever runs the
     upgrade, never implicitly by one of several workers starting up.
     """
+    from server.db.backup import MigrationFailed, sqlite_file, upgrade_with_backup
     from server.db.migrate import current_revision, head_revision, upgrade
 
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
-        upgrade(url)
+        if sqlite_file(url) is None:  # in memory: nothing to keep
+            upgrade(url)
+            return
+        try:
+            upgrade_with_backup(url)
+        except MigrationFailed as exc:
+            print(f"pacs-mask-server: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(3) from None
         return
     current, head = current_revision(url), head_revision()
     if current != head:
