@@ -391,6 +391,16 @@ def _functional(ds: Dataset, frame: int | None, group: str, keyword: str) -> Any
     return None
 
 
+def series_attribute(ds: Dataset, group: str, keyword: str) -> Any:
+    """A top-level attribute, else its copy in the functional group ``group`` (first frame's, else shared).
+
+    Enhanced CT/MR objects keep e.g. SpacingBetweenSlices only in ``PixelMeasuresSequence``; the server
+    reads it the same way (``server.geometry``).
+    """
+    value = ds.get(keyword)
+    return value if value is not None else _functional(ds, 0, group, keyword)
+
+
 def _orientation(ds: Dataset, frame: int | None) -> tuple[float, ...] | None:
     value = ds.get("ImageOrientationPatient")
     if value is None:

@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 
 from pacs_mask_desktop.core.api_client import ApiError
-from pacs_mask_desktop.core.dicom_series import Series, SliceRef
+from pacs_mask_desktop.core.dicom_series import Series, SliceRef, series_attribute
 
 
 class GeometryFormatError(ValueError):
@@ -106,7 +106,11 @@ def geometry_from_series(series: Series) -> dict[str, Any]:
         return (str(value).strip() or None) if value is not None else None
 
     sop_class = text("SOPClassUID")
-    spacing_between = text("SpacingBetweenSlices")
+    between = (
+        series_attribute(header, "PixelMeasuresSequence", "SpacingBetweenSlices")
+        if header is not None
+        else None
+    )  # top level, or in the functional groups of an Enhanced CT/MR
     by_geometry = series.ordered_by == "geometry"
     return {
         "series_instance_uid": series.series_instance_uid,
@@ -117,7 +121,7 @@ def geometry_from_series(series: Series) -> dict[str, Any]:
         "pixel_spacing": list(series.pixel_spacing) if series.pixel_spacing else None,
         "image_orientation_patient": list(series.orientation) if series.orientation else None,
         "slice_thickness": series.slice_thickness,
-        "spacing_between_slices": float(spacing_between) if spacing_between else None,
+        "spacing_between_slices": float(between) if between not in (None, "") else None,
         "patient_id": series.patient_id or None,
         **{name: text(keyword) for name, keyword in _SERIES_TEXT.items()},
         "source": "folder",

@@ -1,8 +1,10 @@
 """Issue 10, masks in: NIfTI label volumes and DICOM SEG files placed exactly on the series grid.
 
 A generated axial CT (20 slices of 64x64, InstanceNumber running opposite to position, written with
-pydicom) is the series. The truth is a label volume on its grid ([slice][row][column], slice 0 = lowest
-z). NIfTI files are written with nibabel in several storage orders with matching affines; they all import
+pydicom) is the series. The issue's NIfTI cases and the dcmqi SEG import run on a real MR too: pydicom's
+multi-frame Enhanced MR ``emri_small.dcm`` with a sagittal scanner geometry added by the test
+(``tests.enhanced_mr`` says why and what), fixture ``volume_series``. The truth is a label volume on the
+series' grid ([slice][row][column], slice 0 = first position along the slice normal). NIfTI files are written with nibabel in several storage orders with matching affines; they all import
 to the truth, voxel for voxel. A wrong spacing and a shifted origin are refused with the measured
 difference. dcmqi's ``itkimage2segimage`` (the field's reference converter) is the independent referee
 for SEG: its SEG of the truth imports equal to the truth. SEGs built with highdicom check overlap and
@@ -46,6 +48,7 @@ from pacs_mask_desktop.core.volume_masks import (
     masks_from_seg,
 )
 from pacs_mask_desktop.core.watch import Watcher
+from tests.enhanced_mr import MR_FIRST_POSITION, MR_ORIENTATION, MR_PIXEL_SPACING_MM, MR_SLICE_STEP_MM
 from tests.live_server import LiveServer
 
 SLICES, SIZE = 20, 64
@@ -56,13 +59,17 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 class Ct:
-    """The generated series, its geometry document and a label truth on its grid."""
+    """A series read from ``folder``, its geometry document and a label truth on its grid.
+
+    The truth is :func:`truth_volume`'s first slices (all of it for the generated CT, 10 for the MR).
+    """
 
     def __init__(self, folder: Path, seed: int) -> None:
         self.folder = folder
         self.series = load_series(folder)
         self.geometry = geometry_from_series(self.series)
-        self.truth = truth_volume(seed)
+        self.truth = truth_volume(seed)[: len(self.series)]
+        assert self.truth.shape == (len(self.series), self.series.rows, self.series.columns)
 
     def affine_lps(self) -> np.ndarray:
         """Series index (slice, row, column) -> LPS mm."""
@@ -118,6 +125,14 @@ def ct(tmp_path_factory: pytest.TempPathFactory) -> Ct:
     return Ct(folder, 7)
 
 
+@pytest.fixture(scope="module", params=["generated CT", "emri_small MR with scanner geometry"])
+def volume_series(request: pytest.FixtureRequest) -> Ct:
+    """The issue's cases run on both: the generated CT and pydicom's real multi-frame MR (tests.enhanced_mr)."""
+    if request.param == "generated CT":
+        return request.getfixturevalue("ct")
+    return Ct(request.getfixturevalue("emri_with_geometry"), 7)
+
+
 @pytest.fixture(autouse=True)
 def _private_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PACS_MASK_DATA_DIR", str(tmp_path / "data"))
@@ -135,13 +150,16 @@ STORAGE_ORDERS = {
 
 
 @pytest.mark.parametrize("case", STORAGE_ORDERS)
-def test_nifti_storage_orders_all_import_to_the_same_slices(ct: Ct, tmp_path: Path, case: str) -> None:
+def test_nifti_storage_orders_all_import_to_the_same_slices(
+    volume_series: Ct, tmp_path: Path, case: str
+) -> None:
+    ct = volume_series
     order, flips = STORAGE_ORDERS[case]
     path = save(nifti_of(ct, order, flips), tmp_path / "seg.nii.gz")
     with masks_from_nifti(path, ct.geometry) as result:
         np.testing.assert_array_equal(result.volume, ct.truth)
-        assert [p.name for p in result.paths] == [f"mask_{k:04d}.png" for k in range(SLICES)]
-        for k in (0, 7, 16):  # the PNG slices prepare() reads hold the same labels
+        assert [p.name for p in result.paths] == [f"mask_{k:04d}.png" for k in range(len(ct.truth))]
+        for k in (0, 7, len(ct.truth) - 1):  # the PNG slices prepare() reads hold the same labels
             np.testing.assert_array_equal(load_mask_array(result.paths[k]), ct.truth[k])
         assert stat.S_IMODE(result.folder.stat().st_mode) == 0o700
         assert stat.S_IMODE(result.paths[0].stat().st_mode) == 0o600
@@ -150,15 +168,17 @@ def test_nifti_storage_orders_all_import_to_the_same_slices(ct: Ct, tmp_path: Pa
     assert not result.folder.exists()
 
 
-def test_nibabel_canonical_reorientation_imports_identically(ct: Ct, tmp_path: Path) -> None:
+def test_nibabel_canonical_reorientation_imports_identically(volume_series: Ct, tmp_path: Path) -> None:
     """nibabel's own RAS reorientation (not this test's arithmetic) as a second opinion."""
+    ct = volume_series
     canonical = nib.as_closest_canonical(nifti_of(ct, (2, 1, 0), (False, False, False)))
     assert nib.aff2axcodes(canonical.affine) == ("R", "A", "S")
     with masks_from_nifti(save(canonical, tmp_path / "ras.nii"), ct.geometry) as result:
         np.testing.assert_array_equal(result.volume, ct.truth)
 
 
-def test_a_wrong_spacing_is_refused_with_the_difference(ct: Ct, tmp_path: Path) -> None:
+def test_a_wrong_spacing_is_refused_with_the_difference(volume_series: Ct, tmp_path: Path) -> None:
+    ct = volume_series
     image = nifti_of(ct, (2, 1, 0), (False, False, False))
     affine = image.affine.copy()
     affine[:3, 0] *= 1.02  # columns 2 % wider
@@ -177,7 +197,8 @@ def test_a_wrong_spacing_is_refused_with_the_difference(ct: Ct, tmp_path: Path) 
     assert not list((tmp_path / "data").rglob("*.png"))
 
 
-def test_a_shifted_origin_is_refused_with_the_shift(ct: Ct, tmp_path: Path) -> None:
+def test_a_shifted_origin_is_refused_with_the_shift(volume_series: Ct, tmp_path: Path) -> None:
+    ct = volume_series
     image = nifti_of(ct, (2, 1, 0), (False, False, False))
     affine = image.affine.copy()
     affine[2, 3] += 1.25  # half a slice towards the head
@@ -258,8 +279,18 @@ def test_whole_number_floats_import_and_label_names_come_from_the_sidecar(ct: Ct
 
 
 @pytest.mark.parametrize("seg_type", ["binary", "labelmap"])
-def test_a_seg_made_by_dcmqi_imports_equal_to_its_nifti(ct: Ct, tmp_path: Path, seg_type: str) -> None:
-    """dcmqi's itkimage2segimage (ITK reads the series itself) is the referee of geometry."""
+def test_a_seg_made_by_dcmqi_imports_equal_to_its_nifti(
+    volume_series: Ct, tmp_path: Path, seg_type: str
+) -> None:
+    """dcmqi's itkimage2segimage (ITK reads the series itself) is the referee of geometry.
+
+    dcmqi 1.5.7 (the newest release) maps SEG frames to source images by a top-level
+    ImagePositionPatient, which a multi-frame MR does not have ("Tag not found"; multi-frame sources
+    come with QIICR/dcmqi#558, not released yet). For the MR its reference check is turned off: dcmqi
+    then writes each frame with the position it computes from the NIfTI's affine and no source
+    reference, and this project places the frames by those positions alone (the stricter test).
+    """
+    ct = volume_series
     nifti = save(nifti_of(ct, (2, 1, 0), (True, True, False)), tmp_path / "truth.nii.gz")
     segment = {
         "SegmentAlgorithmType": "MANUAL",
@@ -284,10 +315,13 @@ def test_a_seg_made_by_dcmqi_imports_equal_to_its_nifti(ct: Ct, tmp_path: Path, 
     done = subprocess.run(
         [ITKIMAGE2SEGIMAGE, "--inputImageList", str(nifti),
          "--inputDICOMDirectory", str(ct.folder), "--inputMetadata", str(tmp_path / "meta.json"),
-         "--outputDICOM", str(out), "--segmentationType", seg_type],
+         "--outputDICOM", str(out), "--segmentationType", seg_type,
+         *(["--referencesGeometryCheck", "0"] if ct.series.is_multiframe else [])],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+    frames = pydicom.dcmread(out).PerFrameFunctionalGroupsSequence
+    assert all(("DerivationImageSequence" in f) != ct.series.is_multiframe for f in frames)
     with masks_from_seg(out, ct.geometry) as result:
         np.testing.assert_array_equal(result.volume, ct.truth)
         assert result.labels is not None
@@ -513,6 +547,28 @@ def test_a_multiframe_enhanced_ct_takes_a_nifti_and_a_seg_by_frame(tmp_path: Pat
     highdicom_seg(tmp_path / "enh", masks).save_as(tmp_path / "enh-seg.dcm")
     with masks_from_seg(tmp_path / "enh-seg.dcm", geometry) as result:
         np.testing.assert_array_equal(result.volume, masks[..., 0].astype(np.uint8))
+
+
+def test_the_real_mr_with_scanner_geometry_is_read_from_its_functional_groups(
+    emri_with_geometry: Path,
+) -> None:
+    """Per-frame PlanePositionSequence, shared PlaneOrientation/PixelMeasures (tests.enhanced_mr adds them)."""
+    series = load_series(emri_with_geometry)
+    assert (series.ordered_by, series.is_multiframe, tuple(series.warnings)) == ("geometry", True, ())
+    geometry = geometry_from_series(series)
+    assert geometry["image_orientation_patient"] == MR_ORIENTATION
+    assert geometry["pixel_spacing"] == [MR_PIXEL_SPACING_MM, MR_PIXEL_SPACING_MM]
+    assert (geometry["slice_thickness"], geometry["spacing_between_slices"]) == (1.2, MR_SLICE_STEP_MM)
+    # the sagittal normal (rows x columns) points to the patient's right (-x) and frame 1 lies furthest
+    # right: slice index 0 (first along the normal) is frame 10
+    assert [i["frame_number"] for i in geometry["instances"]] == list(range(10, 0, -1))
+    positions = np.asarray([i["image_position_patient"] for i in geometry["instances"]])
+    np.testing.assert_allclose(
+        positions[:, 0], MR_FIRST_POSITION[0] + MR_SLICE_STEP_MM * np.arange(9, -1, -1)
+    )
+    np.testing.assert_allclose(positions[:, 1:], [MR_FIRST_POSITION[1:]] * 10)
+    shipped = pydicom.dcmread(get_testdata_file("emri_small.dcm")).pixel_array
+    np.testing.assert_array_equal(series.pixel_array(0), shipped[9])  # the real MR's pixels, frame 10
 
 
 def test_pydicoms_multiframe_mr_without_plane_positions_is_refused_clearly(tmp_path: Path) -> None:

@@ -189,3 +189,16 @@ def test_a_given_staging_folder_written_again_keeps_its_files_private(tmp_path: 
     assert staged.known_slices[old] == read_mask(old)
     assert {stat.S_IMODE(p.stat().st_mode) for p in staged.paths} == {0o600}
     assert stat.S_IMODE(given.stat().st_mode) == 0o700
+
+
+def test_a_damaged_gzip_is_refused_as_unreadable_and_nothing_is_left(tmp_path: Path) -> None:
+    """The voxels are inflated by zlib-ng straight into the volume; the gzip CRC-32 is still checked."""
+    path = tmp_path / "seg.nii.gz"
+    nib.save(nifti((2, 1, 0), (False, False, False)), path)
+    damaged = bytearray(path.read_bytes())
+    damaged[-6] ^= 0xFF  # inside the trailer's CRC-32: every voxel inflates, only the check can tell
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(VolumeMaskError, match="CRC check failed") as refused:
+        masks_from_nifti(path, geometry())
+    assert refused.value.code == "unreadable"
+    assert not list((tmp_path / "data" / "staging").iterdir())

@@ -5,8 +5,10 @@ Referees: ``dciodvfy -new`` (dicom3tools; no line may start with "Error") valida
 uploaded masks voxel for voxel once placed on the series grid (by its affine, not by trust). The SEG is
 sent to a real Orthanc over STOW-RS and must be listed in the same study (QIDO-RS).
 Series: a generated 20-slice CT (classic single-frame, InstanceNumber against position), a generated
-Enhanced CT (one multi-frame instance, frames stored top-down), the 200-slice CT in Orthanc, and
-pydicom's multi-frame MR, whose headers hold no plane positions (refused when its annotation is created).
+Enhanced CT (one multi-frame instance, frames stored top-down), the 200-slice CT in Orthanc,
+pydicom's multi-frame MR ``emri_small.dcm`` as shipped, whose headers hold no plane positions (its SEG is
+refused naming them), and the same real MR with a scanner's sagittal geometry added by the test
+(``tests.enhanced_mr``), whose SEG dcmqi reads back equal to the uploaded masks.
 """
 
 from __future__ import annotations
@@ -332,15 +334,25 @@ def test_a_seg_built_while_its_group_is_deleted_leaves_no_object_behind(
     assert [k for k in app.objects() if k.endswith(".dcm")] == []  # no orphan SEG (patient data) left
 
 
-def test_seg_of_a_multiframe_enhanced_ct_references_frames_and_is_manual(
-    server_factory: ServerFactory, tmp_path: Path
+@pytest.fixture(params=["generated Enhanced CT", "emri_small MR with scanner geometry"])
+def multiframe_image(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """One multi-frame file: the generated Enhanced CT (12 frames of 32x32, stored top-down), or pydicom's
+    real Enhanced MR ``emri_small.dcm`` (10 frames of 64x64) with a sagittal scanner geometry added by
+    the test, because the shipped file states none (``tests.enhanced_mr`` says what and why)."""
+    if request.param == "generated Enhanced CT":
+        return write_synthetic_enhanced_ct(tmp_path / "enhanced.dcm", frames=12, size=32, seed=5)
+    return request.getfixturevalue("emri_with_geometry") / "emri_geometry.dcm"
+
+
+def test_seg_of_a_multiframe_image_references_frames_and_is_manual(
+    server_factory: ServerFactory, tmp_path: Path, multiframe_image: Path
 ) -> None:
     app = server_factory()
-    path = write_synthetic_enhanced_ct(tmp_path / "enhanced.dcm", frames=12, size=32, seed=5)
-    geometry = geometry_of([path])
+    geometry = geometry_of([multiframe_image])
     annotation_id = annotation_with(app, geometry)
-    volume = phantom(12, 32)
-    group = upload_volume(app, annotation_id, volume, list(range(12)), source="manual")
+    frames = len(geometry["instances"])
+    volume = phantom(frames, geometry["rows"])
+    group = upload_volume(app, annotation_id, volume, list(range(frames)), source="manual")
     built = app.api("POST", f"/api/mask-group/{group['id']}/seg", role="uploader")
     assert built.status_code == 200, built.text
     seg_path = tmp_path / "seg.dcm"
@@ -355,7 +367,7 @@ def test_seg_of_a_multiframe_enhanced_ct_references_frames_and_is_manual(
         int(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
         for f in seg.PerFrameFunctionalGroupsSequence
     ]
-    assert set(referenced) == {frames_of[i] for i in range(12) if volume[i].any()}
+    assert set(referenced) == {frames_of[i] for i in range(frames) if volume[i].any()}
 
 
 @pytest.mark.parametrize("db_kind", ALL_DBS)
