@@ -48,6 +48,8 @@ class UploadResult:
     ``duplicate_group``, ``annotation_not_found``) or could not be reached (``unreachable``: the run gave
     up after its retry budget). ``uploaded`` counts the slices this run sent that landed, also when the
     run ended on a failed ``complete``; ``not_sent`` the slices it never tried because it gave up.
+    ``problems`` (``{filename, code, message}``) are the masks whose pixels failed to decode while
+    uploading (``error_code`` ``invalid_masks``): nothing was completed and the group stays pending.
     """
 
     status: str
@@ -61,6 +63,7 @@ class UploadResult:
     group: dict[str, Any] | None = None
     error_code: str | None = None
     not_sent: int = 0
+    problems: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -81,4 +84,5 @@ class UploadResult:
             "seconds": round(self.seconds, 3),
             "group": self.group,
             "error": self.error_code,
+            "problems": self.problems,
         }

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from zlib_ng import zlib_ng
 
 CONTENT_TYPE = "image/png"
 MAX_SIDE = 16384
@@ -159,6 +160,31 @@ def read_mask(path: Path | str) -> MaskInfo:
     )
 
 
+def read_mask_header(path: Path | str) -> MaskInfo:
+    """Read and hash one mask, checking only what its PNG header says; raise :class:`MaskError` if unusable.
+
+    The cheap half of :func:`read_mask` (PNG signature, IHDR size, bit depth and colour type), run on
+    every file before anything is sent. The pixels are not decoded: ``labels`` is ``()`` and ``empty``
+    is ``False`` until :class:`~pacs_mask_desktop.core.plan.PixelCheck` decodes them while the upload
+    runs. ``mode`` is the one Pillow would give.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    width, height, bit_depth, colour_type = check_png_header(path.name, data)
+    return MaskInfo(
+        filename=path.name,
+        path=path,
+        width=width,
+        height=height,
+        labels=(),
+        empty=False,
+        size_bytes=len(data),
+        md5_hex=hashlib.md5(data, usedforsecurity=False).hexdigest(),
+        mode="P" if colour_type == 3 else {1: "1", 16: "I;16"}.get(bit_depth, "L"),
+        bit_depth=bit_depth,
+    )
+
+
 def load_mask_array(path: Path | str) -> np.ndarray:
     """The label image of a mask as a 2-D integer array (uint8, or uint16 for 16-bit masks).
 
@@ -186,8 +212,15 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def _decode(filename: str, data: bytes) -> tuple[np.ndarray, str, int]:
-    """Validate PNG bytes from the header first, then decode to a label array."""
+_PNG_BIT_DEPTHS = {0: (1, 2, 4, 8, 16), 3: (1, 2, 4, 8)}
+
+
+def check_png_header(filename: str, data: bytes) -> tuple[int, int, int, int]:
+    """``(width, height, bit_depth, colour_type)`` of PNG bytes that can be a mask, from the header alone.
+
+    Raises :class:`MaskError` for what the header already rules out: not a PNG, colour or alpha, a bit
+    depth PNG does not define for the colour type, absurd sizes.
+    """
     if not data.startswith(_PNG_SIGNATURE):
         raise _not_png(filename, data)
     if len(data) < 33 or data[12:16] != b"IHDR":
@@ -203,8 +236,17 @@ def _decode(filename: str, data: bytes) -> tuple[np.ndarray, str, int]:
         )
     if colour_type not in (0, 3):
         raise MaskError(filename, f"unknown PNG colour type {colour_type}")
+    if bit_depth not in _PNG_BIT_DEPTHS[colour_type]:
+        kind = _PNG_COLOUR_TYPES[colour_type]
+        raise MaskError(filename, f"PNG bit depth {bit_depth} is not valid for {kind}")
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE) or width * height > MAX_PIXELS:
         raise MaskError(filename, f"absurd size {width}x{height} for a mask", "not_a_mask")
+    return width, height, bit_depth, colour_type
+
+
+def _decode(filename: str, data: bytes) -> tuple[np.ndarray, str, int]:
+    """Validate PNG bytes from the header first, then decode to a label array."""
+    _width, _height, bit_depth, colour_type = check_png_header(filename, data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -287,21 +329,29 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
 
 
 def encode_label_png(array: np.ndarray) -> bytes:
-    """An 8-bit grayscale PNG of a 2-D uint8 label image: filter "none" on every row, zlib level 1.
+    """An 8-bit grayscale PNG of a 2-D uint8 label image: filter "none" on every row, deflated by zlib-ng
+    with the run-length strategy (``Z_RLE``). :func:`read_mask` decodes it to the same array.
 
-    About 2.5x faster than Pillow's encoder at ``compress_level=1`` (which tries every row filter) and a
-    little smaller for label masks (500 slices of 512x512: 0.76 s -> 0.29 s); :func:`read_mask` decodes it
-    to the same array. ``zlib.compress`` releases the GIL, so slices encode in parallel in threads.
+    Why these choices (the 400 non-empty 512x512 slices of ``benchmarks/nifti_import.py``, CPU seconds
+    and total bytes, measured on the 2-CPU dev machine): stdlib zlib level 1 0.21 s, 1.14 MB; stdlib zlib
+    ``Z_RLE`` 0.31 s, 0.44 MB; zlib-ng level 1 0.047 s, 1.68 MB; zlib-ng ``Z_RLE`` 0.055 s, 0.44 MB (and
+    earlier, Pillow ``compress_level=1``, which tries every row filter: 0.76 s for all 500 slices against
+    0.29 s for stdlib zlib level 1 with filter none). A label row is a few runs of one value,
+    which is exactly what ``Z_RLE`` codes (matches at distance 1): 4x faster than stdlib level 1 and 2.6x
+    smaller files (less to upload and store). The output is a plain zlib stream any PNG reader inflates.
+    zlib-ng releases the GIL, so slices encode in parallel in threads.
     """
     if array.ndim != 2 or array.dtype != np.uint8:
         raise ValueError(f"a label image is a 2-D uint8 array, not {array.dtype} {array.shape}")
     height, width = array.shape
-    scanlines = np.zeros((height, width + 1), dtype=np.uint8)  # a leading 0 per row: filter type none
+    scanlines = np.empty((height, width + 1), dtype=np.uint8)
+    scanlines[:, 0] = 0  # filter type "none" before every row
     scanlines[:, 1:] = array
+    deflate = zlib_ng.compressobj(1, zlib_ng.DEFLATED, 15, 9, zlib_ng.Z_RLE)
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit, grayscale, no interlace
     return (
         _PNG_SIGNATURE
         + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(scanlines, 1))
+        + _png_chunk(b"IDAT", deflate.compress(scanlines) + deflate.flush())
         + _png_chunk(b"IEND", b"")
     )

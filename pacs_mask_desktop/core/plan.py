@@ -31,31 +31,51 @@ Gaps
 
 Empty masks are legitimate (no finding on that slice): they are planned, flagged ``empty`` per slice
 and counted, never problems.
+
+Checking while sending (``defer_decode=True``, the CLI)
+    Every file is still read, hashed and checked before anything is sent: PNG signature, IHDR size, bit
+    depth and colour type, file names, slice indexes, duplicates, gaps and the series match, so every
+    such problem is listed at once and nothing is sent. Only the pixels (labels present, empty slices)
+    are decoded later, by the plan's :class:`PixelCheck`, which the upload engine runs in parallel with
+    the PUTs and waits for before ``complete``: a file that fails to decode then stops the group from
+    being completed (it stays pending and resumable: a file that fails is never signed or sent) and every
+    such problem is listed. When the cheap
+    checks already found a problem, the pixels of the other files are decoded at once too, so the list
+    is as complete as without deferring.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import threading
+import time
+import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pacs_mask_desktop.core.dicom_series import Series, SeriesError, load_series
+import numpy as np
+
 from pacs_mask_desktop.core.masks import (
     CONTENT_TYPE,
     MaskError,
     MaskInfo,
     check_upload_filename,
+    present_labels,
     read_mask,
+    read_mask_header,
     slice_index_from_filename,
     slice_index_problem,
 )
+
+if TYPE_CHECKING:  # pydicom and numpy load only when a series is really opened (CLI start-up)
+    from pacs_mask_desktop.core.dicom_series import Series
 
 MatchMode = Literal["auto", "instance_number", "sop_uid"]
 Source = Literal["manual", "ai"]
@@ -68,6 +88,16 @@ IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "manifest.json"})
 # Measured on the 2-CPU dev machine, 1000 masks 512x512 (demo phantom), min of 5: plain loop 0.60 s,
 # 1 worker 0.68 s, 2 workers 0.39 s, 4 workers 0.39 s, 8 workers 0.37 s -> threads pay (~1.6x).
 DEFAULT_WORKERS = min(8, (os.cpu_count() or 1) + 2)
+CHECK_WORKERS = max(1, min(2, os.cpu_count() or 1))
+"""Threads of a :class:`PixelCheck`: Pillow's decoder, zlib and numpy release the GIL, so on two cores
+two decoders run beside the PUT threads (libcurl waits outside the GIL too)."""
+
+try:  # zlib-ng inflates these highly compressible rows ~3.7x faster than the stdlib (1000 slices here)
+    from zlib_ng.zlib_ng import decompress as _inflate
+    from zlib_ng.zlib_ng import error as _InflateError
+except ImportError:  # pragma: no cover - the stdlib is the fallback
+    _inflate = zlib.decompress
+    _InflateError = zlib.error
 
 STATUS_ORDER = (
     "unreadable",
@@ -158,6 +188,9 @@ class UploadPlan:
     series_slice_count: int | None = None
     labels: dict[str, Any] | None = None
     """The group's label table (``POST /api/mask-group`` ``labels``), e.g. from a NIfTI sidecar or SEG segments."""
+    pixel_check: PixelCheck | None = None
+    """Set by ``prepare(defer_decode=True)``: the slices whose pixels are still to be decoded (their
+    ``labels``/``empty`` are placeholders until :meth:`PixelCheck.apply`); the engine runs it."""
 
     @property
     def total_bytes(self) -> int:
@@ -200,6 +233,7 @@ class _Entry:
     slice_index: int | None = None
     problems: list[tuple[str, str, str]] = field(default_factory=list)  # (status, code, message)
     read: bool = True
+    deferred: bool = False  # only the header was checked; the pixels are decoded while uploading
 
     def add(self, status: str, code: str, message: str) -> None:
         self.problems.append((status, code, message))
@@ -225,6 +259,7 @@ def prepare(
     annotation_series_uid: str | None = None,
     labels: Mapping[str, Any] | None = None,
     known_slices: Mapping[Path, MaskInfo] | None = None,
+    defer_decode: bool = False,
 ) -> PreparedUpload:
     """Check masks and group fields and return a plan, or every problem found (never only the first).
 
@@ -244,6 +279,9 @@ def prepare(
     bytes written, so they are not read and decoded again. A path given there whose file's size on disk
     differs is read as usual. Names, slice indexes, sizes against the series, duplicates and gaps are
     checked for these files exactly as for any other.
+
+    ``defer_decode`` checks only each PNG's header here and leaves decoding the pixels to the plan's
+    :class:`PixelCheck`, which the upload engine runs while sending (see the module docstring).
     """
     problems: list[Problem] = []
     warnings: list[str] = []
@@ -252,9 +290,11 @@ def prepare(
         problems.append(Problem(None, "invalid_field", f"unknown match mode {match!r}"))
 
     loaded: Series | None = None
-    if isinstance(series, Series):
+    if series is not None and not isinstance(series, str | Path):
         loaded = series
     elif series is not None:
+        from pacs_mask_desktop.core.dicom_series import SeriesError, load_series
+
         try:
             loaded = load_series(series, cancel=cancel)
         except SeriesError as exc:
@@ -280,7 +320,7 @@ def prepare(
     if not entries:
         problems.append(Problem(None, "empty_input", "no mask files were given (or the folders hold none)"))
 
-    _read_all(entries, on_progress, cancel, max_workers, known_slices or {})
+    _read_all(entries, on_progress, cancel, max_workers, known_slices or {}, defer_decode)
     for entry in entries:
         if entry.read and (name_problem := check_upload_filename(entry.path.name)) is not None:
             entry.add("bad_filename", "bad_filename", name_problem)
@@ -322,6 +362,8 @@ def prepare(
             )
     if len(entries) > MAX_SLICES:
         problems.append(Problem(None, "too_many_slices", f"{len(entries)} masks; at most {MAX_SLICES}"))
+    if problems or any(e.problems for e in entries):
+        _decode_deferred(entries, cancel, max_workers)  # nothing will be sent: list pixel problems now too
 
     for entry in entries:
         problems += [Problem(entry.path.name, code, message) for _, code, message in entry.problems]
@@ -333,6 +375,8 @@ def prepare(
     )
     if plan is not None and labels:
         plan = replace(plan, labels=dict(labels))
+    if plan is not None and (deferred := {e.path.name for e in entries if e.deferred}):
+        plan = replace(plan, pixel_check=PixelCheck([s for s in plan.slices if s.filename in deferred]))
     return PreparedUpload(plan, problems, rows, missing, warnings, local if local is not None else loaded)
 
 
@@ -470,11 +514,14 @@ def _read_all(
     cancel: threading.Event | None,
     max_workers: int | None,
     known: Mapping[Path, MaskInfo],
+    defer_decode: bool = False,
 ) -> None:
     """Read and hash every readable entry in a thread pool (Pillow and hashlib release the GIL).
 
     Entries in ``known`` (files this process just wrote, see :func:`prepare`) take their facts from it.
+    With ``defer_decode`` only the PNG header is checked (:func:`read_mask_header`).
     """
+    reader = read_mask_header if defer_decode else read_mask
     todo = [e for e in entries if e.read]
     total = len(todo)
     if on_progress is not None:
@@ -501,7 +548,7 @@ def _read_all(
         if cancel is not None and cancel.is_set():
             return None
         try:
-            return read_mask(entry.path)
+            return reader(entry.path)
         except MaskError as exc:
             return exc
 
@@ -527,12 +574,222 @@ def _read_all(
                     entry.add(result.code, result.code, result.reason)
                 elif isinstance(result, MaskInfo):
                     entry.info = result
+                    entry.deferred = defer_decode
                 done += 1
                 if on_progress is not None:
                     on_progress(done, total)
                 next_entry = next(queue, None)
                 if next_entry is not None:
                     pending[pool.submit(work, next_entry)] = next_entry
+
+
+def _decode_deferred(entries: list[_Entry], cancel: threading.Event | None, max_workers: int | None) -> None:
+    """Decode the pixels of header-checked entries now (a plan with problems is never sent)."""
+    todo = [e for e in entries if e.deferred]
+    if not todo:
+        return
+
+    def work(entry: _Entry) -> None:
+        if cancel is not None and cancel.is_set():
+            return
+        try:
+            info = read_mask(entry.path)
+        except MaskError as exc:
+            entry.add(exc.code, exc.code, exc.reason)
+            entry.info = None
+        else:
+            if entry.info is not None and info.md5_hex != entry.info.md5_hex:
+                entry.add("unreadable", "changed", _CHANGED)
+            entry.info = info
+        entry.deferred = False
+
+    with ThreadPoolExecutor(max_workers=max(1, max_workers or DEFAULT_WORKERS)) as pool:
+        list(pool.map(work, todo))
+    if cancel is not None and cancel.is_set():
+        raise PrepareCancelled("mask reading was cancelled")
+
+
+_CHANGED = "the file changed after it was checked; check the masks again and upload them"
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    labels: tuple[int, ...]
+    empty: bool
+
+
+class PixelCheck:
+    """Decodes the pixels of planned slices (labels present, empty slices) in background threads.
+
+    ``prepare(defer_decode=True)`` puts one on the plan. The upload engine starts it when the run starts,
+    signs and PUTs a slice only once it has passed (:meth:`ready`,
+    :meth:`wait_for`), and waits for all of it (:meth:`wait`) before ``complete``. So decoding runs ahead
+    of the PUTs, and a file that fails is never signed or sent: fixing it and running the same upload
+    again resumes the pending group. Each file is read again and must have the MD5 it was planned with.
+    Memory stays bounded at any slice count: each thread holds one file at a time, and only each
+    slice's labels are kept. A slice whose pixels are all zero is recognised from its inflated rows
+    (:func:`_fast_labels`); anything else is decoded by :func:`~pacs_mask_desktop.core.masks.read_mask`.
+    """
+
+    def __init__(self, slices: Sequence[PlannedSlice], workers: int = CHECK_WORKERS) -> None:
+        self.slices = tuple(slices)
+        self.workers = max(1, workers)
+        self._facts: dict[str, _Facts] = {}
+        self._problems: dict[str, Problem] = {}
+        self._cond = threading.Condition()
+        self._queue: Iterator[PlannedSlice] = iter(())
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Start decoding in background threads, in slice order as the PUTs go (again: no effect)."""
+        with self._cond:
+            if self._threads:
+                return
+            self._queue = iter(self.slices)
+            for n in range(min(self.workers, len(self.slices)) or 1):
+                thread = threading.Thread(target=self._work, name=f"pacs-pixels-{n}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+
+    def cancel(self) -> None:
+        """Stop decoding (the upload ended before it needed the answer)."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def ready(self, filename: str) -> bool | None:
+        """True once ``filename`` passed, False if it failed, ``None`` while it is not decoded yet."""
+        if filename in self._facts:
+            return True
+        return False if filename in self._problems else None
+
+    def wait_for(
+        self, filename: str, cancel: threading.Event | None = None, timeout: float | None = None
+    ) -> bool | None:
+        """:meth:`ready` for ``filename`` once decoded; ``None`` if ``cancel`` was set, the check stopped
+        or ``timeout`` seconds passed first."""
+        self.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while (state := self.ready(filename)) is None:
+                if self._stop.is_set() or (cancel is not None and cancel.is_set()):
+                    return None
+                left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+        return state
+
+    def wait(self, cancel: threading.Event | None = None) -> list[Problem] | None:
+        """Every problem found, in slice order (``[]``: all good), or ``None`` if ``cancel`` was set."""
+        self.start()
+        for thread in self._threads:
+            while thread.is_alive():
+                if cancel is not None and cancel.is_set():
+                    self.cancel()
+                    return None
+                thread.join(0.1)
+        if len(self._facts) + len(self._problems) < len(self.slices):
+            return None  # stopped early
+        order = {s.filename: s.slice_index for s in self.slices}
+        return sorted(self._problems.values(), key=lambda p: order[p.filename or ""])
+
+    def apply(self, slices: Sequence[PlannedSlice]) -> list[PlannedSlice]:
+        """``slices`` with the decoded ``labels`` and ``empty`` (after :meth:`wait` found no problem)."""
+        facts = self._facts
+        return [
+            replace(s, labels=f.labels, empty=f.empty) if (f := facts.get(s.filename)) is not None else s
+            for s in slices
+        ]
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                s = next(self._queue, None)
+            if s is None:
+                return
+            problem = facts = None
+            try:
+                facts = _pixel_facts(s)
+            except MaskError as exc:
+                problem = Problem(s.filename, exc.code, exc.reason)
+            except Exception as exc:  # a decoder bug must not hang the upload: report it as this file's
+                problem = Problem(s.filename, "unreadable", f"cannot decode the file: {exc}")
+            with self._cond:
+                if facts is not None:
+                    self._facts[s.filename] = facts
+                elif problem is not None:
+                    self._problems[s.filename] = problem
+                self._cond.notify_all()
+
+
+def _pixel_facts(s: PlannedSlice) -> _Facts:
+    """Labels of one planned slice, from the exact bytes that were planned (else ``changed``)."""
+    try:
+        data = s.path.read_bytes()
+    except OSError as exc:
+        raise MaskError(s.filename, f"cannot read the file: {exc.strerror or exc}") from None
+    if len(data) != s.size or hashlib.md5(data, usedforsecurity=False).hexdigest() != s.md5_hex:
+        raise MaskError(s.filename, _CHANGED, "changed")
+    labels = _fast_labels(data, s.width, s.height)
+    if labels is not None:
+        return _Facts(labels, not labels)
+    info = read_mask(s.path)
+    if info.md5_hex != s.md5_hex:
+        raise MaskError(s.filename, _CHANGED, "changed")
+    return _Facts(info.labels, info.empty)
+
+
+def _fast_labels(data: bytes, width: int, height: int) -> tuple[int, ...] | None:
+    """The labels of PNG bytes (header already checked) when they can be read off the inflated rows
+    without unfiltering, else ``None`` (the file is then decoded in full).
+
+    Every PNG row filter predicts from earlier pixels, so an image is all zero exactly when every filtered
+    byte is zero: that answers ``()`` for an empty slice whatever the filters. An 8-bit image whose rows
+    all use filter "none" (what :func:`~pacs_mask_desktop.core.masks.encode_label_png` writes) holds its
+    pixels as they are, so its labels are read directly. Checked with chunk CRCs and the exact row layout;
+    anything unusual (interlacing, a bad CRC, a short stream) answers ``None``. Measured on the 1000 demo
+    slices (half empty), loaded 2-CPU machine: Pillow decode 2.3 ms a slice, the blank test 0.3 ms.
+    """
+    if data[26:29] != b"\x00\x00\x00":  # compression, filter method, no interlace
+        return None
+    bit_depth, colour_type = data[24], data[25]
+    pos, parts, kinds = 8, [], set()
+    while True:
+        if pos + 12 > len(data):
+            return None
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        end = pos + 8 + length
+        if end + 4 > len(data) or zlib.crc32(data[pos + 4 : end]) != int.from_bytes(
+            data[end : end + 4], "big"
+        ):
+            return None
+        kind = data[pos + 4 : pos + 8]
+        kinds.add(kind)
+        if kind == b"IDAT":
+            parts.append(data[pos + 8 : end])
+        elif kind == b"IEND":
+            break
+        pos = end + 4
+    if colour_type == 3 and b"PLTE" not in kinds:
+        return None
+    try:
+        raw = _inflate(b"".join(parts))
+    except (zlib.error, _InflateError):
+        return None
+    stride = (width * bit_depth + 7) // 8 + 1
+    if len(raw) != height * stride:
+        return None
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride)
+    filters = rows[:, 0]
+    if int(filters.max()) > 4:
+        return None
+    if not rows[:, 1:].any():
+        return ()
+    if bit_depth == 8 and not filters.any():
+        return present_labels(rows[:, 1:])
+    return None
 
 
 def _size_on_disk(path: Path) -> int | None:
@@ -631,6 +888,8 @@ def _row(entry: _Entry) -> MaskRow:
         message = "; ".join(dict.fromkeys(m for _, _, m in entry.problems))
     elif info is not None and info.empty:
         status, message = "empty", "empty mask (no label on this slice)"
+    elif entry.deferred:
+        status, message = "ok", "header checked; the pixels are decoded while uploading"
     else:
         status = "ok"
         message = f"labels {', '.join(map(str, info.labels))}" if info is not None else ""

@@ -19,6 +19,12 @@ Both the desktop app and the headless CLI/worker run uploads through :class:`Upl
 - The journal records the group and every slice that landed, so a second run after a crash, kill or
   power loss continues the pending group and sends only what is missing. ``complete`` is idempotent
   on the server, so a completed group is never created twice.
+- A plan whose pixels are still to be decoded (``prepare(defer_decode=True)``, the CLI) carries a
+  :class:`~pacs_mask_desktop.core.plan.PixelCheck`: it decodes ahead of the PUTs, in its own threads;
+  a slice is signed and sent only once it has passed, and ``complete`` waits for all of it. A file
+  that fails is never signed or sent; the run ends ``incomplete`` with ``error_code`` ``invalid_masks``
+  and every such problem in ``problems``; nothing is completed and the group stays pending, so the
+  same command, once the files are fixed, resumes it and sends only what is missing.
 
 PUTs go through :class:`~pacs_mask_desktop.core.transport.PutTransport` (libcurl, one kept-alive handle
 per worker thread); why not httpx is measured there. httpx stays the API client (a few calls per upload).
@@ -42,7 +48,7 @@ from tenacity.wait import wait_random_exponential
 from pacs_mask_desktop.core.api_client import ApiClient, ApiError
 from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState, UploadResult
 from pacs_mask_desktop.core.journal import Journal
-from pacs_mask_desktop.core.plan import PlannedSlice, UploadPlan
+from pacs_mask_desktop.core.plan import PixelCheck, PlannedSlice, UploadPlan
 from pacs_mask_desktop.core.retry import Outage
 from pacs_mask_desktop.core.transport import PermanentTransportError, PutTransport, TransportError
 
@@ -123,9 +129,21 @@ class _UrlBook:
     """
 
     FIRST_BATCH = 64
+    MIN_CHECKED = 32
+    """With a pixel check, how many slices ahead signing waits (at most 50 ms) to see decoded. Measured
+    on 1000 slices under heavy load: signing only what had passed made 26 sign calls (3 without the
+    check); with this wait 10 to 22."""
 
-    def __init__(self, api: ApiClient, group_id: str, order: list[PlannedSlice], batch: int) -> None:
+    def __init__(
+        self,
+        api: ApiClient,
+        group_id: str,
+        order: list[PlannedSlice],
+        batch: int,
+        check: PixelCheck | None = None,
+    ) -> None:
         self._api = api
+        self._check = check  # sign only slices whose pixels passed (None: every slice may be signed)
         self._group_id = group_id
         self._order = order
         self._position = {s.filename: i for i, s in enumerate(order)}
@@ -219,15 +237,29 @@ class _UrlBook:
             size = max(8, self._batch // 8)
         else:
             size = self._batch if self._frontier else min(self._batch, self.FIRST_BATCH)
+        check = self._check
+        ready = None if check is None else check.ready
+        if check is not None:  # let decoding get a little ahead, so URLs are signed in batches
+            ahead = self._order[min(position + self.MIN_CHECKED, len(self._order)) - 1]
+            check.wait_for(ahead.filename, timeout=0.05)
         now = time.monotonic()
         with self._cond:
-            batch = [self._order[position]]
-            for s in self._order[position + 1 :]:
+            batch: list[PlannedSlice] = []
+            for n in range(position, len(self._order)):
+                s = self._order[n]
                 if len(batch) >= size:
                     break
+                state = True if ready is None else ready(s.filename)
+                if state is None:
+                    break  # not decoded yet: never sign bytes that may turn out bad
                 known = self._urls.get(s.filename)
-                if s.filename not in self._done and (known is None or known.local_deadline <= now):
+                if state and (
+                    n == position
+                    or (s.filename not in self._done and (known is None or known.local_deadline <= now))
+                ):
                     batch.append(s)
+        if not batch:
+            return
         payload = [
             {
                 "filename": s.filename,
@@ -313,12 +345,17 @@ class UploadEngine:
         self._gave_up = False
         self._outage.reset()
         self.api.outage.reset()
+        if plan.pixel_check is not None:
+            plan.pixel_check.start()  # in slice order, as the PUTs go; it needs nothing from the server
         try:
             result = self._run(plan, source_path)
         except UploadCancelled:
             result = UploadResult("cancelled", None, "The upload was cancelled; run it again to resume.")
         except ApiError as exc:
             result = UploadResult("incomplete", None, f"{exc.message}", error_code=exc.code)
+        finally:
+            if plan.pixel_check is not None:
+                plan.pixel_check.cancel()  # a run that ended early does not need the rest decoded
         result.seconds = time.monotonic() - started
         self._emit(
             GroupEvent(
@@ -354,17 +391,39 @@ class UploadEngine:
         todo = [s for s in slices if landed.get(s.filename) != s.md5_hex]
         skipped = len(slices) - len(todo)
         todo_names = {s.filename for s in todo}  # a set: `s in todo` is quadratic over 1000s of slices
+        check = plan.pixel_check
         for s in slices:
             state = SliceState.QUEUED if s.filename in todo_names else SliceState.SKIPPED
             self._emit(SliceEvent(s.filename, s.slice_index, state, s.size))
 
-        failed, uploaded, sent_bytes = self._put_all(group_id, todo)
+        failed, uploaded, sent_bytes = self._put_all(group_id, todo, check)
         if self.cancel.is_set():
             raise UploadCancelled
         if self._gave_up:
             return self._gave_up_result(
                 group_id, len(slices), uploaded=uploaded, skipped=skipped, failed=failed, sent=sent_bytes
             )
+        if check is not None:
+            problems = check.wait(self.cancel)
+            if problems is None:
+                raise UploadCancelled
+            if problems:
+                return UploadResult(
+                    "incomplete",
+                    group_id,
+                    f"{len(problems)} mask(s) failed the pixel check while uploading; nothing was completed "
+                    f"and group {group_id} stays pending. Fix the files and run the upload again: it sends "
+                    "only what is missing or changed.",
+                    uploaded=uploaded,
+                    skipped=skipped,
+                    failed=failed,
+                    bytes_sent=sent_bytes,
+                    error_code="invalid_masks",
+                    problems=[
+                        {"filename": p.filename, "code": p.code, "message": p.message} for p in problems
+                    ],
+                )
+            slices = check.apply(slices)
         if failed:
             return UploadResult(
                 "incomplete",
@@ -495,8 +554,10 @@ class UploadEngine:
 
     # --- PUTs ----------------------------------------------------------------------------------------
 
-    def _put_all(self, group_id: str, todo: list[PlannedSlice]) -> tuple[dict[str, str], int, int]:
-        book = _UrlBook(self.api, group_id, todo, self.sign_batch)
+    def _put_all(
+        self, group_id: str, todo: list[PlannedSlice], check: PixelCheck | None = None
+    ) -> tuple[dict[str, str], int, int]:
+        book = _UrlBook(self.api, group_id, todo, self.sign_batch, check)
         failed: dict[str, str] = {}
         counts = {"uploaded": 0, "bytes": 0}
         lock = threading.Lock()
@@ -504,6 +565,8 @@ class UploadEngine:
         def one(s: PlannedSlice) -> None:
             if self.cancel.is_set():
                 return
+            if check is not None and not check.wait_for(s.filename, self.cancel):
+                return  # not decoded (cancelled), or it failed: never signed nor sent; listed in the result
             try:
                 self._put_with_retries(book, s)
             except UploadCancelled:
