@@ -2,7 +2,8 @@
 
 Exit codes a script can trust: 0 everything done; 1 the upload ended incomplete (some slices failed,
 the group stays pending and a re-run resumes); 2 bad input (nothing was sent), including an annotation
-or group that does not exist, in every command; 3 the server refused or could not be reached (an upload
+or group that does not exist, in every command (and, for ``compare`` and ``review``, two groups that cannot
+be compared or findings that do not fit the group); 3 the server refused or could not be reached (an upload
 gives up after ``--give-up-after`` seconds without an answer and prints the command that resumes it);
 4 the PACS (DICOMweb) is down, too slow, refused the credentials or answered something malformed
 (``pacs …``, ``annotations --from-pacs``, ``send``); 130 cancelled (Ctrl+C; a re-run resumes).
@@ -18,21 +19,12 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from pacs_mask_desktop import __version__
+from pacs_mask_desktop.core import lean_imports  # noqa: F401 - before httpx (core.api_client) loads
 from pacs_mask_desktop.core.api_client import ApiClient, ApiError
 from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState, UploadResult
 from pacs_mask_desktop.core.journal import Journal
@@ -40,7 +32,34 @@ from pacs_mask_desktop.core.paths import NoToken, journal_path, resolve_server
 from pacs_mask_desktop.core.plan import PreparedUpload, prepare
 from pacs_mask_desktop.core.progress import ProgressCounter, human_bytes
 from pacs_mask_desktop.core.retry import DEFAULT_GIVE_UP_AFTER, RetryPolicy
-from pacs_mask_desktop.core.upload import UploadEngine
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+# Start-up: each command imports what it needs, when it needs it. rich loads only when something is
+# printed for people; the upload engine (pycurl, tenacity) when an upload starts; pydicom only for a
+# DICOM series folder, stored series geometry or a NIfTI/SEG volume; httpx without its own CLI
+# (core.lean_imports). Measured here (2-CPU machine under load, load average ~8, median of 5 runs):
+#
+# | `pacs-mask upload --help`          | before | after |
+# |------------------------------------|--------|-------|
+# | process CPU seconds (user + sys)   | 1.46   | 0.65  |
+# | modules loaded                     | 642    | 338   |
+# | pydicom / rich / httpx CLI loaded  | yes    | no    |
+#
+# -X importtime before (cumulative ms, one run under load): core.plan 2697 (pydicom 1853, numpy 593),
+# core.api_client 850 (httpx 642, of it httpx._main with rich/click/pygments ~40 %), rich.console 360,
+# core.upload 152. numpy and PIL still load with core.masks (the header checks live there); moving the
+# header and filename rules to a numpy-free module would take them off the path to the first PUT.
+
+
+def Table(*args: Any, **kwargs: Any) -> RichTable:  # stands in for rich's class
+    """A ``rich.table.Table``, imported on first use: most runs print no table (``--json``, pipes)."""
+    from rich.table import Table as RichTable
+
+    return RichTable(*args, **kwargs)
+
 
 LOG_WIDTH = 160
 EXIT_OK, EXIT_INCOMPLETE, EXIT_BAD_INPUT, EXIT_SERVER, EXIT_CANCELLED = 0, 1, 2, 3, 130
@@ -63,11 +82,25 @@ class Output:
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
-        self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False)
-        for console in (self.out, self.err):
-            if not console.is_terminal:
-                console.width = LOG_WIDTH  # tables in logs and pipes keep their columns whole
+
+    @cached_property
+    def out(self) -> Console:
+        """stdout for people (rich, imported when first needed: ``--json`` runs never load it)."""
+        return self._console(stderr=False)
+
+    @cached_property
+    def err(self) -> Console:
+        """stderr for people: progress, notes, problems."""
+        return self._console(stderr=True)
+
+    @staticmethod
+    def _console(*, stderr: bool) -> Console:
+        from rich.console import Console
+
+        console = Console(stderr=stderr, highlight=False, soft_wrap=not stderr)
+        if not console.is_terminal:
+            console.width = LOG_WIDTH  # tables in logs and pipes keep their columns whole
+        return console
 
     def data(self, payload: Any, human: Any = None) -> None:
         """Print ``payload`` as JSON, or ``human`` (a rich renderable or text) for people."""
@@ -161,6 +194,17 @@ def run_upload(
     cancel: threading.Event,
 ) -> UploadResult:
     """Upload a prepared plan with a progress bar (or silently with ``--json``)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from pacs_mask_desktop.core.upload import UploadEngine
+
     assert prepared.plan is not None
     plan = prepared.plan
     counter = ProgressCounter()
@@ -178,6 +222,7 @@ def run_upload(
         transient=False,
     )
     task = progress.add_task("upload", total=len(plan.slices), rate=0.0, bytes="", extra="")
+    total = human_bytes(plan.total_bytes)  # once: a sum over every slice, not per event
     failures: list[str] = []
 
     def on_event(event: SliceEvent | GroupEvent) -> None:
@@ -188,6 +233,8 @@ def run_upload(
             return
         if event.state is SliceState.FAILED:
             failures.append(event.filename)
+        if progress.disable or event.state in (SliceState.QUEUED, SliceState.UPLOADING):
+            return  # no bar (--json, a pipe), or nothing on it changes: 3 events a slice at 10,000 slices
         extra = []
         if counter.retries:
             extra.append(f"{counter.retries} retries")
@@ -197,7 +244,7 @@ def run_upload(
             task,
             completed=counter.finished,
             rate=counter.rate(),
-            bytes=f"{human_bytes(counter.bytes_done)}/{human_bytes(plan.total_bytes)}",
+            bytes=f"{human_bytes(counter.bytes_done)}/{total}",
             extra=" ".join(extra),
         )
 
@@ -236,6 +283,16 @@ def _report(result: UploadResult, out: Output, argv: Sequence[str] | None = None
             for name, reason in sorted(result.failed.items()):
                 table.add_row(name, reason)
             out.err.print(table)
+        if result.problems:
+            table = Table(
+                title=f"{len(result.problems)} problem(s) found while uploading — nothing was completed",
+                title_justify="left",
+            )
+            for column in ("file", "problem", "details"):
+                table.add_column(column)
+            for p in result.problems:
+                table.add_row(p["filename"] or "—", p["code"], p["message"])
+            out.err.print(table)
         if result.not_sent:
             out.err.print(f"not sent: {result.not_sent} slice(s) were not tried after giving up")
         if resume is not None:
@@ -244,7 +301,7 @@ def _report(result: UploadResult, out: Output, argv: Sequence[str] | None = None
             out.err.print(resume, markup=False, highlight=False, soft_wrap=True)
         if result.group_id:
             out.out.print(result.group_id)
-    if result.status == "incomplete" and result.error_code in NOT_FOUND_CODES:
+    if result.status == "incomplete" and result.error_code in (*NOT_FOUND_CODES, "invalid_masks"):
         return EXIT_BAD_INPUT
     if result.status == "incomplete" and result.error_code is not None:
         return EXIT_SERVER  # refused as a whole (or unreachable): not something a plain re-run fixes
@@ -291,6 +348,8 @@ def cmd_upload(args: argparse.Namespace, out: Output) -> int:
 def _volume_masks(api: ApiClient, args: argparse.Namespace, series: Any) -> Any:
     """For one ``.nii``/``.nii.gz``/SEG ``.dcm`` file: its slices staged as PNGs (``VolumeMasks``), or the
     refusal as a ``PreparedUpload`` of problems; ``None`` for PNG files and folders."""
+    if len(args.masks) != 1 or Path(args.masks[0]).is_dir() or str(args.masks[0]).lower().endswith(".png"):
+        return None  # PNG slices: no need to load the volume readers (numpy, pydicom, nibabel)
     from pacs_mask_desktop.core.dicom_series import SeriesError
     from pacs_mask_desktop.core.plan import Problem
     from pacs_mask_desktop.core.volume_masks import (
@@ -336,6 +395,7 @@ def _upload_checked(
         annotation_series_uid=args.annotation_series_uid,
         labels=volume.labels if volume is not None else None,
         known_slices=volume.known_slices if volume is not None else None,
+        defer_decode=True,  # headers now, pixels while the PUTs run (core.plan: checking while sending)
     )
     if volume is not None:
         for note in volume.notes:
@@ -404,11 +464,21 @@ def _stored_series(api: ApiClient, annotation_id: int) -> Any:
 
 
 def _annotation_series(api: ApiClient, annotation_id: int) -> Any:
-    """The annotation's recorded series (headers only), or ``None`` for an older annotation without one."""
-    from pacs_mask_desktop.core.series_geometry import GeometryFormatError, fetch_annotation_series
+    """The annotation's recorded series (headers only), or ``None`` for an older annotation without one.
+
+    As :func:`~pacs_mask_desktop.core.series_geometry.fetch_annotation_series`, but the series readers
+    (numpy, pydicom) are imported only when the server has a geometry to read.
+    """
+    try:
+        geometry = api.annotation_series(annotation_id)
+    except ApiError as exc:
+        if exc.code == "series_geometry_unknown":
+            return None
+        raise
+    from pacs_mask_desktop.core.series_geometry import GeometryFormatError, series_from_geometry
 
     try:
-        return fetch_annotation_series(api, annotation_id)
+        return series_from_geometry(geometry)
     except GeometryFormatError as exc:
         raise CliError(str(exc), EXIT_SERVER) from None
 
@@ -561,10 +631,31 @@ def cmd_groups(args: argparse.Namespace, out: Output) -> int:
     """The mask groups of an annotation with their inference metadata."""
     with _client(args) as api:
         items = api.list_groups(args.annotation)
+        for g in items:  # the server computes a group's volumes when it is first opened
+            if g["status"] == "complete" and g.get("volumes") is None:
+                g["volumes"] = api.group_with_slices(g["id"])["group"].get("volumes")
     table = Table(title=f"mask groups of annotation {args.annotation}", title_justify="left")
-    for column in ("id", "model", "version", "source", "status", "slices", "confidence", "review", "created"):
-        table.add_column(column)
+    for column in (
+        "id",
+        "model",
+        "version",
+        "source",
+        "status",
+        "slices",
+        "confidence",
+        "review",
+        "volume (mL)",
+        "extent",
+        "created",
+    ):
+        # id, model and version stay whole (scripts and people copy them); the rest wrap when narrow.
+        table.add_column(
+            column,
+            no_wrap=column in ("id", "model", "version"),
+            min_width={"id": 36, "created": 19}.get(column),
+        )
     for g in items:
+        volumes, extents = _volume_cells(g.get("volumes"))
         table.add_row(
             g["id"],
             g["model_name"],
@@ -574,6 +665,8 @@ def cmd_groups(args: argparse.Namespace, out: Output) -> int:
             str(g["slice_count"]),
             "" if g["confidence"] is None else f"{g['confidence']:.3f}",
             g["review_status"] or "",
+            volumes,
+            extents,
             f"{g['created_by']} {g['created_at'][:19]}",
         )
     out.data({"items": items}, table)
@@ -612,6 +705,8 @@ def cmd_download(args: argparse.Namespace, out: Output) -> int:
         found = api.group_with_slices(args.group)
         items, same = _download_plan(found["items"], target, overwrite=args.overwrite)
         target.mkdir(parents=True, exist_ok=True)
+        from rich.progress import Progress
+
         with Progress(console=out.err, disable=out.as_json or not out.err.is_terminal) as progress:
             task = progress.add_task("download", total=len(items))
             for m in items:
@@ -779,6 +874,114 @@ def cmd_infer_demo(args: argparse.Namespace, out: Output) -> int:
     return _report(result, out, args.argv)
 
 
+def _volume_cells(volumes: dict[str, Any] | None) -> tuple[str, str]:
+    """Per label, one line each: the volume in mL (or voxels without geometry) and the slice extent."""
+    if not volumes:
+        return ("" if volumes is None else "empty"), ""
+    amounts, extents = [], []
+    for label, v in sorted(volumes.items(), key=lambda item: int(item[0])):
+        amount = f"{v['volume_ml']:.2f} mL" if v["volume_ml"] is not None else f"{v['voxels']} voxels"
+        amounts.append(f"{label}: {amount}")
+        extents.append(f"{label}: {v['first_slice']}-{v['last_slice']}")
+    return "\n".join(amounts), "\n".join(extents)
+
+
+WORST_SLICES = 10
+"""Slices listed under "worst slices" by ``pacs-mask compare``."""
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def cmd_compare(args: argparse.Namespace, out: Output) -> int:
+    """Two complete groups of one annotation compared: Dice, voxels and mL per label, totals, worst slices."""
+    with _client(args) as api:
+        try:
+            result = api.compare(args.a, args.b)
+        except ApiError as exc:
+            if exc.code == "not_comparable":
+                raise CliError(exc.message, EXIT_BAD_INPUT) from None
+            raise
+    if out.as_json:
+        out.data(result)
+        return EXIT_OK
+    table = Table(title=f"{args.a} (a) vs {args.b} (b)", title_justify="left")
+    for column in ("label", "dice", "voxels a", "voxels b", "mL a", "mL b", "mL b-a"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    rows = sorted(result["labels"].items(), key=lambda item: int(item[0]))
+    for name, row in [*rows, ("total", result["totals"])]:
+        table.add_row(
+            name,
+            _number(row["dice"], 3),
+            str(row["voxels_a"]),
+            str(row["voxels_b"]),
+            _number(row["volume_a_ml"], 2),
+            _number(row["volume_b_ml"], 2),
+            _number(row["volume_diff_ml"], 2),
+            end_section=name == rows[-1][0] if rows else False,
+        )
+    out.data(result, table)
+    worst = sorted(
+        (s for s in result["slices"] if s["dice"] is not None and s["dice"] < 1.0),
+        key=lambda s: (s["dice"], s["slice_index"]),
+    )[:WORST_SLICES]
+    if worst:
+        slices = Table(title=f"worst slices (of {len(result['slices'])} with a mask)", title_justify="left")
+        for column in ("slice", "dice", "labels (dice, voxels a/b)"):
+            slices.add_column(column)
+        for s in worst:
+            detail = ", ".join(
+                f"{label}: {_number(v['dice'], 3) or '-'} ({v['voxels_a']}/{v['voxels_b']})"
+                for label, v in sorted(s["labels"].items(), key=lambda item: int(item[0]))
+            )
+            slices.add_row(str(s["slice_index"]), _number(s["dice"], 3), detail)
+        out.data(result, slices)
+    elif result["slices"]:
+        out.data(result, "Every slice with a mask agrees exactly (Dice 1).")
+    return EXIT_OK
+
+
+def _finding(value: str) -> dict[str, Any]:
+    """``SLICE:LABEL:COMMENT`` (LABEL empty or ``-``: the whole slice; the comment may hold colons)."""
+    parts = value.split(":", 2)
+    if len(parts) < 2:
+        raise argparse.ArgumentTypeError(f"{value!r} is not SLICE:LABEL:COMMENT (e.g. 37:2:edge missed)")
+    slice_text, label_text = parts[0].strip(), parts[1].strip()
+    if not slice_text.isdigit() or not (label_text in ("", "-") or label_text.isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: SLICE must be a slice index and LABEL a label value 1..255, or empty for the whole slice"
+        )
+    label = None if label_text in ("", "-") else int(label_text)
+    return {"slice_index": int(slice_text), "label": label, "comment": parts[2] if len(parts) > 2 else ""}
+
+
+def cmd_review(args: argparse.Namespace, out: Output) -> int:
+    """Approve or reject a complete group, with per-slice findings (reviewer; four eyes on approvals)."""
+    decision = "approved" if args.approve else "rejected"
+    with _client(args) as api:
+        try:
+            group = api.review(
+                args.group,
+                decision,
+                args.comment or "",
+                findings=args.finding or None,
+                override_four_eyes=args.override_four_eyes,
+            )
+        except ApiError as exc:
+            if exc.status == 422:
+                raise CliError(f"The review was not recorded: {exc.message}", EXIT_BAD_INPUT) from None
+            raise
+    findings = len(group.get("findings") or [])
+    out.data(
+        group,
+        f"{group['id']}: {decision} by {group['reviewed_by']}"
+        + (f" with {findings} finding(s)" if findings else "")
+        + f" (review {len(group.get('reviews') or [])} of this group)",
+    )
+    return EXIT_OK
+
+
 def _json_arg(value: str | None, flag: str) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -907,6 +1110,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     send.add_argument("group")
     send.set_defaults(func=cmd_send)
+
+    cmp = sub.add_parser(
+        "compare", parents=[common], help="compare two complete groups of one annotation (Dice, volumes)"
+    )
+    cmp.add_argument("a", metavar="GROUP_A")
+    cmp.add_argument("b", metavar="GROUP_B")
+    cmp.set_defaults(func=cmd_compare)
+
+    rev = sub.add_parser("review", parents=[common], help="approve or reject a complete group (reviewer)")
+    rev.add_argument("group")
+    verdict = rev.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--approve", action="store_true")
+    verdict.add_argument("--reject", action="store_true", help="needs --comment")
+    rev.add_argument("--comment", help="what was checked, or what is wrong")
+    rev.add_argument(
+        "--finding",
+        action="append",
+        type=_finding,
+        metavar="SLICE:LABEL:COMMENT",
+        help="a finding on one slice (LABEL empty for the whole slice), e.g. 37:2:lesion edge missed; repeatable",
+    )
+    rev.add_argument(
+        "--override-four-eyes",
+        action="store_true",
+        help="admin only: approve a group you uploaded yourself (recorded in the audit log)",
+    )
+    rev.set_defaults(func=cmd_review)
 
     watch = sub.add_parser("watch", parents=[common], help="upload inference results dropped into a folder")
     watch.add_argument("folder")

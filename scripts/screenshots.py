@@ -9,6 +9,11 @@ opens the demo (120 slices of 512x512). It then drives the window like a user an
 - ``group-browser.png``: two groups of the annotation (one approved), one shown on the series;
 - ``review-view.png``: the QA review of a group, on a slice with both labels;
 - ``group-seg-export.png``: the approved group exported as DICOM SEG (Export / Send to PACS, where it went);
+- ``review-queue.png``: Review ▸ Queue with groups of several uploaders waiting, the oldest one opened;
+- ``review-finding.png``: a group rejected with two findings: ticks on the slice slider, the findings list
+  and the review history, "Next in queue" offered;
+- ``compare-view.png``: the AI group compared with a radiologist's correction (filled vs. outline, the
+  per-slice Dice band under the slider, the per-label Dice and volume table), on a disagreeing slice;
 - ``pacs-browser.png``: File ▸ Open from PACS on a real Orthanc holding the demo CT, a sagittal reformat
   of it and pydicom's multi-frame MR (skipped with a message where Orthanc is not installed);
 - ``pacs-series-markers.png``: the sagittal reformat opened from that PACS, with its orientation markers.
@@ -44,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         "--platform", default="offscreen", help="Qt platform plugin (offscreen, or xcb under Xvfb)"
     )
     parser.add_argument("--out", type=Path, default=OUT, help="folder for the PNGs")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated PNG names to write (e.g. review-queue.png,compare-view.png); default: all",
+    )
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="pacs-mask-shots-"))
@@ -52,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("PACS_MASK_TOKEN", None)
     os.environ["QT_QPA_PLATFORM"] = args.platform
     try:
-        return _run(args.out, work)
+        return _run(args.out, work, {name.strip() for name in args.only.split(",") if name.strip()})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(out: Path, work: Path) -> int:
+def _run(out: Path, work: Path, only: set[str]) -> int:
     from PySide6.QtCore import QEventLoop, QSettings
     from PySide6.QtWidgets import QAbstractItemView, QApplication
 
@@ -87,6 +97,8 @@ def _run(out: Path, work: Path) -> int:
             time.sleep(0.01)
 
     def shoot(name: str) -> None:
+        if only and name not in only:
+            return
         settle()
         path = out / name
         if not window.grab().save(str(path)):
@@ -161,7 +173,10 @@ def _run(out: Path, work: Path) -> int:
         ai_group = engine.run(prepared.plan).group_id
     finally:
         engine.close()
-    api.review(manual_group, "approved", "Checked slice by slice; liver and lesion outlines are right.")
+    people = _example_people(window)  # four eyes: another person approves the window's own upload
+    people["qa-reviewer"].review(
+        manual_group, "approved", "Checked slice by slice; liver and lesion outlines are right."
+    )
     window.groups.refresh(select=ai_group)
     window.picker.refresh()
     wait_until(lambda: window.groups.groups.row_of(ai_group) is not None, what="the group list")
@@ -197,8 +212,14 @@ def _run(out: Path, work: Path) -> int:
     wait_until(lambda: "DICOM SEG built" in groups.seg_label.text(), what="the group's SEG state")
     shoot("group-seg-export.png")
 
-    # 5. The PACS browser and a PACS series with its orientation markers.
-    _pacs_shots(window, work, out, state["demo"].series_dir, shoot, wait_until)
+    # 5. The review queue, a finding on the slider, two groups compared.
+    _review_shots(window, work, state["demo"], people, shoot, wait_until, settle)
+
+    # 6. The PACS browser and a PACS series with its orientation markers.
+    if not only or only & {"pacs-browser.png", "pacs-series-markers.png"}:
+        _pacs_shots(window, work, out, state["demo"].series_dir, shoot, wait_until)
+    for person in people.values():
+        person.close()
 
     window.close()
     app.processEvents()
@@ -307,6 +328,150 @@ def _sagittal_reformat(axial: list[Any], every: int) -> list[Any]:
         ds.PixelData = image.astype(first.pixel_array.dtype).tobytes()
         out.append(ds)
     return out
+
+
+def _example_people(window: Any) -> dict[str, Any]:
+    """API clients of a QA reviewer, a radiologist and an AI worker (tokens made by the window's admin)."""
+    import httpx
+
+    from pacs_mask_desktop.core.api_client import ApiClient
+
+    url, token = window.connection.target.url, window.connection.target.token
+    people: dict[str, Any] = {}
+    for name, role in (("qa-reviewer", "reviewer"), ("dr-kim", "uploader"), ("ai-worker", "uploader")):
+        answer = httpx.post(
+            f"{url}/api/tokens",
+            json={"name": name, "role": role},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        answer.raise_for_status()
+        people[name] = ApiClient(url, answer.json()["token"])
+    return people
+
+
+def _upload_as(api: Any, window: Any, masks: Path, model: str, version: str, source: str) -> str:
+    from pacs_mask_desktop.core.plan import prepare
+    from pacs_mask_desktop.core.upload import UploadEngine
+
+    prepared = prepare(
+        masks,
+        annotation_id=window.annotation["id"],
+        model_name=model,
+        version=version,
+        source=source,
+        series=window.series,
+    )
+    assert prepared.plan is not None, prepared.problems
+    engine = UploadEngine(api)
+    try:
+        return engine.run(prepared.plan).group_id
+    finally:
+        engine.close()
+
+
+def _corrected_masks(masks: Path, folder: Path) -> Path:
+    """A radiologist's correction of the demo masks: the liver trimmed on the middle third of its slices,
+    the lesion grown on the second half of its slices (real disagreements for the compare view)."""
+    import numpy as np
+    from PIL import Image
+
+    shutil.copytree(masks, folder)
+    paths = sorted(folder.glob("mask_*.png"))
+    arrays = [np.asarray(Image.open(path)).copy() for path in paths]
+    liver = [i for i, a in enumerate(arrays) if (a == 1).any()]
+    lesion = [i for i, a in enumerate(arrays) if (a == 2).any()]
+    third = len(liver) // 3
+    for i in liver[third : 2 * third]:  # the liver's lateral edge drawn tighter
+        columns = np.nonzero(arrays[i] == 1)[1]
+        part = arrays[i][:, int(np.percentile(columns, 60)) :]
+        part[part == 1] = 0
+    for i in lesion[len(lesion) // 2 :]:  # the lesion drawn larger, inside the liver
+        grown = arrays[i] == 2
+        for _ in range(5):  # a 4-neighbour dilation
+            step = grown.copy()
+            step[1:] |= grown[:-1]
+            step[:-1] |= grown[1:]
+            step[:, 1:] |= grown[:, :-1]
+            step[:, :-1] |= grown[:, 1:]
+            grown = step
+        arrays[i][grown & (arrays[i] > 0)] = 2
+    for path, array in zip(paths, arrays, strict=True):
+        Image.fromarray(array, mode="L").save(path)
+    return folder
+
+
+def _review_shots(
+    window: Any,
+    work: Path,
+    demo: Any,
+    people: dict[str, Any],
+    shoot: Callable[[str], None],
+    wait_until: Callable[..., None],
+    settle: Callable[..., None],
+) -> None:
+    """Groups of three uploaders waiting in the queue; one opened, rejected with findings; a compare."""
+    from PySide6.QtCore import Qt
+
+    from pacs_mask_desktop.ui.main_window import TAB_COMPARE
+
+    corrected = _corrected_masks(demo.masks_dir, work / "corrected")
+    ai_group = _upload_as(people["ai-worker"], window, demo.masks_dir, "liver-net", "2.2", "ai")
+    _upload_as(people["dr-kim"], window, corrected, "liver-net", "2.2-corrected", "manual")
+    _upload_as(people["ai-worker"], window, demo.masks_dir, "liver-net", "2.3-rc1", "ai")
+
+    queue = window.queue
+    loaded: list[int] = []
+    queue.panel.loaded.connect(loaded.append)
+    queue.show_panel()
+    wait_until(lambda: bool(loaded), what="the review queue")
+    window.resizeDocks([queue.dock], [260], Qt.Orientation.Vertical)
+    opened: list[Any] = []
+    queue.opened.connect(opened.append)
+    assert queue.panel.select(ai_group)
+    queue.panel.open_selected()
+    wait_until(lambda: bool(opened), what="the queue item to open")
+    view = window.viewer.view
+    wait_until(lambda: view.shown_index() == view.index, what="the queue item's first slice")
+    shoot("review-queue.png")
+
+    review = window.review
+    lesion = [s["slice_index"] for s in review.slices if "2" in (s.get("label") or "").split(",")]
+    for index, label, comment in (
+        (lesion[len(lesion) // 3], 2, "Lesion boundary misses the posterior rim"),
+        (lesion[-1], 2, "Lesion still visible here but not segmented on the next slice"),
+        (lesion[0] - 12, 1, "Liver includes part of the right kidney"),
+    ):
+        view.set_index(index)
+        review.finding_label.setCurrentIndex(review.finding_label.findData(label))
+        review.finding_comment.setText(comment)
+        review.add_finding()
+    review.comment.setPlainText("Lesion outlines need rework on the slices noted.")
+    decided: list[Any] = []
+    review.reviewRecorded.connect(decided.append)
+    review.reject()
+    wait_until(lambda: bool(decided), what="the rejection")
+    view.set_index(lesion[len(lesion) // 3])
+    wait_until(lambda: view.shown_index() == view.index, what="the finding's slice")
+    shoot("review-finding.png")
+
+    # Compare the AI group with the radiologist's correction of it.
+    queue.dock.hide()
+    groups = window.groups
+    compared: list[Any] = []
+    window.compare.compared.connect(compared.append)
+    groups.refresh(select=ai_group)
+    wait_until(lambda: (groups.selected or {}).get("id") == ai_group, what="the AI group")
+    wait_until(lambda: groups.compare_button.isEnabled(), what="the compare button")
+    other = next(g for g in groups.compare_candidates() if g["version"] == "2.2-corrected")
+    groups.compare_with(other["id"])
+    wait_until(lambda: bool(compared), 120, "the comparison")
+    window.tabs.setCurrentIndex(TAB_COMPARE)
+    view.set_index(0)
+    window.compare.next_disagreement()
+    wait_until(lambda: view.shown_index() == view.index, what="the disagreeing slice")
+    settle()
+    shoot("compare-view.png")
 
 
 def _example_annotations(api: Any) -> None:

@@ -27,6 +27,7 @@ from server.api.deps import provide_call
 from server.api.health import health
 from server.api.mask_groups import MaskController, MaskGroupController
 from server.api.openapi import document_errors
+from server.api.review import ReviewController
 from server.api.storage_routes import StorageUploads, get_object, put_object
 from server.context import AppParts
 from server.db.session import Database
@@ -161,6 +162,7 @@ def create_app(
             AnnotationController,
             MaskGroupController,
             MaskController,
+            ReviewController,
             AuditController,
             TokenController,
             health,

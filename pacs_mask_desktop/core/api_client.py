@@ -220,11 +220,44 @@ class ApiClient:
         )
         return self._request("GET", f"/api/mask-group/{group_id}/view", params=params).content
 
-    def review(self, group_id: str, decision: str, comment: str = "") -> dict[str, Any]:
-        """``POST /api/mask-group/{id}/review``."""
-        return self._call(
-            "POST", f"/api/mask-group/{group_id}/review", json={"decision": decision, "comment": comment}
-        )
+    def review(
+        self,
+        group_id: str,
+        decision: str,
+        comment: str = "",
+        *,
+        findings: list[dict[str, Any]] | None = None,
+        override_four_eyes: bool = False,
+    ) -> dict[str, Any]:
+        """``POST /api/mask-group/{id}/review``: the group with its ``findings`` and ``reviews`` history.
+
+        ``findings`` is a list of ``{"slice_index", "label" (or None: the whole slice), "comment"}``.
+        ``override_four_eyes`` lets an admin approve a group they uploaded themselves (audited). Not
+        retried: every review is kept in the history, so a blind repeat would record it twice.
+        """
+        body: dict[str, Any] = {"decision": decision, "comment": comment}
+        if findings:
+            body["findings"] = findings
+        if override_four_eyes:
+            body["override_four_eyes"] = True
+        return self._call("POST", f"/api/mask-group/{group_id}/review", json=body, retry=False)
+
+    def review_queue(self, *, limit: int = 50, cursor: str | None = None, **filters: Any) -> dict[str, Any]:
+        """``GET /api/review/queue``: complete groups waiting for review, oldest first.
+
+        ``filters``: model_name, version, source, created_by, annotation_id (None is left out). Returns
+        the whole answer ``{"items": [...], "next_cursor": str | None}``; pass ``next_cursor`` back as
+        ``cursor`` for the next page.
+        """
+        params: dict[str, Any] = {"limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        params.update({k: v for k, v in filters.items() if v is not None})
+        return self._call("GET", "/api/review/queue", params=params)
+
+    def compare(self, a: str | uuid.UUID, b: str | uuid.UUID) -> dict[str, Any]:
+        """``GET /api/mask-group/{a}/compare/{b}``: per-label and per-slice Dice, voxel counts, volumes."""
+        return self._call("GET", f"/api/mask-group/{a}/compare/{b}")
 
     def build_seg(self, group_id: str) -> dict[str, Any]:
         """``POST /api/mask-group/{id}/seg``: build the group's DICOM SEG once; its metadata.

@@ -1,9 +1,11 @@
 """The group browser: the mask groups of the chosen annotation and the slices of the selected group.
 
 Columns follow the server's ``GroupOut``: model, version, source, status, slices, confidence, created
-by/at and the review status. "Show on series" overlays the group (bytes from the view route, fetched
-lazily in the frame loader's worker), "Review" opens the QA view, "Delete" asks first (admins only;
-the server refuses other roles and the message says so).
+by/at, the review status and, once the server computed them, each label's volume in mL (slice extent in
+the tooltip). "Show on series" overlays the group (bytes from the view route, fetched lazily in the
+frame loader's worker), "Review" opens the QA view, "Compare with…" picks a second complete group of the
+annotation (:mod:`~pacs_mask_desktop.ui.compare_view`), "Delete" asks first (admins only; the server
+refuses other roles and the message says so).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QLabel,
+    QMenu,
     QPushButton,
     QSplitter,
     QVBoxLayout,
@@ -35,6 +38,40 @@ REVIEW_COLOUR = {"approved": "#3ddc84", "rejected": "#ff5c5c"}
 STATUS_COLOUR = {"complete": "#3ddc84", "pending": "#ffb020", "deleting": "#ff5c5c"}
 
 
+def label_names(group: dict[str, Any]) -> dict[int, str]:
+    """Label value -> name from the group's label table (empty when it has none)."""
+    return {int(value): str(info.get("name") or "") for value, info in (group.get("labels") or {}).items()}
+
+
+def volume_text(group: dict[str, Any]) -> str:
+    """Each label's volume, e.g. ``liver 1520.3 mL · 2: 12.1 mL`` (voxels when the mL are unknown)."""
+    volumes = group.get("volumes") or {}
+    names = label_names(group)
+    parts = []
+    for value, info in sorted(volumes.items(), key=lambda kv: int(kv[0])):
+        name = names.get(int(value)) or f"{value}:"
+        amount = (
+            f"{info['volume_ml']:.1f} mL"
+            if info.get("volume_ml") is not None
+            else f"{info.get('voxels', 0)} vx"
+        )
+        parts.append(f"{name} {amount}")
+    return " · ".join(parts)
+
+
+def volume_tooltip(group: dict[str, Any]) -> list[str]:
+    """Tooltip lines: per label its volume, voxel count and slice extent."""
+    names = label_names(group)
+    lines = []
+    for value, info in sorted((group.get("volumes") or {}).items(), key=lambda kv: int(kv[0])):
+        ml = f"{info['volume_ml']:.2f} mL, " if info.get("volume_ml") is not None else ""
+        lines.append(
+            f"Label {value} {names.get(int(value), '')}: {ml}{info.get('voxels', 0)} voxels, "
+            f"slices {info.get('first_slice')}–{info.get('last_slice')}"
+        )
+    return lines
+
+
 class GroupModel(RowsModel):
     """Groups of an annotation."""
 
@@ -48,8 +85,10 @@ class GroupModel(RowsModel):
         "Confidence",
         "Created by",
         "Created",
+        "Volume",
     )
     REVIEW_COLUMN = 4
+    VOLUME_COLUMN = 9
 
     def cell(self, item: dict[str, Any], column: int) -> Any:
         confidence = item.get("confidence")
@@ -63,6 +102,7 @@ class GroupModel(RowsModel):
             "" if confidence is None else f"{confidence:.2f}",
             item.get("created_by", ""),
             short_time(item.get("created_at")),
+            volume_text(item),
         )[column]
 
     def colour(self, item: dict[str, Any], column: int) -> str | None:
@@ -80,6 +120,7 @@ class GroupModel(RowsModel):
             )
             if item.get("review_comment"):
                 lines.append(f"“{item['review_comment']}”")
+        lines.extend(volume_tooltip(item))
         return "\n".join(lines)
 
     def row_of(self, group_id: str) -> int | None:
@@ -111,6 +152,11 @@ def _group_slices(_context: WorkContext, api: ApiClient, group_id: str) -> dict[
     return api.group_with_slices(group_id)
 
 
+def _groups_with_volumes(_context: WorkContext, api: ApiClient, group_ids: list[str]) -> list[dict[str, Any]]:
+    # Opening a group makes the server compute and store its volumes (once: groups are immutable).
+    return [api.group_with_slices(group_id)["group"] for group_id in group_ids]
+
+
 def _delete_group(_context: WorkContext, api: ApiClient, group_id: str, journal_path: Path) -> dict[str, Any]:
     answer = api.delete_group(group_id)
     journal = Journal(journal_path)
@@ -126,7 +172,9 @@ class GroupBrowser(QWidget):
 
     showRequested = Signal(object, object)  # group dict, slice dicts
     reviewRequested = Signal(object, object)  # group dict, slice dicts
+    compareRequested = Signal(object, object)  # the selected group (filled), the other one (outline)
     groupsLoaded = Signal(int)  # how many groups the annotation has
+    volumesLoaded = Signal(int)  # how many listed groups just got their volumes from the server
     groupDeleted = Signal(str)
     statusMessage = Signal(str)
     segExported = Signal(object, object)  # Path, SEG metadata
@@ -157,14 +205,23 @@ class GroupBrowser(QWidget):
         self.show_button = QPushButton("Show on series")
         self.show_button.setToolTip("Overlay this group's stored masks on the open series")
         self.review_button = QPushButton("Review…")
+        self.compare_button = QPushButton("Compare with…")
+        self.compare_button.setObjectName("compareButton")
+        self.compare_button.setToolTip(
+            "Compare this group with another complete group of the annotation (Dice, volumes)"
+        )
+        self.compare_menu = QMenu(self.compare_button)
+        self.compare_button.setMenu(self.compare_menu)
+        self.compare_menu.aboutToShow.connect(self._fill_compare_menu)
         self.delete_button = QPushButton("Delete…")
         self.delete_button.setObjectName("dangerButton")
-        for button in (self.show_button, self.review_button, self.delete_button):
+        for button in (self.show_button, self.review_button, self.compare_button, self.delete_button):
             button.setEnabled(False)
         buttons = QHBoxLayout()
         buttons.addWidget(self.refresh_button)
         buttons.addWidget(self.show_button)
         buttons.addWidget(self.review_button)
+        buttons.addWidget(self.compare_button)
         buttons.addStretch(1)
         buttons.addWidget(self.delete_button)
         self.export_button = QPushButton("Export as DICOM SEG…")
@@ -259,6 +316,32 @@ class GroupBrowser(QWidget):
         else:
             self._select(None)
         self.groupsLoaded.emit(len(items))
+        missing = [g["id"] for g in items if g["status"] == "complete" and g.get("volumes") is None]
+        if missing and self.api is not None:
+            self._runner.start(
+                _groups_with_volumes,
+                self.api,
+                missing,
+                on_result=lambda groups: self._on_volumes(serial, groups),
+                on_error=self._on_error,
+                name="group volumes",
+            )
+
+    def _on_volumes(self, serial: int, groups: list[dict[str, Any]]) -> None:
+        """Show the volumes the server computed for groups listed without them."""
+        if serial != self._serial:
+            return
+        for group in groups:
+            self._replace_row(group)
+        self.volumesLoaded.emit(len(groups))
+
+    def _replace_row(self, group: dict[str, Any]) -> None:
+        row = self.groups.row_of(group["id"])
+        if row is not None:
+            self.groups.items[row] = group
+            self.groups.dataChanged.emit(
+                self.groups.index(row, 0), self.groups.index(row, self.groups.columnCount() - 1)
+            )
 
     def select_group(self, group_id: str) -> bool:
         """Select ``group_id`` in the list (True when it is listed)."""
@@ -278,6 +361,7 @@ class GroupBrowser(QWidget):
             button.setEnabled(group is not None)
         self.review_button.setEnabled(group is not None and group["status"] == "complete")
         self.show_button.setEnabled(group is not None and group["status"] == "complete")
+        self.compare_button.setEnabled(bool(self.compare_candidates()))
         self._update_seg_actions()
         if group is None:
             self.slices = []
@@ -305,6 +389,7 @@ class GroupBrowser(QWidget):
         if self.selected is None or group["id"] != self.selected["id"]:
             return
         self.selected = group
+        self._replace_row(group)  # opening a group computes its volumes on the server: show them
         self._update_seg_actions()
         self.slices = answer["items"]
         self.slice_model.set_items(self.slices)
@@ -329,6 +414,31 @@ class GroupBrowser(QWidget):
         """Open the QA review of the selected group."""
         if self.selected is not None:
             self._load_slices(self.selected["id"], then="review")
+
+    def compare_candidates(self) -> list[dict[str, Any]]:
+        """The other complete groups of the annotation the selected (complete) group can be compared with."""
+        group = self.selected
+        if group is None or group["status"] != "complete":
+            return []
+        return [g for g in self.groups.items if g["status"] == "complete" and g["id"] != group["id"]]
+
+    def _fill_compare_menu(self) -> None:
+        self.compare_menu.clear()
+        for other in self.compare_candidates():
+            review = other.get("review_status") or "not reviewed"
+            action = self.compare_menu.addAction(
+                f"{other['model_name']} {other['version']} ({other['source']}, {review}, "
+                f"{other.get('slice_count', 0)} slices)"
+            )
+            action.triggered.connect(lambda _checked=False, gid=other["id"]: self.compare_with(gid))
+
+    def compare_with(self, group_id: str) -> bool:
+        """Compare the selected group (filled) with ``group_id`` (outline); False when not possible."""
+        other = next((g for g in self.compare_candidates() if g["id"] == group_id), None)
+        if other is None or self.selected is None:
+            return False
+        self.compareRequested.emit(self.selected, other)
+        return True
 
     def delete_selected(self) -> None:
         """Delete the selected group after confirmation."""

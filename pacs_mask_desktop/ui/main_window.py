@@ -43,6 +43,7 @@ from pacs_mask_desktop.core.plan import PreparedUpload
 from pacs_mask_desktop.core.workspace import Cleared, SeriesSource, Workspace
 from pacs_mask_desktop.ui import dialogs
 from pacs_mask_desktop.ui.annotation_picker import AnnotationPicker
+from pacs_mask_desktop.ui.compare_view import install_compare
 from pacs_mask_desktop.ui.connection import Connection, is_loopback
 from pacs_mask_desktop.ui.formatting import failure_text
 from pacs_mask_desktop.ui.group_browser import GroupBrowser
@@ -53,6 +54,7 @@ from pacs_mask_desktop.ui.pacs_browser import PacsBrowser
 from pacs_mask_desktop.ui.pacs_loader import PacsSeriesLoader
 from pacs_mask_desktop.ui.resume_dialog import ResumeDialog
 from pacs_mask_desktop.ui.review_panel import ReviewPanel
+from pacs_mask_desktop.ui.review_queue import QueueFlow
 from pacs_mask_desktop.ui.settings import (
     ServerConfig,
     SettingsDialog,
@@ -84,7 +86,7 @@ log = logging.getLogger(__name__)
 
 """The resume journal in the data dir, shared with the ``pacs-mask`` CLI and the watch worker."""
 STATUS_TIMEOUT_MS = 12_000
-TAB_MASKS, TAB_UPLOAD, TAB_GROUPS, TAB_REVIEW = range(4)
+TAB_MASKS, TAB_UPLOAD, TAB_GROUPS, TAB_REVIEW, TAB_COMPARE = range(5)
 
 
 # --- the window ----------------------------------------------------------------------------------------
@@ -144,6 +146,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.review, "Review")
         self.left_dock = self._dock("Annotations", self.picker, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.right_dock = self._dock("Masks and groups", self.tabs, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.queue = QueueFlow(self)  # Review ▸ Queue: its dock and the open/next flow (ui/review_queue.py)
+        self.compare = install_compare(self)  # the Compare tab (ui/compare_view.py)
 
         self.server_label = QLabel("Not connected")
         self.server_label.setObjectName("serverLabel")
@@ -188,6 +192,9 @@ class MainWindow(QMainWindow):
         self.review.sliceRequested.connect(self.viewer.view.set_index)
         self.review.reviewRecorded.connect(self._on_reviewed)
         self.review.statusMessage.connect(self.status)
+        self.review.marksChanged.connect(self._show_finding_marks)
+        self.viewer.overlayChanged.connect(lambda _overlay: self._show_finding_marks(self.review.marks))
+        self.viewer.view.indexChanged.connect(self.review.set_current_slice)
         self.viewer.view.statusMessage.connect(self.status)
         self.picker.annotationClicked.connect(self.offer_annotation_series)
         self.pacs_loader.seriesReady.connect(self._on_pacs_series)
@@ -402,6 +409,7 @@ class MainWindow(QMainWindow):
     def _on_server_config(self, config: dict[str, Any]) -> None:
         self.server_config = config
         self.groups.set_server_config(config)
+        self.review.set_role(str(config.get("role", "")))
         self._forget_pacs_client()
 
     def _apply_pacs_settings(self, dialog: SettingsDialog) -> None:
@@ -757,7 +765,7 @@ class MainWindow(QMainWindow):
             dialogs.show_error(
                 self,
                 "Some slices failed",
-                f"{result.message}\n\n{reasons}{more}\n\nUse Retry failed (Ctrl+R) to send only these again.",
+                f"{result.message}\n\n{reasons}{more}\n\nUse Retry failed (Ctrl+Shift+R) to send only these again.",
             )
         else:
             dialogs.show_error(self, "Upload failed", result.message)
@@ -866,6 +874,12 @@ class MainWindow(QMainWindow):
         self.show_group(group, slices)
         self.review.open_group(group, slices)
         self.tabs.setCurrentIndex(TAB_REVIEW)
+
+    def _show_finding_marks(self, marks: list[Any]) -> None:
+        """Findings are ticks on the slider while the reviewed group is the overlay drawn."""
+        overlay, group = self.viewer.view.overlay, self.review.group
+        shown = isinstance(overlay, GroupViewSource) and group is not None and overlay.group_id == group["id"]
+        self.viewer.finding_marks.set_marks(marks if shown else [])
 
     def _on_reviewed(self, group: dict[str, Any]) -> None:
         self.groups.refresh(select=group["id"])

@@ -21,9 +21,10 @@ SHORTCUTS_HELP = (
     "Wheel, ↑/↓, PgUp/PgDn, Home/End: change slice\n"
     "Right-drag: window/level · 1-4: soft tissue, lung, bone, brain · 0: file default\n"
     "Ctrl+wheel, +/-: zoom · Ctrl+0: 100% · middle- or left-drag: pan · F or double-click: fit\n"
-    "O: overlay on/off · F8: next mask problem\n"
-    "Ctrl+O: open series · Ctrl+Shift+O: open from PACS · Ctrl+M: add masks · Ctrl+U: upload · Ctrl+R: retry/resume\n"
-    "Review: N/P next/previous group slice · Ctrl+Enter approve · Ctrl+Shift+Enter reject\n"
+    "O: overlay on/off · F8: next mask problem · F9: next disagreement of a compare\n"
+    "Ctrl+O: open series · Ctrl+Shift+O: open from PACS · Ctrl+M: add masks · Ctrl+U: upload · "
+    "Ctrl+Shift+R: retry/resume\n"
+    "Review: Ctrl+R queue · N/P next/previous group slice · Ctrl+Enter approve · Ctrl+Shift+Enter reject\n"
     "Drop a DICOM folder, mask PNGs/folders, or a NIfTI (.nii/.nii.gz) or DICOM SEG file anywhere on the window."
 )
 
@@ -115,9 +116,12 @@ def build_menus(window: MainWindow) -> dict[str, QAction]:
     upload_menu = bar.addMenu("&Upload")
     upload_menu.addAction(action("upload", "Upload masks", window.start_upload, "Ctrl+U"))
     upload_menu.addAction(action("cancel_upload", "Cancel upload", window.upload.cancel, "Ctrl+Shift+X"))
-    upload_menu.addAction(action("retry_upload", "Retry failed / resume", window.retry_upload, "Ctrl+R"))
+    upload_menu.addAction(
+        action("retry_upload", "Retry failed / resume", window.retry_upload, "Ctrl+Shift+R")
+    )
 
     review_menu = bar.addMenu("&Review")
+    review_menu.addAction(action("review_queue", "Queue…", window.queue.show_panel, "Ctrl+R"))
     review_menu.addAction(action("refresh_groups", "Refresh groups", window.groups.refresh, "F5"))
     review_menu.addAction(action("review_next", "Next group slice", window.review.next_slice, "N"))
     review_menu.addAction(
@@ -125,6 +129,10 @@ def build_menus(window: MainWindow) -> dict[str, QAction]:
     )
     review_menu.addAction(action("approve", "Approve group", window.review.approve, "Ctrl+Return"))
     review_menu.addAction(action("reject", "Reject group", window.review.reject, "Ctrl+Shift+Return"))
+    review_menu.addSeparator()
+    review_menu.addAction(
+        action("next_disagreement", "Next disagreement (compare)", window.compare.next_disagreement, "F9")
+    )
 
     help_menu = bar.addMenu("&Help")
     help_menu.addAction(action("shortcuts", "Keyboard and mouse", window.show_shortcuts, "F1"))

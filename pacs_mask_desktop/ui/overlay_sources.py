@@ -27,6 +27,10 @@ class OverlaySource:
     """Label images by slice index, loaded lazily and cached (thread-safe)."""
 
     kind = "overlay"
+    colour_table: list[int] | None = None
+    """256 ARGB values replacing the label palette when drawn (``None``: the label colours)."""
+    opaque_value: int | None = None
+    """A label value drawn at full opacity above the rest (a compare's outline), ``None``: none."""
 
     def __init__(self, title: str, cache_slices: int = CACHE_SLICES) -> None:
         self.title = title

@@ -60,15 +60,18 @@ def gray_image(pixels: np.ndarray) -> ArrayImage:
     return ArrayImage(image, array)
 
 
-def label_image(labels: np.ndarray) -> ArrayImage:
-    """An indexed image of a 2-D label array; labels above 255 wrap into the 1..255 palette range."""
+def label_image(labels: np.ndarray, table: list[int] | None = None) -> ArrayImage:
+    """An indexed image of a 2-D label array; labels above 255 wrap into the 1..255 palette range.
+
+    ``table`` replaces the label palette (256 ``qRgba`` values, e.g. a compare overlay's outline colour).
+    """
     if labels.dtype != np.uint8:
         wide = labels.astype(np.int64)
         labels = np.where(wide > 0, (wide - 1) % 255 + 1, 0).astype(np.uint8)
     array = np.ascontiguousarray(labels)
     height, width = array.shape
     image = QImage(array.data, width, height, array.strides[0], QImage.Format.Format_Indexed8)
-    image.setColorTable(LABEL_TABLE)
+    image.setColorTable(table or LABEL_TABLE)
     return ArrayImage(image, array)
 
 

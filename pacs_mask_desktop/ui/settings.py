@@ -195,6 +195,19 @@ def forget_upload_source(group_id: str) -> None:
     settings.sync()
 
 
+def remember_series_folder(series_uid: str, folder: str) -> None:
+    """Record the local folder a series was opened from (the review queue reopens it from there)."""
+    settings = app_settings()
+    settings.setValue(f"series_folders/{series_uid}", folder)
+    settings.sync()
+
+
+def series_folder(series_uid: str) -> str | None:
+    """The folder :func:`remember_series_folder` stored for ``series_uid`` (``None`` when unknown)."""
+    value = app_settings().value(f"series_folders/{series_uid}")
+    return str(value) if value else None
+
+
 class SettingsDialog(QDialog):
     """Server URL and token; leaving the URL empty uses the bundled server."""
 

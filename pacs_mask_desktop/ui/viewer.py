@@ -87,6 +87,7 @@ class SliceView(QWidget):
         self._painted_index: int | None = None
         self._gray: ArrayImage | None = None
         self._mask: ArrayImage | None = None
+        self._mask_top: ArrayImage | None = None  # the overlay's opaque value (a compare's outline)
         self._mask_labels: tuple[int, ...] = ()
         self._pixels: np.ndarray | None = None
         self._direction = 1
@@ -151,7 +152,7 @@ class SliceView(QWidget):
         """Draw ``overlay`` on top of the slices (``None`` removes it)."""
         self.overlay = overlay
         self._frames.clear()
-        self._mask = None
+        self._mask = self._mask_top = None
         self._mask_labels = ()
         self.loader.set_sources(self.series, overlay)
         if self.series is not None:
@@ -160,7 +161,7 @@ class SliceView(QWidget):
         self.update()
 
     def _reset_images(self) -> None:
-        self._gray = self._mask = None
+        self._gray = self._mask = self._mask_top = None
         self._pixels = None
         self._mask_labels = ()
         self._shown_index = self._painted_index = None
@@ -227,11 +228,18 @@ class SliceView(QWidget):
             window_level(pixels, self.window.center, self.window.width, invert=self.invert)
         )
         if mask is not None and mask.any():
-            self._mask = label_image(mask)
+            table = self.overlay.colour_table if self.overlay is not None else None
+            opaque = self.overlay.opaque_value if self.overlay is not None else None
+            self._mask_top = None
+            if opaque is not None and (on_top := mask == opaque).any():
+                # Drawn at full opacity above the rest, so an outline stays visible at any opacity.
+                self._mask_top = label_image(np.where(on_top, mask, 0).astype(mask.dtype), table)
+                mask = np.where(on_top, 0, mask).astype(mask.dtype)
+            self._mask = label_image(mask, table)
             top = int(mask.max())
             self._mask_labels = tuple(v for v in range(1, min(top, 10) + 1) if (mask == v).any())
         else:
-            self._mask = None
+            self._mask = self._mask_top = None
             self._mask_labels = ()
         self._shown_index = index
         self.update()
@@ -342,6 +350,8 @@ class SliceView(QWidget):
                 painter.setOpacity(self.opacity)
                 painter.drawImage(target, self._mask.image)
                 painter.setOpacity(1.0)
+                if self._mask_top is not None:
+                    painter.drawImage(target, self._mask_top.image)
         self._paint_corners(painter)
         painter.end()
         if self._shown_index is not None and self._painted_index != self._shown_index:

@@ -1,4 +1,5 @@
-"""The viewer with its bar: slice slider, window preset, overlay toggle and opacity slider."""
+"""The viewer with its bar: slice slider (with finding ticks and a Dice band), window preset, overlay
+toggle and opacity slider."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from PySide6.QtWidgets import (
 from pacs_mask_desktop.core.dicom_series import WINDOW_PRESETS, Series, Window
 from pacs_mask_desktop.ui.formatting import slice_text
 from pacs_mask_desktop.ui.overlay_sources import OverlaySource
+from pacs_mask_desktop.ui.slice_marks import SliceMarks
 from pacs_mask_desktop.ui.viewer import SliceView
 from pacs_mask_desktop.ui.workers import TaskRunner
 
@@ -33,6 +35,7 @@ class ViewerPanel(QWidget):
     """A :class:`SliceView` above a bar of the controls users reach for while reading."""
 
     presetChosen = Signal(str)
+    overlayChanged = Signal(object)  # the OverlaySource now drawn, or None
 
     def __init__(self, runner: TaskRunner, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -71,10 +74,20 @@ class ViewerPanel(QWidget):
         self.progress.setToolTip("Instances of the series retrieved from the PACS")
         self.progress.hide()
 
+        # Review findings as ticks above the slider, a compare's per-slice Dice as a band below it.
+        self.finding_marks = SliceMarks(self.slider, style="ticks")
+        self.dice_strip = SliceMarks(self.slider, style="band", below=True)
+        self.finding_marks.sliceClicked.connect(self.view.set_index)
+        self.dice_strip.sliceClicked.connect(self.view.set_index)
+        slider_column = QVBoxLayout()
+        slider_column.setSpacing(1)
+        slider_column.addWidget(self.finding_marks)
+        slider_column.addWidget(self.slider)
+        slider_column.addWidget(self.dice_strip)
         slider_row = QHBoxLayout()
         slider_row.setSpacing(10)
         slider_row.addWidget(self.slice_label)
-        slider_row.addWidget(self.slider, 1)
+        slider_row.addLayout(slider_column, 1)
         slider_row.addWidget(self.progress)
         controls = QHBoxLayout()
         controls.setSpacing(10)
@@ -116,6 +129,7 @@ class ViewerPanel(QWidget):
         self.slider.setRange(0, max(0, len(series) - 1) if series is not None else 0)
         self.slider.blockSignals(False)
         self.view.set_series(series)
+        self.overlayChanged.emit(None)  # a new series starts without an overlay
         if series is None:
             self.slice_label.setText("–")
 
@@ -136,6 +150,7 @@ class ViewerPanel(QWidget):
     def set_overlay(self, overlay: OverlaySource | None) -> None:
         """Draw ``overlay`` on the series."""
         self.view.set_overlay(overlay)
+        self.overlayChanged.emit(overlay)
 
     def apply_preset(self, key: str) -> None:
         """Apply a named window preset (``soft_tissue``, ``lung``, ``bone``, ``brain``, ``default``)."""

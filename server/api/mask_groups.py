@@ -24,7 +24,9 @@ from server.errors import (
     Unprocessable,
 )
 from server.security import require
+from server.services import compare as compare_svc
 from server.services import mask_groups as svc
+from server.services import review as review_svc
 from server.services import seg as seg_svc
 from server.services import seg_send
 
@@ -113,13 +115,23 @@ class MaskGroupController(Controller):
         guards=[require("reviewer")],
         sync_to_thread=True,
         status_code=200,
-        raises=[Conflict],
-        summary="Approve or reject a complete group",
+        raises=[Conflict, Forbidden, Unprocessable],
+        summary="Approve or reject a complete group, with per-slice findings",
     )
     def review(
         self, call: CallDep, group_id: FromPath[str], data: JSONBody[schemas.ReviewRequest]
     ) -> schemas.GroupOut:
-        return svc.review_group(call, group_id, data)
+        return review_svc.review_group(call, group_id, data)
+
+    @get(
+        "/{group_id:str}/compare/{other_id:str}",
+        guards=[require("uploader")],
+        sync_to_thread=True,
+        raises=[Conflict, Unprocessable, StorageUnavailable],
+        summary="Compare two complete groups of one annotation: Dice, voxels and volumes",
+    )
+    def compare(self, call: CallDep, group_id: FromPath[str], other_id: FromPath[str]) -> schemas.Comparison:
+        return compare_svc.compare_groups(call, group_id, other_id)
 
     @post(
         "/{group_id:str}/seg",
@@ -182,4 +194,5 @@ class MaskController(Controller):
 
     @get("/{group_id:str}", guards=[require("uploader")], sync_to_thread=True, summary="Slices of a group")
     def list_slices(self, call: CallDep, group_id: FromPath[str]) -> schemas.MaskList:
+        compare_svc.ensure_volumes(call, group_id)  # first opening of a complete group: its label volumes
         return svc.list_masks(call, group_id)

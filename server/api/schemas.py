@@ -157,6 +157,35 @@ class SendOut(msgspec.Struct):
     """Set when the group was rejected while (or after) its SEG was sent: it is in the PACS, retract it there."""
 
 
+class LabelVolume(msgspec.Struct):
+    """One label value of a complete group: its voxels, volume and the slices it spans."""
+
+    voxels: int
+    volume_ml: float | None
+    """voxels x row spacing x column spacing x slice spacing / 1000; ``None`` without stored geometry."""
+    first_slice: int
+    last_slice: int
+
+
+class FindingOut(msgspec.Struct):
+    slice_index: int
+    label: int | None
+    """``None``: the finding is about the whole slice."""
+    comment: str
+
+
+class ReviewOut(msgspec.Struct):
+    """One review in a group's history."""
+
+    decision: str
+    comment: str | None
+    reviewed_by: str
+    reviewed_at: datetime
+    override_four_eyes: bool
+    """An admin approved a group they uploaded themselves, saying so explicitly."""
+    findings: list[FindingOut]
+
+
 class GroupOut(msgspec.Struct):
     id: str
     annotation_id: int
@@ -183,10 +212,65 @@ class GroupOut(msgspec.Struct):
     """The last failure to send the SEG to the PACS (cleared by a successful send)."""
     retract_from_pacs: str | None = None
     """Set when the group is rejected but its SEG was already sent: it is in the PACS, retract it there."""
+    volumes: dict[str, LabelVolume] | None = None
+    """Per label value (``"1"``), once computed (``None`` until then; see ``server.services.compare``)."""
+    findings: list[FindingOut] = msgspec.field(default_factory=list)
+    """The findings of the current review."""
+    reviews: list[ReviewOut] = msgspec.field(default_factory=list)
+    """Every review of the group, oldest first."""
 
 
 class GroupList(msgspec.Struct):
     items: list[GroupOut]
+
+
+class QueueItem(GroupOut):
+    """A group waiting for review, with what a reviewer needs to pick it: the annotation's patient."""
+
+    patient_id: str | None = None
+    patient_name: str | None = None
+    annotation_description: str | None = None
+
+
+class ReviewQueue(msgspec.Struct):
+    items: list[QueueItem]
+    next_cursor: str | None
+    """Pass back as ``cursor`` for the next page; ``None`` on the last page."""
+
+
+class LabelComparison(msgspec.Struct):
+    """Two groups compared on one label value (or, in ``totals``, on all labels together)."""
+
+    dice: float | None
+    """2|A∩B| / (|A| + |B|); ``None`` when both are empty."""
+    voxels_a: int
+    voxels_b: int
+    volume_a_ml: float | None
+    volume_b_ml: float | None
+    volume_diff_ml: float | None
+    """b − a."""
+
+
+class SliceLabelComparison(msgspec.Struct):
+    dice: float | None
+    voxels_a: int
+    voxels_b: int
+
+
+class SliceComparison(msgspec.Struct):
+    slice_index: int
+    dice: float | None
+    labels: dict[str, SliceLabelComparison]
+
+
+class Comparison(msgspec.Struct):
+    """``GET /api/mask-group/{a}/compare/{b}``: per label, in total and per slice where either has a mask."""
+
+    a: str
+    b: str
+    labels: dict[str, LabelComparison]
+    totals: LabelComparison
+    slices: list[SliceComparison]
 
 
 class SliceToSign(msgspec.Struct, forbid_unknown_fields=True):
@@ -252,9 +336,27 @@ class MaskList(msgspec.Struct):
     items: list[MaskOut]
 
 
+MAX_FINDINGS = 1000
+"""Findings in one review."""
+
+
+class FindingIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A reviewer's remark on one slice; the slice and label are checked against the group by the service."""
+
+    slice_index: NonNegative
+    label: Annotated[int, msgspec.Meta(ge=1, le=255)] | None = None
+    """A label value 1..255, or ``None`` for the whole slice."""
+    comment: Annotated[str, safe_text(2000, multiline=True)] = ""
+
+
 class ReviewRequest(msgspec.Struct, forbid_unknown_fields=True):
     decision: Literal["approved", "rejected"]
     comment: Annotated[str, safe_text(4000, multiline=True)] = ""
+    findings: Annotated[list[FindingIn], msgspec.Meta(max_length=MAX_FINDINGS)] = msgspec.field(
+        default_factory=list
+    )
+    override_four_eyes: bool = False
+    """An admin approving a group they uploaded themselves must say so (audited)."""
 
 
 class DeleteResult(msgspec.Struct):
@@ -388,3 +490,7 @@ class ClientConfig(msgspec.Struct):
     version: str
     send_unreviewed: bool = False
     """``PACS_MASK_SEND_UNREVIEWED``: groups may be sent to the PACS before they are approved."""
+    user: str = ""
+    """The caller's token name (who the server records as uploader and reviewer)."""
+    role: str = ""
+    """The caller's role: the desktop offers the four-eyes override only to an admin."""

@@ -1,4 +1,4 @@
-"""SQLAlchemy models: annotations, mask groups, mask slices, audit log and API tokens.
+"""SQLAlchemy models: annotations, mask groups, mask slices, reviews, audit log and API tokens.
 
 Table and column names follow the seed's task list (``annotation_mask_group``, ``annotation_mask``).
 The models are only for the server; API request/response shapes live in ``server.api.schemas``.
@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -129,6 +130,7 @@ class MaskGroup(Base):
             "review_status IS NULL OR review_status IN ('approved', 'rejected')", name="review_status"
         ),
         Index("ix_annotation_mask_group_status_created", "status", "created_at"),
+        Index("ix_annotation_mask_group_status_completed", "status", "completed_at", "id"),  # review queue
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -162,6 +164,9 @@ class MaskGroup(Base):
     sent_at: Mapped[datetime | None] = mapped_column()
     sent_to: Mapped[str | None] = mapped_column(String(512))
     send_error: Mapped[str | None] = mapped_column(String(1024))
+    # Per label value ("1"): {"voxels", "volume_ml", "first_slice", "last_slice"}; NULL until computed
+    # (server.services.compare, on first demand: a complete group never changes, so neither do these).
+    volumes: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     annotation: Mapped[Annotation] = relationship(back_populates="groups")
     masks: Mapped[list[Mask]] = relationship(
@@ -216,6 +221,63 @@ class SignedUpload(Base):
     # Bumped when ``complete`` removes a stored object that differs from these bytes: a complete that
     # checked the objects before sees the change and refuses instead of registering a removed object.
     removals: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Review(Base):
+    """One QA decision on a group; every review is kept (the group's ``review_*`` columns hold the last)."""
+
+    __tablename__ = "annotation_mask_review"
+    __table_args__ = (
+        CheckConstraint("decision IN ('approved', 'rejected')", name="decision"),
+        Index("ix_annotation_mask_review_group", "group_id", "reviewed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    group_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("annotation_mask_group.id", ondelete="CASCADE"))
+    decision: Mapped[str] = mapped_column(String(16))
+    comment: Mapped[str | None] = mapped_column(Text)
+    reviewed_by: Mapped[str] = mapped_column(String(128))
+    reviewed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # True when an admin approved a group they uploaded themselves, saying so explicitly.
+    override_four_eyes: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Finding(Base):
+    """A reviewer's remark on one slice of a group (``label`` ``None``: the whole slice), part of a review."""
+
+    __tablename__ = "annotation_mask_finding"
+    __table_args__ = (
+        CheckConstraint("slice_index >= 0", name="slice_index"),
+        CheckConstraint("label IS NULL OR (label >= 1 AND label <= 255)", name="label"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    review_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("annotation_mask_review.id", ondelete="CASCADE"),
+        index=True,
+    )
+    slice_index: Mapped[int] = mapped_column(Integer)
+    label: Mapped[int | None] = mapped_column(Integer)
+    comment: Mapped[str] = mapped_column(Text)
+
+
+class Comparison(Base):
+    """The cached per-slice comparison of two complete groups (``group_a`` < ``group_b`` as text).
+
+    ``slices``: ``{"12": {"1": [voxels_a, voxels_b, overlap]}}`` for every slice where either has a mask.
+    """
+
+    __tablename__ = "annotation_mask_comparison"
+
+    group_a: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("annotation_mask_group.id", ondelete="CASCADE"), primary_key=True
+    )
+    group_b: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("annotation_mask_group.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    slices: Mapped[dict[str, Any]] = mapped_column(JSON)
+    computed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditLog(Base):

@@ -214,5 +214,56 @@ ALTER TABLE annotation ALTER COLUMN accession_number TYPE VARCHAR(64);
 
 UPDATE alembic_version SET version_num='0005_wider_study_text' WHERE alembic_version.version_num = '0004_group_seg';
 
+-- Running upgrade 0005_wider_study_text -> 0006_review_findings
+
+ALTER TABLE annotation_mask_group ADD COLUMN volumes JSON;
+
+CREATE INDEX ix_annotation_mask_group_status_completed ON annotation_mask_group (status, completed_at, id);
+
+CREATE TABLE annotation_mask_review (
+    id BIGSERIAL NOT NULL, 
+    group_id UUID NOT NULL, 
+    decision VARCHAR(16) NOT NULL, 
+    comment TEXT, 
+    reviewed_by VARCHAR(128) NOT NULL, 
+    reviewed_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+    override_four_eyes BOOLEAN NOT NULL, 
+    CONSTRAINT pk_annotation_mask_review PRIMARY KEY (id), 
+    CONSTRAINT ck_annotation_mask_review_decision CHECK (decision IN ('approved', 'rejected')), 
+    CONSTRAINT fk_annotation_mask_review_group_id_annotation_mask_group FOREIGN KEY(group_id) REFERENCES annotation_mask_group (id) ON DELETE CASCADE
+);
+
+CREATE INDEX ix_annotation_mask_review_group ON annotation_mask_review (group_id, reviewed_at);
+
+CREATE TABLE annotation_mask_finding (
+    id BIGSERIAL NOT NULL, 
+    review_id BIGINT NOT NULL, 
+    slice_index INTEGER NOT NULL, 
+    label INTEGER, 
+    comment TEXT NOT NULL, 
+    CONSTRAINT pk_annotation_mask_finding PRIMARY KEY (id), 
+    CONSTRAINT ck_annotation_mask_finding_slice_index CHECK (slice_index >= 0), 
+    CONSTRAINT ck_annotation_mask_finding_label CHECK (label IS NULL OR (label >= 1 AND label <= 255)), 
+    CONSTRAINT fk_annotation_mask_finding_review_id_annotation_mask_review FOREIGN KEY(review_id) REFERENCES annotation_mask_review (id) ON DELETE CASCADE
+);
+
+CREATE INDEX ix_annotation_mask_finding_review_id ON annotation_mask_finding (review_id);
+
+CREATE TABLE annotation_mask_comparison (
+    group_a UUID NOT NULL, 
+    group_b UUID NOT NULL, 
+    slices JSON NOT NULL, 
+    computed_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+    CONSTRAINT pk_annotation_mask_comparison PRIMARY KEY (group_a, group_b), 
+    CONSTRAINT fk_annotation_mask_comparison_group_a_annotation_mask_group FOREIGN KEY(group_a) REFERENCES annotation_mask_group (id) ON DELETE CASCADE, 
+    CONSTRAINT fk_annotation_mask_comparison_group_b_annotation_mask_group FOREIGN KEY(group_b) REFERENCES annotation_mask_group (id) ON DELETE CASCADE
+);
+
+CREATE INDEX ix_annotation_mask_comparison_group_b ON annotation_mask_comparison (group_b);
+
+INSERT INTO annotation_mask_review (group_id, decision, comment, reviewed_by, reviewed_at, override_four_eyes) SELECT id, review_status, review_comment, COALESCE(reviewed_by, 'unknown'), COALESCE(reviewed_at, completed_at, created_at), false FROM annotation_mask_group WHERE review_status IS NOT NULL;
+
+UPDATE alembic_version SET version_num='0006_review_findings' WHERE alembic_version.version_num = '0005_wider_study_text';
+
 COMMIT;
 

@@ -1,4 +1,4 @@
-"""Mask groups: create, sign uploads, complete, list, view, review and delete.
+"""Mask groups: create, sign uploads, complete, list, view and delete (reviews: ``server.services.review``).
 
 Data-safety rules this module keeps:
 - ``complete`` verifies every object in storage first, then writes all slice rows and flips the group
@@ -43,7 +43,7 @@ from server.errors import (
     Unprocessable,
 )
 from server.naming import INT32_MAX, content_type_problem, filename_problem, group_prefix, mask_key, parse_id
-from server.services.serialize import group_out, mask_out, retraction_notice
+from server.services.serialize import group_out, mask_out, review_history
 from server.services.series import index_problem, load_shape, raise_geometry_mismatch, slice_problems
 from server.storage.base import ObjectInfo, StorageError, md5_b64_to_hex
 
@@ -67,7 +67,8 @@ def load_group(session: Session, group_id: uuid.UUID, *, for_update: bool = Fals
     return group
 
 
-def _slice_count(session: Session, group_id: uuid.UUID) -> int:
+def slice_count(session: Session, group_id: uuid.UUID) -> int:
+    """How many slices are registered for the group."""
     return session.scalar(select(func.count()).where(Mask.group_id == group_id)) or 0
 
 
@@ -697,7 +698,8 @@ def list_groups(call: Call, annotation_ref: str) -> schemas.GroupList:
             .where(MaskGroup.annotation_id == annotation_id)
             .order_by(MaskGroup.created_at.desc())
         ).all()
-        return schemas.GroupList(items=[group_out(g, n) for g, n in rows])
+        history = review_history(session, [g.id for g, _ in rows if g.review_status is not None])
+        return schemas.GroupList(items=[group_out(g, n, history.get(g.id)) for g, n in rows])
 
 
 def list_masks(call: Call, group_ref: str) -> schemas.MaskList:
@@ -706,7 +708,8 @@ def list_masks(call: Call, group_ref: str) -> schemas.MaskList:
     with call.db.session() as session:
         group = load_group(session, group_id)
         rows = session.scalars(select(Mask).where(Mask.group_id == group_id).order_by(Mask.slice_index)).all()
-        return schemas.MaskList(group=group_out(group, len(rows)), items=[mask_out(m) for m in rows])
+        history = review_history(session, [group_id]).get(group_id)
+        return schemas.MaskList(group=group_out(group, len(rows), history), items=[mask_out(m) for m in rows])
 
 
 @dataclass(frozen=True, slots=True)
@@ -760,45 +763,6 @@ def view_slice(call: Call, group_ref: str, filename: str | None, slice_index: in
             detail={"filename": mask.filename, "slice_index": mask.slice_index},
         )
         return ViewedSlice(chunks, mask.size_bytes, mask.checksum, mask.content_type, mask.filename)
-
-
-# --- review ------------------------------------------------------------------------------------------
-
-
-def review_group(call: Call, group_ref: str, data: schemas.ReviewRequest) -> schemas.GroupOut:
-    """Record a QA decision on a complete group (the masks themselves stay untouched); audited."""
-    group_id = parse_group_id(group_ref)
-    if data.decision == "rejected" and not data.comment.strip():
-        raise Unprocessable("A rejection needs a comment saying what is wrong.", code="comment_required")
-    with call.db.session() as session:
-        group = load_group(session, group_id, for_update=True)
-        if group.status != "complete":
-            raise Conflict(
-                f"Only complete groups can be reviewed; {group_id} is {group.status}.",
-                code="group_not_complete",
-            )
-        group.review_status = data.decision
-        group.review_comment = data.comment.strip() or None
-        group.reviewed_by = call.actor.name
-        group.reviewed_at = utcnow()
-        audit.record(
-            session,
-            call,
-            "group.review",
-            annotation_id=group.annotation_id,
-            group_id=group_id,
-            detail={"decision": data.decision, "comment": data.comment.strip()}
-            | ({"retract_from_pacs": retract} if (retract := retraction_notice(group)) else {}),
-        )
-        session.flush()
-        result = group_out(group, _slice_count(session, group_id))  # names the SEG to retract, if any
-    if data.decision == "approved" and call.settings.send_approved_seg:
-        from server.services.seg_send import send_after_approval  # seg_send imports this module
-
-        send_after_approval(call, str(group_id))
-        with call.db.session() as session:
-            result = group_out(load_group(session, group_id), _slice_count(session, group_id))
-    return result
 
 
 # --- delete ------------------------------------------------------------------------------------------

@@ -40,10 +40,12 @@ def create_from_pacs(call: Call, data: schemas.AnnotationFromPacs) -> schemas.An
 
 
 def client_config(call: Call) -> schemas.ClientConfig:
-    """Where this server's PACS is (URL without credentials) and the server's version."""
+    """Where this server's PACS is (URL without credentials), the server's version and who is asking."""
     url = call.settings.dicomweb_url
     return schemas.ClientConfig(
         dicomweb_url=shown_url(url) if url else None,
         version=__version__,
         send_unreviewed=call.settings.send_unreviewed,
+        user=call.actor.name,
+        role=call.actor.role,
     )

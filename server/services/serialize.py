@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from server.api import schemas
-from server.db.models import Annotation, AuditLog, Mask, MaskGroup
+from server.db.models import Annotation, AuditLog, Finding, Mask, MaskGroup, Review
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -36,7 +40,11 @@ def annotation_out(row: Annotation, group_count: int = 0) -> schemas.AnnotationO
     )
 
 
-def group_out(row: MaskGroup, slice_count: int) -> schemas.GroupOut:
+def group_out(
+    row: MaskGroup, slice_count: int, reviews: list[schemas.ReviewOut] | None = None
+) -> schemas.GroupOut:
+    """The group as the API shows it; ``reviews`` is its history (:func:`review_history`), when loaded."""
+    history = reviews or []
     return schemas.GroupOut(
         id=str(row.id),
         annotation_id=row.annotation_id,
@@ -61,7 +69,48 @@ def group_out(row: MaskGroup, slice_count: int) -> schemas.GroupOut:
         sent_to=row.sent_to,
         send_error=row.send_error,
         retract_from_pacs=retraction_notice(row),
+        volumes=msgspec.convert(row.volumes, dict[str, schemas.LabelVolume])
+        if row.volumes is not None
+        else None,
+        findings=list(history[-1].findings) if history and row.review_status else [],
+        reviews=history,
     )
+
+
+def review_history(
+    session: Session, group_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, list[schemas.ReviewOut]]:
+    """Every review of ``group_ids`` with its findings, oldest first, per group (two queries)."""
+    if not group_ids:
+        return {}
+    reviews = session.scalars(
+        select(Review).where(Review.group_id.in_(list(group_ids))).order_by(Review.reviewed_at, Review.id)
+    ).all()
+    findings: dict[int, list[schemas.FindingOut]] = {}
+    if reviews:
+        for finding in session.scalars(
+            select(Finding)
+            .where(Finding.review_id.in_([r.id for r in reviews]))
+            .order_by(Finding.slice_index, Finding.id)
+        ):
+            findings.setdefault(finding.review_id, []).append(
+                schemas.FindingOut(
+                    slice_index=finding.slice_index, label=finding.label, comment=finding.comment
+                )
+            )
+    history: dict[uuid.UUID, list[schemas.ReviewOut]] = {}
+    for review in reviews:
+        history.setdefault(review.group_id, []).append(
+            schemas.ReviewOut(
+                decision=review.decision,
+                comment=review.comment,
+                reviewed_by=review.reviewed_by,
+                reviewed_at=utc(review.reviewed_at),  # type: ignore[arg-type]
+                override_four_eyes=review.override_four_eyes,
+                findings=findings.get(review.id, []),
+            )
+        )
+    return history
 
 
 def retraction_notice(row: MaskGroup) -> str | None:

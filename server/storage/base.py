@@ -111,6 +111,19 @@ class Storage(abc.ABC):
     def open(self, key: str, chunk_size: int = 64 * 1024) -> Iterator[bytes]:
         """Stream the object's bytes in chunks. Raises ``KeyError`` when it does not exist."""
 
+    def read(self, key: str) -> bytes:
+        """The whole (small) object at ``key``, e.g. one mask slice; ``KeyError`` when it does not exist."""
+        return b"".join(self.open(key, chunk_size=1024 * 1024))
+
+    def read_many(self, keys: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+        """``(key, bytes)`` of every one of ``keys``, in any order, as they arrive; ``KeyError`` for a
+        missing one. For reading a group's slices (``server.services.compare``): one after another here
+        (a local disk answers from the page cache faster than threads help); a network backend overlaps
+        its requests.
+        """
+        for key in keys:
+            yield key, self.read(key)
+
     def delete(self, keys: Sequence[str]) -> None:
         """Delete the objects at ``keys`` (missing ones are fine); raise :class:`StorageError` if not.
 

@@ -138,6 +138,14 @@ def test_config_without_a_pacs_says_null(server_factory: ServerFactory) -> None:
     assert server_factory().api("GET", "/api/config").json()["dicomweb_url"] is None
 
 
+def test_config_names_the_caller_and_its_role(server_factory: ServerFactory) -> None:
+    app = server_factory()
+    for role in ("uploader", "reviewer", "admin"):
+        answer = app.api("GET", "/api/config", role=role).json()
+        assert answer["role"] == role
+        assert answer["user"]
+
+
 @pytest.mark.parametrize(
     ("fault", "status", "code", "words"),
     [

@@ -225,6 +225,27 @@ class TestReadsOnRclone:
         with pytest.raises(KeyError):
             s3_storage.open("mask/101/202/missing.png")
 
+    def test_read_many_returns_every_object_once_and_missing_is_keyerror(
+        self, s3_storage: S3Storage, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        objects = {f"mask/7/g/slice_{i:04d}.png": os.urandom(50 + i) for i in range(40)}
+        for key, data in objects.items():
+            put(s3_storage, key, data)
+        assert dict(s3_storage.read_many(list(objects))) == objects
+        assert s3_storage.read(next(iter(objects))) == next(iter(objects.values()))
+        with pytest.raises(KeyError):
+            dict(s3_storage.read_many([*objects, "mask/7/g/missing.png"]))
+        # A GET the server refuses (here: a spoilt signature, 403) is read through boto3 instead.
+        sign = s3_storage._sign
+        first = next(iter(objects))
+
+        def spoilt(method: str, key: str, *args: Any, **kwargs: Any) -> tuple[str, dt.datetime]:
+            url, at = sign(method, key, *args, **kwargs)
+            return (url.replace("X-Amz-Signature=", "X-Amz-Signature=00") if key == first else url), at
+
+        monkeypatch.setattr(s3_storage, "_sign", spoilt)
+        assert dict(s3_storage.read_many(list(objects))) == objects
+
     def test_stat_of_missing_key_is_none(self, s3_storage: S3Storage) -> None:
         assert s3_storage.stat("mask/101/202/missing.png") is None
 

@@ -14,6 +14,7 @@ from pacs_mask_desktop.core.api_client import ApiClient, ApiError
 from pacs_mask_desktop.core.plan import prepare
 from pacs_mask_desktop.core.upload import UploadEngine
 from pacs_mask_desktop.ui import dialogs
+from pacs_mask_desktop.ui.group_browser import volume_text
 from pacs_mask_desktop.ui.main_window import TAB_REVIEW, MainWindow
 from pacs_mask_desktop.ui.overlay_sources import GroupViewSource
 from pacs_mask_desktop.ui.render import label_colour
@@ -38,7 +39,8 @@ def stored_group(api: ApiClient, data: UiData) -> dict[str, Any]:
     finally:
         engine.close()
     assert result.ok, result.message
-    return api.group_with_slices(result.group_id)["group"]
+    # From the list, not GET /api/mask/{id}: opening a group would make the server compute its volumes.
+    return next(g for g in api.list_groups(data.annotation["id"]) if g["id"] == result.group_id)
 
 
 def test_browse_show_review_and_delete_a_group(
@@ -55,6 +57,20 @@ def test_browse_show_review_and_delete_a_group(
     row = browser.groups.row_of(group["id"])
     cells = [browser.groups.data(browser.groups.index(row, c)) for c in range(browser.groups.columnCount())]
     assert cells[:7] == ["ai-liver", group["version"], "ai", "complete", "not reviewed", SLICES, "0.87"]
+
+    # Never opened, yet the list shows its volumes: the browser asks the server to compute them.
+    assert group["volumes"] is None
+    qtbot.waitUntil(
+        lambda: browser.groups.items[browser.groups.row_of(group["id"])]["volumes"], timeout=20_000
+    )
+    stored = ui_api.group_with_slices(group["id"])["group"]
+    assert " vx" in volume_text(stored)  # this annotation has no stored geometry: voxel counts, no mL
+
+    def volume_cell() -> str:
+        model = browser.groups
+        return model.data(model.index(model.row_of(group["id"]), model.VOLUME_COLUMN))
+
+    qtbot.waitUntil(lambda: volume_cell() == volume_text(stored), timeout=10_000)
 
     assert browser.select_group(group["id"])
     qtbot.waitUntil(lambda: browser.slice_model.rowCount() == SLICES, timeout=10_000)
@@ -87,10 +103,16 @@ def test_browse_show_review_and_delete_a_group(
     review.reject()
     assert "comment" in window.statusBar().currentMessage()
     review.comment.setPlainText("Liver edge checked on all slices.")
+    # Four eyes: the admin token uploaded this group, so approving needs the explicit admin override.
+    with qtbot.waitSignal(review.fourEyesRefused, timeout=10_000):
+        qtbot.mouseClick(review.approve_button, Qt.MouseButton.LeftButton)
+    assert review.override_box.isVisible()
+    review.override_box.setChecked(True)
     with qtbot.waitSignal(review.reviewRecorded, timeout=10_000):
         qtbot.mouseClick(review.approve_button, Qt.MouseButton.LeftButton)
     stored = ui_api.group_with_slices(group["id"])["group"]
     assert stored["review_status"] == "approved"
+    assert stored["reviews"][-1]["override_four_eyes"] is True
     assert stored["review_comment"] == "Liver edge checked on all slices."
     audit = ui_api.audit(group_id=group["id"])
     assert any(a["action"] == "group.review" and a["detail"]["decision"] == "approved" for a in audit)
