@@ -56,3 +56,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+def tear_down(procs: list[subprocess.Popen[bytes]], work: Path, *, keep: bool) -> None:
+    """Stop the benchmark's processes (newest first), then remove its work folder unless ``keep``."""
+    for proc in reversed(procs):
+        stop(proc)
+    if keep:
+        print(f"work folder kept: {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _processes import stop
+from _processes import tear_down
 from PIL import Image
 from upload_1000 import BUCKET, REGION, Server, start_rclone, start_server
 
@@ -219,12 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {label} | {median:.2f} ({best:.2f}) | {median / peer:.2f}x | {target} | {met} |")
         return 0
     finally:
-        for proc in reversed(procs):
-            stop(proc)
-        if args.keep:
-            print(f"work folder kept: {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        tear_down(procs, work, keep=args.keep)
 
 
 if __name__ == "__main__":

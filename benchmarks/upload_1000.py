@@ -51,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _processes import find_binary, free_port, stop, wait_http
+from _processes import find_binary, free_port, tear_down, wait_http
 
 try:
     import pacs_mask_desktop  # noqa: F401
@@ -465,12 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         row("s3 CLI", "`pacs-mask upload` process, S3")
         return 0
     finally:
-        for proc in reversed(procs):
-            stop(proc)
-        if args.keep:
-            print(f"work folder kept: {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        tear_down(procs, work, keep=args.keep)
 
 
 if __name__ == "__main__":

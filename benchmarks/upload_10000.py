@@ -34,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _processes import find_binary, stop
+from _processes import find_binary, tear_down
 from upload_1000 import (
     BUCKET,
     ProcessRun,
@@ -214,12 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
     finally:
-        for proc in reversed(procs):
-            stop(proc)
-        if args.keep:
-            print(f"work folder kept: {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        tear_down(procs, work, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -469,12 +469,9 @@ def _annotation_series(api: ApiClient, annotation_id: int) -> Any:
     As :func:`~pacs_mask_desktop.core.series_geometry.fetch_annotation_series`, but the series readers
     (numpy, pydicom) are imported only when the server has a geometry to read.
     """
-    try:
-        geometry = api.annotation_series(annotation_id)
-    except ApiError as exc:
-        if exc.code == "series_geometry_unknown":
-            return None
-        raise
+    geometry = api.stored_geometry(annotation_id)
+    if geometry is None:
+        return None
     from pacs_mask_desktop.core.series_geometry import GeometryFormatError, series_from_geometry
 
     try:

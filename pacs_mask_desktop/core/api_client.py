@@ -182,6 +182,16 @@ class ApiClient:
         """``GET /api/annotations/{id}/series``: the stored series geometry (404 for older annotations)."""
         return self._call("GET", f"/api/annotations/{annotation_id}/series")
 
+    def stored_geometry(self, annotation_id: int) -> dict[str, Any] | None:
+        """The annotation's stored series geometry, or ``None`` for an older annotation recorded without
+        one (``series_geometry_unknown``); any other refusal raises :class:`ApiError`."""
+        try:
+            return self.annotation_series(annotation_id)
+        except ApiError as exc:
+            if exc.code == "series_geometry_unknown":
+                return None
+            raise
+
     def server_config(self) -> dict[str, Any]:
         """``GET /api/config``: what clients should know, e.g. the PACS's ``dicomweb_url`` (or null)."""
         return self._call("GET", "/api/config")

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from pacs_mask_desktop.core.api_client import ApiError
 from pacs_mask_desktop.core.dicom_series import Series, SliceRef, series_attribute
 
 
@@ -151,10 +150,5 @@ def fetch_annotation_series(api: Any, annotation_id: int) -> Series | None:
     ``api`` is an :class:`~pacs_mask_desktop.core.api_client.ApiClient`; its ``ApiError`` propagates
     (unknown annotation, server unreachable); :class:`GeometryFormatError` for a malformed answer.
     """
-    try:
-        geometry = api.annotation_series(annotation_id)
-    except ApiError as exc:
-        if exc.code == "series_geometry_unknown":
-            return None
-        raise
-    return series_from_geometry(geometry)
+    geometry = api.stored_geometry(annotation_id)
+    return None if geometry is None else series_from_geometry(geometry)

@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from pacs_mask_desktop.core.api_client import ApiClient
+from pacs_mask_desktop.core.api_client import ApiClient, ApiError
 from pacs_mask_desktop.core.journal import Journal
 from pacs_mask_desktop.ui import dialogs, seg_actions
 from pacs_mask_desktop.ui.formatting import failure_text, human_bytes, short_time
@@ -154,7 +154,14 @@ def _group_slices(_context: WorkContext, api: ApiClient, group_id: str) -> dict[
 
 def _groups_with_volumes(_context: WorkContext, api: ApiClient, group_ids: list[str]) -> list[dict[str, Any]]:
     # Opening a group makes the server compute and store its volumes (once: groups are immutable).
-    return [api.group_with_slices(group_id)["group"] for group_id in group_ids]
+    groups = []
+    for group_id in group_ids:
+        try:
+            groups.append(api.group_with_slices(group_id)["group"])
+        except ApiError as exc:
+            if exc.code != "group_not_found":  # deleted since the list was read: the next refresh drops it
+                raise
+    return groups
 
 
 def _delete_group(_context: WorkContext, api: ApiClient, group_id: str, journal_path: Path) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import uuid
 from collections.abc import Callable
@@ -17,20 +16,14 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 from pacs_mask_desktop.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_SERVER
 from tests.live_server import LiveServer, Ran
+from tests.server.conftest import png
 from tests.server.review_data import geometry
 from tests.server.test_compare import hand_pair
 
 ClientEnv = Callable[..., dict[str, str]]
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def upload(server: LiveServer, annotation_id: int, volume: np.ndarray, version: str) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
@@ -364,6 +365,13 @@ def png_bytes(index: int, size: int = 16) -> bytes:
     image.putpixel(((index * 7) % size, (index * 3) % size), 1 + index % 254)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png(array: np.ndarray) -> bytes:
+    """The PNG of a 2-D label array (8-bit grey), as a segmentation tool would write it."""
+    buffer = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8), mode="L").save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -6,13 +6,11 @@ A group is uploaded through the real API (sign, PUT with exactly the signed head
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from tests.server.conftest import Server, md5_b64, md5_hex
+from tests.server.conftest import Server, md5_b64, md5_hex, png
 
 SOP_ROOT = "1.2.826.0.1.3680043.8.498."
 
@@ -56,12 +54,6 @@ def annotation(server: Server, series: dict[str, Any] | None, description: str |
     response = server.api("POST", "/api/annotations", role="uploader", json=body)
     assert response.status_code == 201, response.text
     return int(response.json()["id"])
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array.astype(np.uint8), mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def upload_group(

@@ -32,7 +32,16 @@ from pacs_mask_desktop.core.demo import write_synthetic_ct, write_synthetic_enha
 from server.geometry import geometry_from_datasets
 from server.jobs.validate import validate
 from tests.orthanc import Orthanc, StoredSeries
-from tests.server.conftest import ALL_DBS, ALL_STORAGES, Server, ServerFactory, assert_error, md5_b64, md5_hex
+from tests.server.conftest import (
+    ALL_DBS,
+    ALL_STORAGES,
+    Server,
+    ServerFactory,
+    assert_error,
+    md5_b64,
+    md5_hex,
+    png,
+)
 
 SEGIMAGE2ITKIMAGE = shutil.which("segimage2itkimage") or str(
     Path(sys.executable).with_name("segimage2itkimage")
@@ -59,12 +68,6 @@ def annotation_with(server: Server, geometry: dict[str, Any] | None, **ids: str)
     response = server.api("POST", "/api/annotations", role="uploader", json=body)
     assert response.status_code == 201, response.text
     return int(response.json()["id"])
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array.astype(np.uint8), mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def png_grey(array: np.ndarray, bits: int) -> bytes:

@@ -37,6 +37,8 @@ from pacs_mask_desktop.core.demo import write_masks_for_series, write_synthetic_
 from pacs_mask_desktop.core.demo_setup import ensure_annotation
 from pacs_mask_desktop.core.dicom_series import load_series
 from pacs_mask_desktop.core.embedded import EmbeddedServer
+from pacs_mask_desktop.core.plan import Source, prepare
+from pacs_mask_desktop.core.upload import UploadEngine
 from pacs_mask_desktop.ui.main_window import MainWindow
 from pacs_mask_desktop.ui.settings import ServerConfig
 from pacs_mask_desktop.ui.workers import active_work
@@ -203,3 +205,35 @@ def drop_paths(target: QWidget, paths: list[Path]) -> None:
     )
     QApplication.sendEvent(target, drop)
     assert drop.isAccepted(), "the window refused the drop"
+
+
+def upload_folder(
+    api: ApiClient,
+    masks_dir: Path,
+    annotation_id: int,
+    *,
+    model_name: str,
+    version: str,
+    source: Source = "ai",
+    series: Path | Any | None = None,
+    confidence: float | None = None,
+) -> str:
+    """A complete group of the PNG masks in ``masks_dir`` sent through the core engine (what an AI worker
+    or the CLI sends); its id. ``series`` (a folder or a loaded series) checks the masks against it."""
+    prepared = prepare(
+        masks_dir,
+        annotation_id=annotation_id,
+        model_name=model_name,
+        version=version,
+        source=source,
+        confidence=confidence,
+        series=series,
+    )
+    assert prepared.plan is not None, prepared.problems
+    engine = UploadEngine(api)
+    try:
+        result = engine.run(prepared.plan)
+    finally:
+        engine.close()
+    assert result.ok, result.message
+    return str(result.group_id)

@@ -17,14 +17,13 @@ from PySide6.QtCore import Qt
 from pacs_mask_desktop.core.api_client import ApiClient
 from pacs_mask_desktop.core.demo import write_masks_for_series, write_synthetic_ct
 from pacs_mask_desktop.core.dicom_series import load_series
-from pacs_mask_desktop.core.plan import prepare
 from pacs_mask_desktop.core.series_geometry import geometry_from_series
-from pacs_mask_desktop.core.upload import UploadEngine
 from pacs_mask_desktop.ui.compare_view import OUTLINE_COLOUR, disagreements
 from pacs_mask_desktop.ui.group_browser import GroupModel, volume_text
 from pacs_mask_desktop.ui.main_window import TAB_COMPARE, MainWindow
 from pacs_mask_desktop.ui.render import label_colour, mask_outline
 from pacs_mask_desktop.ui.slice_marks import dice_colour
+from tests.ui.conftest import upload_folder
 
 SLICES = 20
 CHANGED = range(6, 11)
@@ -55,22 +54,15 @@ def make_case(api: ApiClient, root: Path) -> Case:
 
 
 def upload(api: ApiClient, case: Case, masks: Path, model_name: str, version: str) -> str:
-    prepared = prepare(
+    return upload_folder(
+        api,
         masks,
-        annotation_id=case.annotation["id"],
+        case.annotation["id"],
         model_name=model_name,
         version=version,
         source="manual",
         series=case.series_dir,
     )
-    assert prepared.plan is not None, prepared.problems
-    engine = UploadEngine(api)
-    try:
-        result = engine.run(prepared.plan)
-    finally:
-        engine.close()
-    assert result.ok, result.message
-    return result.group_id
 
 
 def corrected_masks(case: Case, folder: Path) -> Path:

@@ -11,36 +11,27 @@ from PIL import Image
 from PySide6.QtCore import Qt
 
 from pacs_mask_desktop.core.api_client import ApiClient, ApiError
-from pacs_mask_desktop.core.plan import prepare
-from pacs_mask_desktop.core.upload import UploadEngine
 from pacs_mask_desktop.ui import dialogs
 from pacs_mask_desktop.ui.group_browser import volume_text
 from pacs_mask_desktop.ui.main_window import TAB_REVIEW, MainWindow
 from pacs_mask_desktop.ui.overlay_sources import GroupViewSource
 from pacs_mask_desktop.ui.render import label_colour
-from tests.ui.conftest import SLICES, UiData
+from tests.ui.conftest import SLICES, UiData, upload_folder
 
 
 def stored_group(api: ApiClient, data: UiData) -> dict[str, Any]:
     """A complete group uploaded through the core engine (what an AI worker would have sent)."""
-    prepared = prepare(
+    group_id = upload_folder(
+        api,
         data.masks_dir,
-        annotation_id=data.annotation["id"],
+        data.annotation["id"],
         model_name="ai-liver",
         version=uuid.uuid4().hex[:8],
-        source="ai",
         confidence=0.87,
         series=data.series_dir,
     )
-    assert prepared.plan is not None, prepared.problems
-    engine = UploadEngine(api)
-    try:
-        result = engine.run(prepared.plan)
-    finally:
-        engine.close()
-    assert result.ok, result.message
     # From the list, not GET /api/mask/{id}: opening a group would make the server compute its volumes.
-    return next(g for g in api.list_groups(data.annotation["id"]) if g["id"] == result.group_id)
+    return next(g for g in api.list_groups(data.annotation["id"]) if g["id"] == group_id)
 
 
 def test_browse_show_review_and_delete_a_group(

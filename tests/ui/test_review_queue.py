@@ -25,7 +25,7 @@ from pacs_mask_desktop.ui.main_window import TAB_REVIEW, MainWindow
 from pacs_mask_desktop.ui.render import label_colour
 from pacs_mask_desktop.ui.review_queue import series_route
 from tests.orthanc import Orthanc, StoredSeries
-from tests.ui.conftest import SLICES, UiData, bundled_server, open_window
+from tests.ui.conftest import SLICES, UiData, bundled_server, open_window, upload_folder
 
 FIRST_LABELLED = 3  # the first slice of the phantom with a mask
 
@@ -48,22 +48,14 @@ def uploader(ui_server: EmbeddedServer) -> Iterator[tuple[str, ApiClient]]:
 
 def upload_group(api: ApiClient, data: UiData, model_name: str, version: str) -> str:
     """A complete group of the phantom's masks sent through the core engine; its id."""
-    prepared = prepare(
+    return upload_folder(
+        api,
         data.masks_dir,
-        annotation_id=data.annotation["id"],
+        data.annotation["id"],
         model_name=model_name,
         version=version,
-        source="ai",
         series=data.series_dir,
     )
-    assert prepared.plan is not None, prepared.problems
-    engine = UploadEngine(api)
-    try:
-        result = engine.run(prepared.plan)
-    finally:
-        engine.close()
-    assert result.ok, result.message
-    return result.group_id
 
 
 def open_other_series(qtbot: Any, window: MainWindow, folder: Path) -> None:

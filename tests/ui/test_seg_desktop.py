@@ -34,15 +34,14 @@ from pacs_mask_desktop.core.demo import write_masks_for_series, write_synthetic_
 from pacs_mask_desktop.core.dicom_series import Series, load_series
 from pacs_mask_desktop.core.embedded import EmbeddedServer, free_port
 from pacs_mask_desktop.core.pacs import PacsClient
-from pacs_mask_desktop.core.plan import PreparedUpload, prepare
+from pacs_mask_desktop.core.plan import PreparedUpload
 from pacs_mask_desktop.core.series_geometry import geometry_from_series
-from pacs_mask_desktop.core.upload import UploadEngine
 from pacs_mask_desktop.core.volume_masks import SEG_SOP_CLASS_UID, VolumeMasks
 from pacs_mask_desktop.ui.main_window import MainWindow
 from pacs_mask_desktop.ui.render import label_colour
 from pacs_mask_desktop.ui.volume_stage import VolumeStage, stage_volume
 from tests.orthanc import Orthanc
-from tests.ui.conftest import bundled_server, drop_paths, open_window
+from tests.ui.conftest import bundled_server, drop_paths, open_window, upload_folder
 
 SLICES = 24
 SIZE = 64
@@ -273,22 +272,15 @@ def upload_png_group(
 ) -> str:
     """A complete group of PNG masks through the core engine (checked against ``series`` when ``check``)."""
     write_masks_for_series(series, masks_dir)
-    prepared = prepare(
+    return upload_folder(
+        api,
         masks_dir,
-        annotation_id=annotation["id"],
+        annotation["id"],
         model_name="png",
         version=uuid.uuid4().hex[:8],
         source="manual",
         series=series if check else None,
     )
-    assert prepared.plan is not None, prepared.problems
-    engine = UploadEngine(api)
-    try:
-        result = engine.run(prepared.plan)
-    finally:
-        engine.close()
-    assert result.ok, result.message
-    return str(result.group_id)
 
 
 def visible_errors(window: MainWindow) -> list[str]:
