@@ -628,9 +628,8 @@ def cmd_groups(args: argparse.Namespace, out: Output) -> int:
     """The mask groups of an annotation with their inference metadata."""
     with _client(args) as api:
         items = api.list_groups(args.annotation)
-        for g in items:  # the server computes a group's volumes when it is first opened
-            if g["status"] == "complete" and g.get("volumes") is None:
-                g["volumes"] = api.group_with_slices(g["id"])["group"].get("volumes")
+        opened = {g["id"]: g for g in api.groups_with_volumes(items)}  # their volumes, computed once
+        items = [opened.get(g["id"], g) for g in items]
     table = Table(title=f"mask groups of annotation {args.annotation}", title_justify="left")
     for column in (
         "id",

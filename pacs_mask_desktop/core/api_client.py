@@ -219,6 +219,20 @@ class ApiClient:
         """``GET /api/mask-group/{annotation_id}``."""
         return self._call("GET", f"/api/mask-group/{annotation_id}")["items"]
 
+    def groups_with_volumes(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The complete ``groups`` listed without ``volumes``, opened so the server computes and stores
+        them (once: groups never change); a group deleted since it was listed is left out."""
+        opened = []
+        for group in groups:
+            if group["status"] != "complete" or group.get("volumes") is not None:
+                continue
+            try:
+                opened.append(self.group_with_slices(group["id"])["group"])
+            except ApiError as exc:
+                if exc.code != "group_not_found":
+                    raise
+        return opened
+
     def group_with_slices(self, group_id: str | uuid.UUID) -> dict[str, Any]:
         """``GET /api/mask/{group_id}``: ``{"group": {...}, "items": [slices]}``."""
         return self._call("GET", f"/api/mask/{group_id}")

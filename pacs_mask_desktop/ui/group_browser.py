@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from pacs_mask_desktop.core.api_client import ApiClient, ApiError
+from pacs_mask_desktop.core.api_client import ApiClient
 from pacs_mask_desktop.core.journal import Journal
 from pacs_mask_desktop.ui import dialogs, seg_actions
 from pacs_mask_desktop.ui.formatting import failure_text, human_bytes, short_time
@@ -152,16 +152,10 @@ def _group_slices(_context: WorkContext, api: ApiClient, group_id: str) -> dict[
     return api.group_with_slices(group_id)
 
 
-def _groups_with_volumes(_context: WorkContext, api: ApiClient, group_ids: list[str]) -> list[dict[str, Any]]:
-    # Opening a group makes the server compute and store its volumes (once: groups are immutable).
-    groups = []
-    for group_id in group_ids:
-        try:
-            groups.append(api.group_with_slices(group_id)["group"])
-        except ApiError as exc:
-            if exc.code != "group_not_found":  # deleted since the list was read: the next refresh drops it
-                raise
-    return groups
+def _groups_with_volumes(
+    _context: WorkContext, api: ApiClient, groups: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    return api.groups_with_volumes(groups)
 
 
 def _delete_group(_context: WorkContext, api: ApiClient, group_id: str, journal_path: Path) -> dict[str, Any]:
@@ -323,12 +317,13 @@ class GroupBrowser(QWidget):
         else:
             self._select(None)
         self.groupsLoaded.emit(len(items))
-        missing = [g["id"] for g in items if g["status"] == "complete" and g.get("volumes") is None]
-        if missing and self.api is not None:
+        if self.api is not None and any(
+            g["status"] == "complete" and g.get("volumes") is None for g in items
+        ):
             self._runner.start(
                 _groups_with_volumes,
                 self.api,
-                missing,
+                items,
                 on_result=lambda groups: self._on_volumes(serial, groups),
                 on_error=self._on_error,
                 name="group volumes",
