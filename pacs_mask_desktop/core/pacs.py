@@ -262,9 +262,9 @@ class PacsClient:
         if auth is None and user:
             password = os.environ.get("PACS_MASK_DICOMWEB_PASSWORD")
             if password is None:  # the desktop keeps it in the OS keyring under the PACS URL
-                from pacs_mask_desktop.core.secrets import TokenStore
+                from pacs_mask_desktop.core.secrets import pacs_password_store
 
-                password = TokenStore().get(url.rstrip("/")) or ""
+                password = pacs_password_store().get(url.rstrip("/")) or ""
             auth = (user, password)
         timeout = float(os.environ.get("PACS_MASK_DICOMWEB_TIMEOUT") or DEFAULT_TIMEOUT)
         return cls(url, auth, verify_from_env(), timeout=timeout, **kwargs)

@@ -1,4 +1,4 @@
-"""The desktop app's API token, kept in the operating system's keyring, never in a settings file.
+"""The desktop app's secrets (API tokens, PACS passwords), kept in the OS keyring, never in a settings file.
 
 The keyring is the ``keyring`` package's view of the OS credential store: Windows Credential Manager,
 the macOS Keychain, or a Secret Service (GNOME Keyring, KWallet) on Linux. Each token is stored under
@@ -10,7 +10,9 @@ token is **kept only for this session**: in this process's memory, used until th
 written to disk. The user enters it again at the next start, or the clinic's IT sets ``PACS_MASK_TOKEN``
 (which the app reads first) in the session environment. :data:`NO_KEYRING_NOTICE` says so to the user.
 
-Tokens saved in plain text by earlier versions (``server/token`` in the settings file) are moved into the
+PACS passwords are kept the same way under their own service :data:`PACS_SERVICE` (see
+:func:`pacs_password_store`), so a PACS and a mask server at the same URL never overwrite each other's
+secret. Tokens saved in plain text by earlier versions (``server/token`` in the settings file) are moved into the
 keyring once by the settings layer (``ui/settings.py``) with :meth:`TokenStore.save`, then removed from
 the file.
 """
@@ -28,15 +30,24 @@ from keyring.errors import KeyringError, PasswordDeleteError
 log = logging.getLogger(__name__)
 
 SERVICE = "pacs-mask-upload"
-"""The keyring service name every token is stored under (the user name is the server URL)."""
+"""The keyring service name every API token is stored under (the user name is the server URL)."""
+PACS_SERVICE = "pacs-mask-upload-pacs"
+"""The keyring service name of PACS passwords (the user name is the PACS URL). Earlier versions kept them
+under :data:`SERVICE`; :func:`pacs_password_store` still finds those."""
 
 NO_KEYRING_NOTICE = (
     "No system keyring is available on this computer, so the API token is kept only for this session: "
     "it is not saved, and you will be asked for it again at the next start. To keep it, install a "
     "keyring service (e.g. GNOME Keyring or KWallet), or have IT set PACS_MASK_TOKEN for your session."
 )
+PACS_NO_KEYRING_NOTICE = (
+    "No system keyring is available on this computer, so the PACS password is kept only for this session: "
+    "it is not saved, and you will be asked for it again at the next start. To keep it, install a keyring "
+    "service (e.g. GNOME Keyring or KWallet), or have IT set PACS_MASK_DICOMWEB_PASSWORD for your session."
+)
 
-_session: dict[str, str] = {}  # tokens of this process when no keyring exists (never written anywhere)
+# (service, url) -> secret of this process when no keyring exists (never written anywhere)
+_session: dict[tuple[str, str], str] = {}
 _session_lock = threading.Lock()
 
 
@@ -50,10 +61,22 @@ def _usable(backend: KeyringBackend) -> bool:
 
 
 class TokenStore:
-    """Read, save and forget API tokens per server URL (see the module docstring for the fallback)."""
+    """Read, save and forget secrets per URL under one keyring service (the module docstring says where they
+    go when no keyring exists). ``legacy_service`` is read when nothing is stored under ``service``; a secret
+    found there is copied to ``service`` (and left where it was: it may equally be another secret's entry)."""
 
-    def __init__(self, backend: KeyringBackend | None = None) -> None:
+    def __init__(
+        self,
+        backend: KeyringBackend | None = None,
+        *,
+        service: str = SERVICE,
+        legacy_service: str | None = None,
+        no_keyring_notice: str = NO_KEYRING_NOTICE,
+    ) -> None:
         self._backend = backend
+        self.service = service
+        self._legacy_service = legacy_service
+        self._no_keyring_notice = no_keyring_notice
 
     @property
     def backend(self) -> KeyringBackend:
@@ -67,20 +90,28 @@ class TokenStore:
     def where(self) -> str:
         """One sentence for the Settings dialog: where a saved token goes."""
         if self.available():
-            return f"The API token is kept in the system keyring ({self.backend.name}), not in a file."
-        return NO_KEYRING_NOTICE
+            return (
+                f"Tokens and passwords are kept in the system keyring ({self.backend.name}), not in a file."
+            )
+        return self._no_keyring_notice
 
     def get(self, url: str) -> str | None:
         """The token saved for ``url``, or ``None``."""
         with _session_lock:
-            if url in _session:
-                return _session[url]
+            if (self.service, url) in _session:
+                return _session[(self.service, url)]
         if not self.available():
             return None
         try:
-            return self.backend.get_password(SERVICE, url)
+            secret = self.backend.get_password(self.service, url)
+            if secret is None and self._legacy_service is not None:
+                secret = self.backend.get_password(self._legacy_service, url)
+                if secret is not None:
+                    self.backend.set_password(self.service, url, secret)
+                    log.info("moved a saved secret to the keyring service %s", self.service)
+            return secret
         except KeyringError as exc:
-            log.warning("cannot read the API token from the keyring: %s", exc)
+            log.warning("cannot read a secret from the keyring (%s): %s", self.service, exc)
             return None
 
     def save(self, url: str, token: str) -> str | None:
@@ -94,31 +125,38 @@ class TokenStore:
             return None
         if self.available():
             try:
-                self.backend.set_password(SERVICE, url, token)
+                self.backend.set_password(self.service, url, token)
             except KeyringError as exc:
-                log.warning("cannot store the API token in the keyring: %s", exc)
-                notice = (
-                    f"The system keyring refused the API token ({exc}); it is kept only for this session."
-                )
+                log.warning("cannot store a secret in the keyring (%s): %s", self.service, exc)
+                notice = f"The system keyring refused to store it ({exc}); it is kept only for this session."
             else:
                 with _session_lock:
-                    _session.pop(url, None)
+                    _session.pop((self.service, url), None)
                 return None
         else:
-            notice = NO_KEYRING_NOTICE
+            notice = self._no_keyring_notice
         with _session_lock:
-            _session[url] = token
+            _session[(self.service, url)] = token
         return notice
 
     def forget(self, url: str) -> None:
-        """Remove the token of ``url`` from the keyring and from this session."""
+        """Remove the secret of ``url`` from the keyring and from this session."""
         with _session_lock:
-            _session.pop(url, None)
+            _session.pop((self.service, url), None)
         if not self.available():
             return
         try:
-            self.backend.delete_password(SERVICE, url)
+            self.backend.delete_password(self.service, url)
         except PasswordDeleteError:
             pass  # nothing was stored
         except KeyringError as exc:
-            log.warning("cannot remove the API token from the keyring: %s", exc)
+            log.warning("cannot remove a secret from the keyring (%s): %s", self.service, exc)
+
+
+def pacs_password_store(backend: KeyringBackend | None = None) -> TokenStore:
+    """The store of PACS passwords (service :data:`PACS_SERVICE`, user name the PACS URL without a trailing
+    slash), shared by the desktop's Settings and ``pacs-mask``. It still finds a password an earlier version
+    kept under the API-token service, so nobody has to type it again after an upgrade."""
+    return TokenStore(
+        backend, service=PACS_SERVICE, legacy_service=SERVICE, no_keyring_notice=PACS_NO_KEYRING_NOTICE
+    )

@@ -6,7 +6,7 @@ from, so an upload interrupted by a crash can be resumed with the same masks and
 is not kept here: it goes to the OS keyring (``core.secrets``); a token an earlier version wrote into
 this file is moved there once and removed from the file. This workstation's PACS settings are kept
 too: a URL overriding the one the server names, a user name and the DICOM cache size; the PACS
-password goes to the keyring like the token, under the PACS URL (where ``pacs-mask`` finds it too).
+password goes to the keyring under its own service and the PACS URL (where ``pacs-mask`` finds it too).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 
 from pacs_mask_desktop.core.pacs_open import DEFAULT_CACHE_MB, PacsSettings
 from pacs_mask_desktop.core.retry import RetryPolicy
-from pacs_mask_desktop.core.secrets import TokenStore
+from pacs_mask_desktop.core.secrets import TokenStore, pacs_password_store
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def load_pacs_settings() -> PacsSettings:
 
 
 def pacs_secret_key(url: str | None) -> str:
-    """The keyring entry of the PACS password: the PACS URL (where ``pacs-mask`` looks for it too)."""
+    """The keyring user name of the PACS password: the PACS URL (where ``pacs-mask`` looks for it too)."""
     return (url or "").rstrip("/")
 
 
@@ -159,14 +159,14 @@ def save_pacs_settings(
     settings.sync()
     if not password or not pacs.user:
         return None
-    return (store or TokenStore()).save(pacs_secret_key(url or pacs.url), password)
+    return (store or pacs_password_store()).save(pacs_secret_key(url or pacs.url), password)
 
 
 def pacs_password(pacs: PacsSettings, url: str | None, *, store: TokenStore | None = None) -> str:
     """The saved PACS password for this user and PACS (empty when none)."""
     if not pacs.user:
         return ""
-    return (store or TokenStore()).get(pacs_secret_key(url)) or ""
+    return (store or pacs_password_store()).get(pacs_secret_key(url)) or ""
 
 
 def remember_upload_source(group_id: str, info: dict[str, Any]) -> None:

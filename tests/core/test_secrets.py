@@ -10,7 +10,14 @@ import pytest
 from keyring.backends import fail
 
 from pacs_mask_desktop.core import secrets
-from pacs_mask_desktop.core.secrets import NO_KEYRING_NOTICE, SERVICE, TokenStore
+from pacs_mask_desktop.core.secrets import (
+    NO_KEYRING_NOTICE,
+    PACS_NO_KEYRING_NOTICE,
+    PACS_SERVICE,
+    SERVICE,
+    TokenStore,
+    pacs_password_store,
+)
 from tests.memory_keyring import MemoryKeyring, RefusingKeyring, installed
 
 URL = "https://masks.clinic.example"
@@ -68,3 +75,35 @@ def test_a_keyring_that_refuses_keeps_the_token_for_this_session_and_says_why(
     assert "the keyring is locked" in notice
     assert "only for this session" in notice
     assert store.get(URL) == "tok-1"
+
+
+def test_a_pacs_password_and_a_token_at_the_same_url_do_not_overwrite_each_other(
+    os_keyring: MemoryKeyring,
+) -> None:
+    assert TokenStore().save(URL, "api-token") is None
+    assert pacs_password_store().save(URL, "pacs-password") is None
+    assert os_keyring.items == {(SERVICE, URL): "api-token", (PACS_SERVICE, URL): "pacs-password"}
+    assert TokenStore().get(URL) == "api-token"
+    assert pacs_password_store().get(URL) == "pacs-password"
+    pacs_password_store().forget(URL)
+    assert TokenStore().get(URL) == "api-token"  # forgetting the password leaves the token
+
+
+def test_a_pacs_password_saved_by_an_earlier_version_is_still_found_and_copied(
+    os_keyring: MemoryKeyring,
+) -> None:
+    pacs_url = "https://pacs.clinic.example/dicom-web"
+    os_keyring.set_password(SERVICE, pacs_url, "old-password")  # where earlier versions kept it
+    assert pacs_password_store().get(pacs_url) == "old-password"
+    assert os_keyring.items[(PACS_SERVICE, pacs_url)] == "old-password"
+    # the old entry stays: under SERVICE it could equally be the token of a server at that URL
+    assert os_keyring.items[(SERVICE, pacs_url)] == "old-password"
+
+
+def test_without_a_keyring_the_pacs_password_notice_names_the_password(no_keyring: None) -> None:
+    store = pacs_password_store()
+    assert store.save(URL, "pacs-password") == PACS_NO_KEYRING_NOTICE
+    assert "PACS password" in PACS_NO_KEYRING_NOTICE
+    assert "PACS_MASK_DICOMWEB_PASSWORD" in PACS_NO_KEYRING_NOTICE
+    assert store.get(URL) == "pacs-password"
+    assert TokenStore().get(URL) is None  # the session store keeps the two apart too
