@@ -53,6 +53,7 @@ from pacs_mask_desktop.core.masks import encode_label_png
 from pacs_mask_desktop.core.plan import prepare
 from pacs_mask_desktop.core.series_geometry import geometry_from_series
 from pacs_mask_desktop.core.upload import UploadEngine
+from server.contract.messages import Comparison
 
 TARGET_SECONDS = 2.0
 
@@ -113,14 +114,14 @@ def numpy_peer(masks_a: Path, masks_b: Path) -> dict[str, Any]:
     return {"labels": labels, "total": total, "slices": per_slice}
 
 
-def check(answer: dict[str, Any], reference: dict[str, Any]) -> None:
+def check(answer: Comparison, reference: dict[str, Any]) -> None:
     """The API's numbers are numpy's."""
-    got = {k: v["dice"] for k, v in answer["labels"].items()}
+    got = {k: v.dice for k, v in answer.labels.items()}
     if set(got) != set(reference["labels"]) or any(abs(got[k] - reference["labels"][k]) > 1e-9 for k in got):
         raise SystemExit(f"label Dice differ: {got} vs {reference['labels']}")
-    if abs(answer["totals"]["dice"] - reference["total"]) > 1e-9:
+    if answer.totals.dice is None or abs(answer.totals.dice - reference["total"]) > 1e-9:
         raise SystemExit("total Dice differs")
-    slices = {s["slice_index"]: s["dice"] for s in answer["slices"]}
+    slices = {s.slice_index: s.dice for s in answer.slices}
     if set(slices) != set(reference["slices"]) or any(
         abs(slices[i] - reference["slices"][i]) > 1e-9 for i in slices
     ):
@@ -172,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             with ApiClient(server.url, server.token) as api:
                 annotation = int(
                     api.create_annotation(
-                        geometry["study_instance_uid"], geometry["series_instance_uid"], series=geometry
-                    )["id"]
+                        geometry.study_instance_uid, geometry.series_instance_uid, series=geometry
+                    ).id
                 )
             pairs[name] = (upload(server, annotation, masks_a, "a"), upload(server, annotation, masks_b, "b"))
 

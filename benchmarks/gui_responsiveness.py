@@ -245,7 +245,7 @@ def run(work: Path) -> int:
         t = time.perf_counter()
         prepared = prepare(
             upload_dir,
-            annotation_id=annotation["id"],
+            annotation_id=annotation.id,
             model_name="bench-engine",
             version=uuid.uuid4().hex[:8],
             source="ai",

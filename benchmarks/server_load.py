@@ -192,8 +192,8 @@ def upload_once(url: str, client: Client, plan: UploadPlan, version: str) -> int
             client.failures.append(f"{version}: {result.status} {result.message}")
             return 0
         group = api.group_with_slices(result.group_id)  # type: ignore[arg-type]
-    if group.get("status", "complete") != "complete" or len(group["items"]) != len(plan.slices):
-        client.failures.append(f"{version}: group registered {len(group['items'])} slices")
+    if group.group.status != "complete" or len(group.items) != len(plan.slices):
+        client.failures.append(f"{version}: group {group.group.status} with {len(group.items)} slices")
         return 0
     return len(plan.slices)
 
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         with ApiClient(url, admin) as api:
             for n, token in enumerate(tokens):
                 uid = f"1.2.826.0.1.3680043.10.{port}.{n}"
-                annotation = api.create_annotation(uid, f"{uid}.1", "LOAD", "server_load benchmark")["id"]
+                annotation = api.create_annotation(uid, f"{uid}.1", "LOAD", "server_load benchmark").id
                 clients.append(Client(n, token, annotation))
         prepared = prepare(masks, annotation_id=clients[0].annotation, model_name="load", version="plan")
         if prepared.plan is None:

@@ -43,9 +43,9 @@ except ImportError:  # run from a checkout that is not installed
 
 from _processes import find_binary, free_port, stop, wait_http
 
-from server.api import schemas
 from server.app import create_app
 from server.context import Call
+from server.contract import messages
 from server.db.migrate import upgrade
 from server.security import Actor
 from server.services import annotations as annotation_service
@@ -129,15 +129,15 @@ def server_time(env: dict[str, str], data_dir: Path, count: int, repeat: int) ->
         try:
             call = Call(parts=app.state.parts, actor=Actor("benchmark", "admin"), client_address="127.0.0.1")
             annotation = annotation_service.create_annotation(
-                call, schemas.AnnotationCreate(study_instance_uid="1.2.3", series_instance_uid="1.2.3.4")
+                call, messages.AnnotationCreate(study_instance_uid="1.2.3", series_instance_uid="1.2.3.4")
             )
             group = mask_groups.create_group(
                 call,
-                schemas.GroupCreate(
+                messages.GroupCreate(
                     annotation_id=annotation.id, model_name="bench", version="1", source="ai"
                 ),
             )
-            request = schemas.SignRequest(slices=[schemas.SliceToSign(**s) for s in slices(count)])  # type: ignore[arg-type]
+            request = messages.SignRequest(slices=[messages.SliceToSign(**s) for s in slices(count)])  # type: ignore[arg-type]
 
             def run() -> None:
                 response = mask_groups.sign_urls(call, group.id, request)

@@ -131,9 +131,7 @@ def start_server(work: Path, name: str, extra_env: dict[str, str]) -> Server:
     token = (data / "admin.token").read_text(encoding="utf-8").strip()
     server = Server(url, token, proc)
     with ApiClient(url, token) as api:
-        server.annotation = api.create_annotation(f"1.2.3.{port}", f"1.2.3.{port}.1", "BENCH", "benchmark")[
-            "id"
-        ]
+        server.annotation = api.create_annotation(f"1.2.3.{port}", f"1.2.3.{port}.1", "BENCH", "benchmark").id
     return server
 
 
@@ -166,8 +164,8 @@ def flow(server: Server, masks: Path, version: str, expected: dict[str, str]) ->
         ended = time.perf_counter()
         if not result.ok:
             raise SystemExit(f"upload failed: {result.message} {list(result.failed.items())[:3]}")
-        items = api.group_with_slices(result.group_id)["items"]  # type: ignore[arg-type]
-    stored = {m["filename"]: m["checksum"] for m in items}
+        items = api.group_with_slices(result.group_id).items  # type: ignore[arg-type]
+    stored = {m.filename: m.checksum for m in items}
     if stored != expected:
         raise SystemExit("the registered checksums differ from the files")
     return ended - started, ended - planned

@@ -67,12 +67,12 @@ def repeat_masks(source: Path, target: Path, count: int) -> Path:
 def complete_body_bytes(server: Server, group_id: str) -> int:
     """The size of the ``complete`` request the client sent for this group (rebuilt from its rows)."""
     with ApiClient(server.url, server.token) as api:
-        items = api.group_with_slices(group_id)["items"]
+        items = api.group_with_slices(group_id).items
     body = [
-        {k: m[k] for k in ("filename", "slice_index", "width", "height", "checksum")}
-        | {"size": m["size_bytes"]}
-        | ({"label": m["label"]} if m["label"] else {})
-        | ({"sop_instance_uid": m["sop_instance_uid"]} if m["sop_instance_uid"] else {})
+        {k: getattr(m, k) for k in ("filename", "slice_index", "width", "height", "checksum")}
+        | {"size": m.size_bytes}
+        | ({"label": m.label} if m.label else {})
+        | ({"sop_instance_uid": m.sop_instance_uid} if m.sop_instance_uid else {})
         for m in items
     ]
     return len(json.dumps({"slices": body}).encode())

@@ -23,15 +23,18 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from pacs_mask_desktop import __version__
 from pacs_mask_desktop.core import lean_imports  # noqa: F401 - before httpx (core.api_client) loads
 from pacs_mask_desktop.core.api_client import ApiClient, ApiError
 from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState, UploadResult
-from pacs_mask_desktop.core.journal import Journal
-from pacs_mask_desktop.core.paths import NoToken, journal_path, resolve_server
+from pacs_mask_desktop.core.paths import NoToken, resolve_server
 from pacs_mask_desktop.core.plan import PreparedUpload, prepare
 from pacs_mask_desktop.core.progress import ProgressCounter, human_bytes
 from pacs_mask_desktop.core.retry import DEFAULT_GIVE_UP_AFTER, RetryPolicy
+from server.contract import messages
+from server.contract.errors import PACS_PREFIX, ErrorCode
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -65,7 +68,7 @@ LOG_WIDTH = 160
 EXIT_OK, EXIT_INCOMPLETE, EXIT_BAD_INPUT, EXIT_SERVER, EXIT_CANCELLED = 0, 1, 2, 3, 130
 EXIT_PACS = 4
 """The PACS (DICOMweb) is down, too slow, refused the credentials or answered something malformed."""
-NOT_FOUND_CODES = frozenset({"annotation_not_found", "group_not_found"})
+NOT_FOUND_CODES = frozenset({ErrorCode.ANNOTATION_NOT_FOUND, ErrorCode.GROUP_NOT_FOUND})
 """Server answers meaning "the id you gave does not exist": bad input (exit 2) in every command."""
 
 
@@ -105,7 +108,7 @@ class Output:
     def data(self, payload: Any, human: Any = None) -> None:
         """Print ``payload`` as JSON, or ``human`` (a rich renderable or text) for people."""
         if self.as_json:
-            print(json.dumps(payload, indent=2, default=str))
+            print(json.dumps(msgspec.to_builtins(payload, enc_hook=str), indent=2, default=str))
         elif human is not None:
             self.out.print(human)
 
@@ -131,7 +134,7 @@ def _client(args: argparse.Namespace) -> ApiClient:
     return ApiClient(target.url, target.token, policy=_policy(args))
 
 
-def _require_annotation(api: ApiClient, annotation_id: int) -> dict[str, Any]:
+def _require_annotation(api: ApiClient, annotation_id: int) -> messages.AnnotationOut:
     """The annotation's row; stop with exit 2 before any work when the annotation does not exist."""
     try:
         return api.get_annotation(annotation_id)
@@ -158,10 +161,6 @@ def resume_command(argv: Sequence[str]) -> str:
         else:
             shown.append(item)
     return "pacs-mask " + shlex.join(shown)
-
-
-def _journal() -> Journal:
-    return Journal(journal_path())
 
 
 def _problems_report(prepared: PreparedUpload, out: Output) -> None:
@@ -203,7 +202,7 @@ def run_upload(
         TimeRemainingColumn,
     )
 
-    from pacs_mask_desktop.core.upload import UploadEngine
+    from pacs_mask_desktop.core.upload_run import upload_with_journal
 
     assert prepared.plan is not None
     plan = prepared.plan
@@ -248,15 +247,10 @@ def run_upload(
             extra=" ".join(extra),
         )
 
-    engine = UploadEngine(api, _journal(), workers=workers, on_event=on_event, cancel=cancel)
-    try:
-        with progress:
-            result = engine.run(plan, source_path=source_path)
-    finally:
-        engine.close()
-        if engine.journal is not None:
-            engine.journal.close()
-    return result  # the summary (sent, already there, failed, bytes, time) is printed once by _report
+    with progress:  # the summary (sent, already there, failed, bytes, time) is printed once by _report
+        return upload_with_journal(
+            api, plan, source_path=source_path, workers=workers, on_event=on_event, cancel=cancel
+        )
 
 
 def _report(result: UploadResult, out: Output, argv: Sequence[str] | None = None) -> int:
@@ -328,7 +322,7 @@ def cmd_upload(args: argparse.Namespace, out: Output) -> int:
     params = _json_arg(args.params, "--params")
     api = _client(args)
     with api:
-        args.annotation_series_uid = _require_annotation(api, args.annotation).get("series_instance_uid")
+        args.annotation_series_uid = _require_annotation(api, args.annotation).series_instance_uid
         if args.series == PACS_SERIES:
             series = stored = _stored_series(api, args.annotation)
         else:  # the annotation's recorded series checks the masks and --series FOLDER (None if unknown)
@@ -450,7 +444,7 @@ def _stored_series(api: ApiClient, annotation_id: int) -> Any:
     try:
         geometry = api.annotation_series(annotation_id)
     except ApiError as exc:
-        if exc.code == "series_geometry_unknown":
+        if exc.code == ErrorCode.SERIES_GEOMETRY_UNKNOWN:
             raise CliError(
                 f"Annotation {annotation_id} has no stored series geometry, so --series pacs cannot check the "
                 "masks; create the annotation with --from-pacs, or pass the DICOM series folder.",
@@ -566,16 +560,16 @@ def _create_from_pacs(api: ApiClient, args: argparse.Namespace, out: Output) -> 
             args.from_pacs, study_instance_uid=args.study, description=args.description
         )
     except ApiError as exc:
-        if exc.code == "pacs_series_not_found" or exc.status == 422:
+        if exc.code == ErrorCode.PACS_SERIES_NOT_FOUND or exc.status == 422:
             raise CliError(f"Cannot create an annotation: {exc.message}", EXIT_BAD_INPUT) from None
-        if exc.code.startswith("pacs_"):
+        if exc.code.startswith(PACS_PREFIX):
             raise CliError(f"Cannot create an annotation: {exc.message}", EXIT_PACS) from None
         raise
     out.note(
-        f"created annotation {row['id']} for series {row['series_instance_uid']} "
-        f"({row.get('slice_count')} slices of {row.get('columns')}x{row.get('rows')}, from the PACS)"
+        f"created annotation {row.id} for series {row.series_instance_uid} "
+        f"({row.slice_count} slices of {row.columns}x{row.rows}, from the PACS)"
     )
-    out.data(row, str(row["id"]))  # stdout: the id alone, for scripts (ID=$(pacs-mask annotations …))
+    out.data(row, str(row.id))  # stdout: the id alone, for scripts (ID=$(pacs-mask annotations …))
     return EXIT_OK
 
 
@@ -602,10 +596,10 @@ def cmd_annotations(args: argparse.Namespace, out: Output) -> int:
                 series=geometry_from_series(series),
             )
             out.note(
-                f"created annotation {row['id']} for series {row['series_instance_uid']} "
-                f"({row.get('slice_count')} slices of {row.get('columns')}x{row.get('rows')}, from the folder)"
+                f"created annotation {row.id} for series {row.series_instance_uid} "
+                f"({row.slice_count} slices of {row.columns}x{row.rows}, from the folder)"
             )
-            out.data(row, str(row["id"]))  # stdout: the id alone, for scripts (ID=$(pacs-mask annotations …))
+            out.data(row, str(row.id))  # stdout: the id alone, for scripts (ID=$(pacs-mask annotations …))
             return EXIT_OK
         items = api.list_annotations(args.search)
     table = Table()
@@ -613,12 +607,12 @@ def cmd_annotations(args: argparse.Namespace, out: Output) -> int:
         table.add_column(column)
     for a in items:
         table.add_row(
-            str(a["id"]),
-            a["patient_id"] or "",
-            a["description"] or "",
-            a["series_instance_uid"],
-            str(a["group_count"]),
-            a["created_at"][:19],
+            str(a.id),
+            a.patient_id or "",
+            a.description or "",
+            a.series_instance_uid,
+            str(a.group_count),
+            a.created_at.isoformat()[:19],
         )
     out.data({"items": items}, table)
     return EXIT_OK
@@ -628,8 +622,8 @@ def cmd_groups(args: argparse.Namespace, out: Output) -> int:
     """The mask groups of an annotation with their inference metadata."""
     with _client(args) as api:
         items = api.list_groups(args.annotation)
-        opened = {g["id"]: g for g in api.groups_with_volumes(items)}  # their volumes, computed once
-        items = [opened.get(g["id"], g) for g in items]
+        opened = {g.id: g for g in api.groups_with_volumes(items)}  # their volumes, computed once
+        items = [opened.get(g.id, g) for g in items]
     table = Table(title=f"mask groups of annotation {args.annotation}", title_justify="left")
     for column in (
         "id",
@@ -651,19 +645,19 @@ def cmd_groups(args: argparse.Namespace, out: Output) -> int:
             min_width={"id": 36, "created": 19}.get(column),
         )
     for g in items:
-        volumes, extents = _volume_cells(g.get("volumes"))
+        volumes, extents = _volume_cells(g.volumes)
         table.add_row(
-            g["id"],
-            g["model_name"],
-            g["version"],
-            g["source"],
-            g["status"],
-            str(g["slice_count"]),
-            "" if g["confidence"] is None else f"{g['confidence']:.3f}",
-            g["review_status"] or "",
+            g.id,
+            g.model_name,
+            g.version,
+            g.source,
+            g.status,
+            str(g.slice_count),
+            "" if g.confidence is None else f"{g.confidence:.3f}",
+            g.review_status or "",
             volumes,
             extents,
-            f"{g['created_by']} {g['created_at'][:19]}",
+            f"{g.created_by} {g.created_at.isoformat()[:19]}",
         )
     out.data({"items": items}, table)
     return EXIT_OK
@@ -673,17 +667,17 @@ def cmd_slices(args: argparse.Namespace, out: Output) -> int:
     """The slices of one group."""
     with _client(args) as api:
         found = api.group_with_slices(args.group)
-    table = Table(title=f"group {args.group} ({found['group']['status']})", title_justify="left")
+    table = Table(title=f"group {args.group} ({found.group.status})", title_justify="left")
     for column in ("index", "file", "size", "w×h", "labels", "md5"):
         table.add_column(column)
-    for m in found["items"]:
+    for m in found.items:
         table.add_row(
-            str(m["slice_index"]),
-            m["filename"],
-            human_bytes(m["size_bytes"]),
-            f"{m['width']}×{m['height']}",
-            m["label"] or "",
-            m["checksum"],
+            str(m.slice_index),
+            m.filename,
+            human_bytes(m.size_bytes),
+            f"{m.width}×{m.height}",
+            m.label or "",
+            m.checksum,
         )
     out.data(found, table)
     return EXIT_OK
@@ -699,20 +693,20 @@ def cmd_download(args: argparse.Namespace, out: Output) -> int:
     bad: list[str] = []
     with _client(args) as api:
         found = api.group_with_slices(args.group)
-        items, same = _download_plan(found["items"], target, overwrite=args.overwrite)
+        items, same = _download_plan(found.items, target, overwrite=args.overwrite)
         target.mkdir(parents=True, exist_ok=True)
         from rich.progress import Progress
 
         with Progress(console=out.err, disable=out.as_json or not out.err.is_terminal) as progress:
             task = progress.add_task("download", total=len(items))
             for m in items:
-                data = api.view(args.group, filename=m["filename"])
-                if hashlib.md5(data, usedforsecurity=False).hexdigest() != m["checksum"]:
-                    bad.append(m["filename"])
+                data = api.view(args.group, filename=m.filename)
+                if hashlib.md5(data, usedforsecurity=False).hexdigest() != m.checksum:
+                    bad.append(m.filename)
                     continue
-                tmp = target / f".{m['filename']}.part"
+                tmp = target / f".{m.filename}.part"
                 tmp.write_bytes(data)
-                tmp.replace(target / m["filename"])
+                tmp.replace(target / m.filename)
                 progress.advance(task)
     out.data(
         {
@@ -740,26 +734,26 @@ def _md5_file(path: Path) -> str:
 
 
 def _download_plan(
-    items: list[dict[str, Any]], target: Path, *, overwrite: bool
-) -> tuple[list[dict[str, Any]], list[str]]:
+    items: list[messages.MaskOut], target: Path, *, overwrite: bool
+) -> tuple[list[messages.MaskOut], list[str]]:
     """The slices to fetch, and the files already in ``target`` with the same bytes (left as they are).
 
     A different file of the same name is never replaced silently: without ``overwrite`` the download
     stops before fetching anything (exit 2) and names them.
     """
-    fetch: list[dict[str, Any]] = []
+    fetch: list[messages.MaskOut] = []
     same: list[str] = []
     differ: list[str] = []
     for m in items:
-        path = target / m["filename"]
+        path = target / m.filename
         if not path.exists():
             fetch.append(m)
-        elif path.is_file() and _md5_file(path) == m["checksum"]:
-            same.append(m["filename"])
+        elif path.is_file() and _md5_file(path) == m.checksum:
+            same.append(m.filename)
         elif overwrite and path.is_file():
             fetch.append(m)
         else:
-            differ.append(m["filename"])
+            differ.append(m.filename)
     if differ:
         names = ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
         raise CliError(
@@ -783,14 +777,14 @@ def cmd_delete(args: argparse.Namespace, out: Output) -> int:
         result = api.delete_group(args.group)
     out.data(
         result,
-        f"deleted group {result['id']}: {result['deleted_objects']} object(s), {result['deleted_slices']} row(s)",
+        f"deleted group {result.id}: {result.deleted_objects} object(s), {result.deleted_slices} row(s)",
     )
     return EXIT_OK
 
 
 def _pacs_refusal(exc: ApiError) -> CliError | None:
     """A PACS failure the server reports (``pacs_*`` codes) as exit 4, else ``None``."""
-    if exc.code.startswith("pacs_"):
+    if exc.code.startswith(PACS_PREFIX):
         return CliError(exc.message, EXIT_PACS)
     return None
 
@@ -804,9 +798,9 @@ def cmd_export_seg(args: argparse.Namespace, out: Output) -> int:
         seg = api.build_seg(args.group)
         api.download_seg(args.group, target)
     out.data(
-        {**seg, "path": str(target)},
-        f"DICOM SEG of group {args.group}: {seg['segments']} segment(s), {seg['frames']} frame(s), "
-        f"{human_bytes(seg['size'])} -> {target} (SOP Instance UID {seg['sop_instance_uid']})",
+        {**msgspec.structs.asdict(seg), "path": str(target)},
+        f"DICOM SEG of group {args.group}: {seg.segments} segment(s), {seg.frames} frame(s), "
+        f"{human_bytes(seg.size)} -> {target} (SOP Instance UID {seg.sop_instance_uid})",
     )
     return EXIT_OK
 
@@ -818,7 +812,10 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
             sent = api.send_seg(args.group)
         except ApiError as exc:
             raise _pacs_refusal(exc) or exc from None
-    out.data(sent, f"sent DICOM SEG {sent['sop_instance_uid']} to {sent['pacs_url']} at {sent['sent_at']}")
+    out.data(
+        sent,
+        f"sent DICOM SEG {sent.sop_instance_uid} to {sent.pacs_url} at {msgspec.to_builtins(sent.sent_at)}",
+    )
     return EXIT_OK
 
 
@@ -870,15 +867,15 @@ def cmd_infer_demo(args: argparse.Namespace, out: Output) -> int:
     return _report(result, out, args.argv)
 
 
-def _volume_cells(volumes: dict[str, Any] | None) -> tuple[str, str]:
+def _volume_cells(volumes: dict[str, messages.LabelVolume] | None) -> tuple[str, str]:
     """Per label, one line each: the volume in mL (or voxels without geometry) and the slice extent."""
     if not volumes:
         return ("" if volumes is None else "empty"), ""
     amounts, extents = [], []
     for label, v in sorted(volumes.items(), key=lambda item: int(item[0])):
-        amount = f"{v['volume_ml']:.2f} mL" if v["volume_ml"] is not None else f"{v['voxels']} voxels"
+        amount = f"{v.volume_ml:.2f} mL" if v.volume_ml is not None else f"{v.voxels} voxels"
         amounts.append(f"{label}: {amount}")
-        extents.append(f"{label}: {v['first_slice']}-{v['last_slice']}")
+        extents.append(f"{label}: {v.first_slice}-{v.last_slice}")
     return "\n".join(amounts), "\n".join(extents)
 
 
@@ -896,7 +893,7 @@ def cmd_compare(args: argparse.Namespace, out: Output) -> int:
         try:
             result = api.compare(args.a, args.b)
         except ApiError as exc:
-            if exc.code == "not_comparable":
+            if exc.code == ErrorCode.NOT_COMPARABLE:
                 raise CliError(exc.message, EXIT_BAD_INPUT) from None
             raise
     if out.as_json:
@@ -905,40 +902,40 @@ def cmd_compare(args: argparse.Namespace, out: Output) -> int:
     table = Table(title=f"{args.a} (a) vs {args.b} (b)", title_justify="left")
     for column in ("label", "dice", "voxels a", "voxels b", "mL a", "mL b", "mL b-a"):
         table.add_column(column, justify="left" if column == "label" else "right")
-    rows = sorted(result["labels"].items(), key=lambda item: int(item[0]))
-    for name, row in [*rows, ("total", result["totals"])]:
+    rows = sorted(result.labels.items(), key=lambda item: int(item[0]))
+    for name, row in [*rows, ("total", result.totals)]:
         table.add_row(
             name,
-            _number(row["dice"], 3),
-            str(row["voxels_a"]),
-            str(row["voxels_b"]),
-            _number(row["volume_a_ml"], 2),
-            _number(row["volume_b_ml"], 2),
-            _number(row["volume_diff_ml"], 2),
+            _number(row.dice, 3),
+            str(row.voxels_a),
+            str(row.voxels_b),
+            _number(row.volume_a_ml, 2),
+            _number(row.volume_b_ml, 2),
+            _number(row.volume_diff_ml, 2),
             end_section=name == rows[-1][0] if rows else False,
         )
     out.data(result, table)
     worst = sorted(
-        (s for s in result["slices"] if s["dice"] is not None and s["dice"] < 1.0),
-        key=lambda s: (s["dice"], s["slice_index"]),
+        (s for s in result.slices if s.dice is not None and s.dice < 1.0),
+        key=lambda s: (s.dice, s.slice_index),
     )[:WORST_SLICES]
     if worst:
-        slices = Table(title=f"worst slices (of {len(result['slices'])} with a mask)", title_justify="left")
+        slices = Table(title=f"worst slices (of {len(result.slices)} with a mask)", title_justify="left")
         for column in ("slice", "dice", "labels (dice, voxels a/b)"):
             slices.add_column(column)
         for s in worst:
             detail = ", ".join(
-                f"{label}: {_number(v['dice'], 3) or '-'} ({v['voxels_a']}/{v['voxels_b']})"
-                for label, v in sorted(s["labels"].items(), key=lambda item: int(item[0]))
+                f"{label}: {_number(v.dice, 3) or '-'} ({v.voxels_a}/{v.voxels_b})"
+                for label, v in sorted(s.labels.items(), key=lambda item: int(item[0]))
             )
-            slices.add_row(str(s["slice_index"]), _number(s["dice"], 3), detail)
+            slices.add_row(str(s.slice_index), _number(s.dice, 3), detail)
         out.data(result, slices)
-    elif result["slices"]:
+    elif result.slices:
         out.data(result, "Every slice with a mask agrees exactly (Dice 1).")
     return EXIT_OK
 
 
-def _finding(value: str) -> dict[str, Any]:
+def _finding(value: str) -> messages.FindingIn:
     """``SLICE:LABEL:COMMENT`` (LABEL empty or ``-``: the whole slice; the comment may hold colons)."""
     parts = value.split(":", 2)
     if len(parts) < 2:
@@ -949,7 +946,9 @@ def _finding(value: str) -> dict[str, Any]:
             f"{value!r}: SLICE must be a slice index and LABEL a label value 1..255, or empty for the whole slice"
         )
     label = None if label_text in ("", "-") else int(label_text)
-    return {"slice_index": int(slice_text), "label": label, "comment": parts[2] if len(parts) > 2 else ""}
+    return messages.FindingIn(
+        slice_index=int(slice_text), label=label, comment=parts[2] if len(parts) > 2 else ""
+    )
 
 
 def cmd_review(args: argparse.Namespace, out: Output) -> int:
@@ -968,12 +967,12 @@ def cmd_review(args: argparse.Namespace, out: Output) -> int:
             if exc.status == 422:
                 raise CliError(f"The review was not recorded: {exc.message}", EXIT_BAD_INPUT) from None
             raise
-    findings = len(group.get("findings") or [])
+    findings = len(group.findings)
     out.data(
         group,
-        f"{group['id']}: {decision} by {group['reviewed_by']}"
+        f"{group.id}: {decision} by {group.reviewed_by}"
         + (f" with {findings} finding(s)" if findings else "")
-        + f" (review {len(group.get('reviews') or [])} of this group)",
+        + f" (review {len(group.reviews)} of this group)",
     )
     return EXIT_OK
 

@@ -3,8 +3,8 @@
 It starts the embedded server exactly as the app does (from the frozen executable when frozen),
 which migrates a fresh database; creates an annotation; signs, uploads and completes one mask slice
 through the real upload engine; reads it back through the view route; and decodes compressed DICOM
-pixel data (JPEG 2000 through pylibjpeg-openjpeg, JPEG-LS through pyjpegls, JPEG lossless through
-GDCM, 12-bit JPEG through imagecodecs, RLE through pydicom) to show the decoders were bundled. Prints one JSON document and returns 0 when every step passed.
+pixel data (JPEG 2000 through pylibjpeg-openjpeg, JPEG-LS through pyjpegls, JPEG lossless and 12-bit
+JPEG through imagecodecs (core/jpeg_lossless.py, core/jpeg12.py), RLE through pydicom) to show the decoders were bundled. Prints one JSON document and returns 0 when every step passed.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 from PIL import Image
 
 from pacs_mask_desktop.core.api_client import ApiClient
 from pacs_mask_desktop.core.embedded import EmbeddedServer
-from pacs_mask_desktop.core.journal import Journal
 from pacs_mask_desktop.core.plan import prepare
-from pacs_mask_desktop.core.upload import UploadEngine
+from pacs_mask_desktop.core.upload_run import upload_with_journal
 
 
 def _decode_compressed() -> dict[str, Any]:
@@ -51,7 +51,7 @@ def _decode_compressed() -> dict[str, Any]:
         generate_uid,
     )
 
-    from pacs_mask_desktop.core import dicom_series  # noqa: F401  (registers core/jpeg12.py)
+    from pacs_mask_desktop.core import dicom_series  # noqa: F401  (registers jpeg12.py, jpeg_lossless.py)
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 4000, size=(64, 64), dtype=np.uint16)
@@ -99,7 +99,7 @@ def run_self_test(folder: Path | None = None, *, log: Callable[[str], None] | No
             report["steps"]["server"] = {"url": target.url}
             say(f"embedded server answered at {target.url}")
             with ApiClient(target.url, target.token) as api:
-                report["steps"]["health"] = api.health()
+                report["steps"]["health"] = msgspec.to_builtins(api.health())
                 annotation = api.create_annotation(
                     "1.2.826.0.1.1", "1.2.826.0.1.1.1", description="self-test"
                 )
@@ -110,23 +110,19 @@ def run_self_test(folder: Path | None = None, *, log: Callable[[str], None] | No
                 Image.fromarray(label).save(masks / "mask_0000.png")
                 prepared = prepare(
                     masks,
-                    annotation_id=annotation["id"],
+                    annotation_id=annotation.id,
                     model_name="self-test",
                     version=uuid.uuid4().hex[:12],
                     source="manual",
                 )
-                if not prepared.ok:
+                if prepared.plan is None:  # not prepared.ok
                     raise AssertionError(f"prepare found problems: {prepared.problems}")
-                journal = Journal(work / "journal.sqlite3")
-                engine = UploadEngine(api, journal, workers=1)
-                try:
-                    result = engine.run(prepared.plan)  # type: ignore[arg-type]
-                finally:
-                    engine.close()
-                    journal.close()
-                if not result.ok:
+                result = upload_with_journal(
+                    api, prepared.plan, journal_path=work / "journal.sqlite3", workers=1
+                )
+                if not result.ok or result.group_id is None:
                     raise AssertionError(f"upload did not complete: {result.message}")
-                stored = api.view(result.group_id, filename="mask_0000.png")  # type: ignore[arg-type]
+                stored = api.view(result.group_id, filename="mask_0000.png")
                 original = (masks / "mask_0000.png").read_bytes()
                 if (
                     hashlib.md5(stored, usedforsecurity=False).digest()

@@ -160,7 +160,7 @@ def _run(out: Path, work: Path, only: set[str]) -> int:
     assert api is not None
     prepared = prepare(
         state["demo"].masks_dir,
-        annotation_id=window.annotation["id"],
+        annotation_id=window.annotation.id,
         model_name="liver-net",
         version="2.1",
         source="ai",
@@ -356,7 +356,7 @@ def _upload_as(api: Any, window: Any, masks: Path, model: str, version: str, sou
 
     prepared = prepare(
         masks,
-        annotation_id=window.annotation["id"],
+        annotation_id=window.annotation.id,
         model_name=model,
         version=version,
         source=source,

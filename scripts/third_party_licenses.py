@@ -39,26 +39,10 @@ _STRONG_COPYLEFT = re.compile(r"\bA?GPL|GNU (Affero )?General Public", re.IGNORE
 _WEAK_COPYLEFT = re.compile(r"\bLGPL|Lesser General Public|Library General Public", re.IGNORECASE)
 
 
-#: Notices a wheel's metadata leaves out: the python-gdcm wheel carries the Apache-2.0 text of its
-#: packaging only, not the licences of GDCM and the libraries compiled into it (found with ``ldd`` on
-#: its ``_gdcmswig`` module and the libraries next to it).
-SUPPLEMENTS = {
-    "python-gdcm": """GDCM (Grassroots DICOM), compiled into python-gdcm's native libraries:
-BSD-3-Clause-style licence. Copyright (c) 2006-2011 Mathieu Malaterre; Copyright (c) 1993-2005 CREATIS.
-All rights reserved. Full text: GDCM's Copyright.txt (http://gdcm.sourceforge.net/Copyright.html).
-Libraries GDCM bundles in the wheel, each under its own permissive licence (texts in GDCM's
-Utilities/ folder):
-  - IJG libjpeg 6b (8, 12 and 16 bit builds), IJG licence. This software is based in part on the
-    work of the Independent JPEG Group.
-  - OpenJPEG 2, BSD-2-Clause.
-  - CharLS, BSD-3-Clause.
-  - Expat, MIT.
-  - libuuid (util-linux), BSD-3-Clause.
-  - socket++, permissive (copyright notice preserved).
-  - OpenSSL 1.1.1 (libssl, libcrypto), OpenSSL and SSLeay licences: this product includes software
-    developed by the OpenSSL Project for use in the OpenSSL Toolkit (http://www.openssl.org/), and
-    cryptographic software written by Eric Young (eay@cryptsoft.com).""",
-}
+#: Notices a wheel's metadata leaves out, by distribution name: appended to that distribution's texts.
+#: None at present (python-gdcm, whose wheel carried only its packaging's licence and not those of
+#: GDCM and the libraries compiled into it, is no longer bundled: core/jpeg_lossless.py replaced it).
+SUPPLEMENTS: dict[str, str] = {}
 
 
 @dataclass

@@ -6,9 +6,6 @@ Nothing here reads the environment: the entry points build :class:`server.settin
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-from pathlib import Path
 
 from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
@@ -39,29 +36,9 @@ from server.request import ApiRequest
 from server.security import TokenAuthMiddleware, TokenCache
 from server.settings import Settings
 from server.storage import Storage, create_storage
+from server.storage.signing_key import DEFAULT_PUBLIC_URL, load_signing_key
 
 log = logging.getLogger("pacs_mask.server")
-
-SIGNING_KEY_FILE = "signing.key"
-DEFAULT_PUBLIC_URL = "http://127.0.0.1:8765"
-
-
-def load_signing_key(settings: Settings) -> bytes:
-    """The HMAC key for local signed URLs: from settings, else a random one kept in the data dir.
-
-    Several workers sharing a data dir share the file; whoever creates it first wins (O_EXCL).
-    """
-    if settings.signing_key:
-        return settings.signing_key.encode("utf-8")
-    path: Path = settings.data_dir / SIGNING_KEY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text(encoding="ascii").strip().encode("ascii")
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(secrets.token_hex(32))
-    return path.read_text(encoding="ascii").strip().encode("ascii")
 
 
 def _api_error(_request: Request, exc: ApiError) -> Response:

@@ -1,6 +1,8 @@
 """One exception hierarchy for the API, mapped to HTTP in one place (:func:`server.app.create_app`).
 
-Every error response has the same shape: ``{"error": code, "message": sentence, "details": {...}}``.
+Every error response has the same shape: ``{"error": code, "message": sentence, "details": {...}}``
+(:class:`~server.contract.messages.ErrorBody`); the codes are the wire contract's
+:class:`~server.contract.errors.ErrorCode`.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from server.contract.errors import ErrorCode
+
 
 class ApiError(Exception):
     """An error a client can act on. ``message`` is a sentence a person understands."""
 
     status_code = 400
-    code = "bad_request"
+    code: str = ErrorCode.BAD_REQUEST
     status_codes: tuple[int, ...] = ()
     """Every status this error can have, when it is not just :attr:`status_code` (the API document)."""
 
@@ -34,49 +38,49 @@ class ApiError(Exception):
 
 class InvalidRequest(ApiError):
     status_code = 400
-    code = "invalid_request"
+    code: str = ErrorCode.INVALID_REQUEST
 
 
 class Unauthorized(ApiError):
     status_code = 401
-    code = "unauthorized"
+    code: str = ErrorCode.UNAUTHORIZED
 
 
 class Forbidden(ApiError):
     status_code = 403
-    code = "forbidden"
+    code: str = ErrorCode.FORBIDDEN
 
 
 class NotFound(ApiError):
     status_code = 404
-    code = "not_found"
+    code: str = ErrorCode.NOT_FOUND
 
 
 class Conflict(ApiError):
     status_code = 409
-    code = "conflict"
+    code: str = ErrorCode.CONFLICT
 
 
 class PreconditionFailed(ApiError):
     """A create-only write found an object already there (as S3 answers ``If-None-Match: *``)."""
 
     status_code = 412
-    code = "object_exists"
+    code: str = ErrorCode.OBJECT_EXISTS
 
 
 class TooLarge(ApiError):
     status_code = 413
-    code = "entity_too_large"
+    code: str = ErrorCode.ENTITY_TOO_LARGE
 
 
 class Unprocessable(ApiError):
     status_code = 422
-    code = "unprocessable"
+    code: str = ErrorCode.UNPROCESSABLE
 
 
 class StorageUnavailable(ApiError):
     status_code = 503
-    code = "storage_unavailable"
+    code: str = ErrorCode.STORAGE_UNAVAILABLE
 
 
 class PacsFailed(ApiError):
@@ -84,7 +88,7 @@ class PacsFailed(ApiError):
     configured) or 504 (too slow). The code names which (``server/pacs.py``)."""
 
     status_code = 502
-    code = "pacs_error"
+    code: str = ErrorCode.PACS_ERROR
     status_codes = (404, 502, 503, 504)
 
     def __init__(
@@ -97,7 +101,7 @@ class PacsFailed(ApiError):
 class JsonTooDeep(InvalidRequest):
     """A JSON body nested deeper than the API allows (``server.request``)."""
 
-    code = "json_too_deep"
+    code: str = ErrorCode.JSON_TOO_DEEP
 
 
 # msgspec's words for a value of the right type outside its bounds (range, length, pattern): a 422.
@@ -105,7 +109,7 @@ class JsonTooDeep(InvalidRequest):
 _OUT_OF_BOUNDS = re.compile(
     r"^Expected `[^`]+` (?:of length )?(?:<=|>=|<|>|matching regex|that's a multiple)"
 )
-_CONTROL_CHARACTERS = "\\x00-"  # how msgspec quotes the safe-text patterns (server.api.schemas)
+_CONTROL_CHARACTERS = "\\x00-"  # how msgspec quotes the safe-text patterns (server.contract.messages)
 _NO_BACKSLASH = "\\x7f\\"  # ... and the DICOM-text pattern, which also refuses a backslash
 
 
@@ -117,7 +121,7 @@ def from_validation(errors: Sequence[Mapping[str, Any]]) -> ApiError:
     The message names the first offending field in words; ``details.errors`` lists them all.
     """
     if not errors:
-        return InvalidRequest("The request is not valid.", code="invalid_request")
+        return InvalidRequest("The request is not valid.", code=ErrorCode.INVALID_REQUEST)
     described = []
     for error in errors:
         source = error.get("source", "request")
@@ -135,7 +139,7 @@ def from_validation(errors: Sequence[Mapping[str, Any]]) -> ApiError:
     bounded = all(_OUT_OF_BOUNDS.match(str(e.get("message", ""))) for e in errors)
     details = {"errors": [dict(e) for e in errors]}
     if bounded:
-        return Unprocessable(f"{described[0]}.", code="invalid_value", details=details)
+        return Unprocessable(f"{described[0]}.", code=ErrorCode.INVALID_VALUE, details=details)
     return InvalidRequest(
-        f"The request is not valid: {described[0]}.", code="invalid_request", details=details
+        f"The request is not valid: {described[0]}.", code=ErrorCode.INVALID_REQUEST, details=details
     )

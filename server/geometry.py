@@ -24,7 +24,7 @@ import msgspec
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from server.api import schemas
+from server.contract import messages
 from server.errors import Unprocessable
 
 ORIENTATION_TOLERANCE = 1e-3
@@ -53,7 +53,7 @@ MULTIFRAME_NEEDS_POSITIONS = frozenset({"CT", "MR", "PT"})
 """Modalities whose multi-frame images are refused without plane positions (no frame-order fallback)."""
 
 
-def geometry_from_datasets(datasets: Iterable[Dataset], source: str) -> schemas.SeriesGeometry:
+def geometry_from_datasets(datasets: Iterable[Dataset], source: str) -> messages.SeriesGeometry:
     """Build the geometry of one series from its instances' headers (any order; multi-frame expanded).
 
     Instances without pixels (no Rows/Columns: SR, presentation states) are ignored. Raises
@@ -81,7 +81,7 @@ def geometry_from_datasets(datasets: Iterable[Dataset], source: str) -> schemas.
             details={"problem": f"{type(exc).__name__}: {exc}"[:500]},
         ) from None
     try:
-        geometry = msgspec.convert(data, schemas.SeriesGeometry)
+        geometry = msgspec.convert(data, messages.SeriesGeometry)
     except msgspec.ValidationError as exc:
         raise GeometryError(f"The series' headers do not fit: {exc}.", details={"problem": str(exc)}) from exc
     return validate_geometry(geometry)
@@ -135,7 +135,7 @@ def _geometry_data(images: list[Dataset], source: str) -> dict[str, Any]:
     }
 
 
-def validate_geometry(geometry: schemas.SeriesGeometry) -> schemas.SeriesGeometry:
+def validate_geometry(geometry: messages.SeriesGeometry) -> messages.SeriesGeometry:
     """Check a geometry and return it in the server's slice order, numbered 0..n-1.
 
     Refuses (422, naming the problem and the slices): slice indexes that are not 0..n-1 each once, a
@@ -192,7 +192,7 @@ def _blank_to_none(value: str | None) -> str | None:
     return value.strip() or None if isinstance(value, str) else value
 
 
-def _describe(item: schemas.SeriesInstance) -> dict[str, Any]:
+def _describe(item: messages.SeriesInstance) -> dict[str, Any]:
     """How an error names one slice: its index as sent, SOP Instance UID and frame."""
     described: dict[str, Any] = {"slice_index": item.slice_index, "sop_instance_uid": item.sop_instance_uid}
     if item.frame_number is not None:
@@ -200,7 +200,7 @@ def _describe(item: schemas.SeriesInstance) -> dict[str, Any]:
     return described
 
 
-def _check_indexes(instances: list[schemas.SeriesInstance]) -> None:
+def _check_indexes(instances: list[messages.SeriesInstance]) -> None:
     indexes = [i.slice_index for i in instances]
     if indexes != list(range(len(instances))):
         raise GeometryError(
@@ -209,8 +209,8 @@ def _check_indexes(instances: list[schemas.SeriesInstance]) -> None:
         )
 
 
-def _check_unique_instances(instances: list[schemas.SeriesInstance]) -> None:
-    seen: dict[tuple[str, int | None], schemas.SeriesInstance] = {}
+def _check_unique_instances(instances: list[messages.SeriesInstance]) -> None:
+    seen: dict[tuple[str, int | None], messages.SeriesInstance] = {}
     repeated = []
     for item in instances:
         key = (item.sop_instance_uid, item.frame_number)
@@ -227,7 +227,7 @@ def _check_unique_instances(instances: list[schemas.SeriesInstance]) -> None:
 
 
 def _check_multiframe_positions(
-    geometry: schemas.SeriesGeometry, instances: list[schemas.SeriesInstance]
+    geometry: messages.SeriesGeometry, instances: list[messages.SeriesInstance]
 ) -> None:
     """Refuse CT/MR/PET multi-frame images without plane positions when frame order is ambiguous.
 
@@ -259,7 +259,7 @@ def _check_multiframe_positions(
         )
 
 
-def _check_sizes(geometry: schemas.SeriesGeometry, instances: list[schemas.SeriesInstance]) -> None:
+def _check_sizes(geometry: messages.SeriesGeometry, instances: list[messages.SeriesInstance]) -> None:
     wrong = [
         {**_describe(i), "rows": i.rows, "columns": i.columns}
         for i in instances
@@ -281,7 +281,7 @@ def _same_orientation(a: Sequence[float], b: Sequence[float]) -> bool:
 
 
 def _check_orientation(
-    geometry: schemas.SeriesGeometry, instances: list[schemas.SeriesInstance]
+    geometry: messages.SeriesGeometry, instances: list[messages.SeriesInstance]
 ) -> tuple[float, ...] | None:
     """The series orientation (one for all slices, two orthogonal unit vectors), or ``None`` if unknown."""
     orientation = geometry.image_orientation_patient
@@ -317,8 +317,8 @@ def _check_orientation(
 
 
 def _order(
-    instances: list[schemas.SeriesInstance], orientation: tuple[float, ...] | None
-) -> list[schemas.SeriesInstance]:
+    instances: list[messages.SeriesInstance], orientation: tuple[float, ...] | None
+) -> list[messages.SeriesInstance]:
     """Slices in the project's order: along the normal, else by InstanceNumber, else as given."""
     with_position = [i for i in instances if i.image_position_patient is not None]
     if with_position and len(with_position) < len(instances):
@@ -332,7 +332,7 @@ def _order(
     if with_position and orientation is not None:
         normal = slice_normal(orientation)
 
-        def along(item: schemas.SeriesInstance) -> float:
+        def along(item: messages.SeriesInstance) -> float:
             position = item.image_position_patient or (0.0, 0.0, 0.0)
             return sum(p * n for p, n in zip(position, normal, strict=True))
 
@@ -340,17 +340,16 @@ def _order(
             ((along(i), i) for i in instances),
             key=lambda pair: (pair[0], pair[1].instance_number or 0, pair[1].frame_number or 0),
         )
+        pairs = [(a, b) for a, b in itertools.pairwise(keyed) if b[0] - a[0] < POSITION_TOLERANCE_MM]
         duplicates = [
-            {"position_mm": round(b[0], 4), "slices": [_describe(a[1]), _describe(b[1])]}
-            for a, b in itertools.pairwise(keyed)
-            if b[0] - a[0] < POSITION_TOLERANCE_MM
+            {"position_mm": round(b[0], 4), "slices": [_describe(a[1]), _describe(b[1])]} for a, b in pairs
         ]
-        if duplicates:
-            first = duplicates[0]["slices"]
+        if pairs:
+            (_, first), (position, second) = pairs[0]
             raise GeometryError(
                 f"{len(duplicates)} pair(s) of slices share a position along the slice normal (several "
-                f"echoes, phases or acquisitions?), e.g. slices {first[0]['slice_index']} and "
-                f"{first[1]['slice_index']} at {duplicates[0]['position_mm']} mm; such a series is not "
+                f"echoes, phases or acquisitions?), e.g. slices {first.slice_index} and "
+                f"{second.slice_index} at {round(position, 4)} mm; such a series is not "
                 "one volume.",
                 code="series_duplicate_positions",
                 details={"duplicates": duplicates[:MAX_LISTED]},

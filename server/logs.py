@@ -10,6 +10,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+
 _SECRET_PATTERNS = [
     (
         re.compile(r"(?i)(signature|x-amz-signature|x-amz-credential|x-amz-security-token)=[^&\s\"']+"),
@@ -89,12 +92,12 @@ class RequestLogMiddleware:
     ``PACS_MASK_LOG_LEVEL=DEBUG`` to see every PUT.
     """
 
-    def __init__(self, app: Any, metrics: Any | None = None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Any | None = None) -> None:
         self.app = app
         self.metrics = metrics
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope.get("type") != "http":
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -102,9 +105,9 @@ class RequestLogMiddleware:
         # which it only does when the client hung up; 500 if it raises.
         status = CLIENT_CLOSED
 
-        async def send_wrapper(message: dict[str, Any]) -> None:
+        async def send_wrapper(message: Message) -> None:
             nonlocal status
-            if message.get("type") == "http.response.start":
+            if message["type"] == "http.response.start":
                 status = int(message["status"])
             await send(message)
 
@@ -117,7 +120,7 @@ class RequestLogMiddleware:
         finally:
             self._log(scope, status, time.perf_counter() - started)
 
-    def _log(self, scope: dict[str, Any], status: int, seconds: float) -> None:
+    def _log(self, scope: HTTPScope, status: int, seconds: float) -> None:
         route = scope.get("path_template") or "(no route)"
         method = scope.get("method", "")
         if self.metrics is not None:

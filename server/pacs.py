@@ -23,6 +23,7 @@ pacs_series_not_found       404    the PACS has no such series (or it has no ins
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -103,7 +104,7 @@ class Pacs:
             raise self._malformed("the series metadata is not a JSON list")
         if not found:
             raise self._not_found(series_uid)
-        datasets = [self._call(lambda item=item: _dataset(item)) for item in found]
+        datasets = [self._call(functools.partial(_dataset, item)) for item in found]
         self.require_image_plane(datasets)
         return datasets
 

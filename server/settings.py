@@ -6,8 +6,9 @@ reads the environment at import time. A bad value stops start-up with one line n
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import platformdirs
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -123,12 +124,21 @@ class Settings(BaseSettings):
         return self.data_dir / "objects"
 
     @classmethod
-    def from_env(cls, **overrides: object) -> Settings:
+    def from_env(cls, **overrides: Any) -> Settings:
         """Build settings from the environment (and explicit overrides), or raise SettingsError."""
         try:
-            return cls(**overrides)  # type: ignore[arg-type]
+            return cls(**overrides)
         except ValidationError as exc:
             first = exc.errors()[0]
             field = str(first["loc"][0]) if first["loc"] else ""
             name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
             raise SettingsError(f"{name}: {first['msg']}") from None
+
+
+def settings_or_exit() -> Settings:
+    """The settings from the environment; a bad one is printed and ends the command with exit code 2."""
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"pacs-mask-server: bad setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -40,6 +40,7 @@ from pydicom.uid import generate_uid
 
 from pacs_mask_desktop.core.api_client import ApiClient
 from pacs_mask_desktop.core.demo import write_masks_for_series, write_synthetic_ct
+from server.contract.messages import MaskList
 from tests.faultproxy import FaultProxy
 from tests.processes import stop_process
 from tests.s3_server import RcloneS3
@@ -103,13 +104,13 @@ class LiveServer:
             study_uid, series_uid = loaded.study_instance_uid, loaded.series_instance_uid
         with self.api() as api:
             row = api.create_annotation(study_uid, series_uid, "TEST", description)
-        return int(row["id"])
+        return int(row.id)
 
     def sign_calls(self, group_id: str) -> int:
         """How many ``signed-url`` calls the server audited for this group."""
         with self.api() as api:
             rows = api.audit(group_id=group_id, limit=10_000)
-        return sum(1 for r in rows if r["action"] == "group.sign")
+        return sum(1 for r in rows if r.action == "group.sign")
 
     def object_bytes(self, key: str) -> bytes:
         """The stored bytes of ``key``, read straight from the backend (not through the API)."""
@@ -380,7 +381,7 @@ def md5_hex(data: bytes) -> str:
 
 def assert_group_matches(
     server: LiveServer, group_id: str, files: list[Path], *, view_sample: int = 10
-) -> dict[str, Any]:
+) -> MaskList:
     """The group is complete and holds exactly ``files``, each once, intact in the server and in storage.
 
     Checks: status and slice count; one row per file with the file's MD5 and size; the stored object's
@@ -391,29 +392,29 @@ def assert_group_matches(
     expected = {p.name: p.read_bytes() for p in files}
     with server.api() as api:
         found = api.group_with_slices(group_id)
-        group, items = found["group"], found["items"]
-        assert group["status"] == "complete", group
-        assert group["slice_count"] == len(expected)
+        group, items = found.group, found.items
+        assert group.status == "complete", group
+        assert group.slice_count == len(expected)
         assert len(items) == len(expected)
-        assert sorted(m["filename"] for m in items) == sorted(expected)
-        prefix = f"mask/{group['annotation_id']}/{group_id}/"
+        assert sorted(m.filename for m in items) == sorted(expected)
+        prefix = f"mask/{group.annotation_id}/{group_id}/"
         for m in items:
-            data = expected[m["filename"]]
-            assert m["checksum"] == md5_hex(data), m["filename"]
-            assert m["size_bytes"] == len(data), m["filename"]
-            assert m["storage_key"] == prefix + m["filename"]
-            assert md5_hex(server.object_bytes(m["storage_key"])) == m["checksum"], m["filename"]
+            data = expected[m.filename]
+            assert m.checksum == md5_hex(data), m.filename
+            assert m.size_bytes == len(data), m.filename
+            assert m.storage_key == prefix + m.filename
+            assert md5_hex(server.object_bytes(m.storage_key)) == m.checksum, m.filename
         assert server.stored_keys(prefix) == sorted(prefix + name for name in expected)
-        ordered = sorted(items, key=lambda m: m["slice_index"])
+        ordered = sorted(items, key=lambda m: m.slice_index)
         step = max(1, len(ordered) // max(1, view_sample))
         for m in ordered[::step]:
-            assert api.view(group_id, filename=m["filename"]) == expected[m["filename"]], m["filename"]
+            assert api.view(group_id, filename=m.filename) == expected[m.filename], m.filename
         same_identity = [
             g
-            for g in api.list_groups(group["annotation_id"])
-            if (g["model_name"], g["version"]) == (group["model_name"], group["version"])
+            for g in api.list_groups(group.annotation_id)
+            if (g.model_name, g.version) == (group.model_name, group.version)
         ]
-        assert [g["id"] for g in same_identity] == [group_id]
+        assert [g.id for g in same_identity] == [group_id]
     return found
 
 

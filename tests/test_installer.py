@@ -32,7 +32,21 @@ def test_frozen_build_passes_its_self_test(tmp_path: Path) -> None:
     assert exe.is_file()
     notices = list((dist / "pacs-mask-desktop").rglob("THIRD_PARTY_LICENSES"))
     assert notices, "the installer must ship its third-party licence notice"
-    assert "python-gdcm" in notices[0].read_text(encoding="utf-8")
+    notice = notices[0].read_text(encoding="utf-8")
+    assert "imagecodecs" in notice  # the lossless and 12-bit JPEG decoder
+    assert "python-gdcm" not in notice  # the tests' referee, not bundled
+    internal = dist / "pacs-mask-desktop" / "_internal"
+    assert not list(internal.glob("_gdcm*")), "GDCM must not be bundled (core/jpeg_lossless.py decodes)"
+    # build.spec gzips botocore's endpoint table (tests/test_build_trims.py: botocore reads it so) and
+    # removes the links to libraries it trimmed
+    assert (internal / "botocore" / "data" / "endpoints.json.gz").is_file()
+    assert not (internal / "botocore" / "data" / "endpoints.json").exists()
+    dangling = [p.name for p in (dist / "pacs-mask-desktop").rglob("*") if p.is_symlink() and not p.exists()]
+    assert not dangling, f"links to removed files: {dangling}"
+    # where importlib.resources finds them (pacs_mask_desktop/ui/resources.py), as in the wheel
+    shipped = internal / "pacs_mask_desktop" / "resources"
+    assert (shipped / "styles" / "dark.qss").is_file()
+    assert (shipped / "icons" / "app.png").is_file()
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PACS_MASK_", "PYTHON"))}
     env["PACS_MASK_DATA_DIR"] = str(tmp_path / "data")

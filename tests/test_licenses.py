@@ -21,10 +21,9 @@ def test_no_runtime_dependency_is_gpl_or_agpl() -> None:
     copyleft = {name: b.license for name, b in bundled.items() if licenses["is_strong_copyleft"](b.license)}
     assert not copyleft, f"GPL/AGPL runtime dependencies may not go into the installer: {copyleft}"
     # the closure is the real one: declared packages and what they pull in
-    assert {"litestar", "pydicom", "pyside6-essentials", "python-gdcm", "imagecodecs", "anyio"} <= set(
-        bundled
-    )
-    assert "pylibjpeg-libjpeg" not in bundled  # GPL-3.0: replaced by GDCM, pyjpegls, imagecodecs
+    assert {"litestar", "pydicom", "pyside6-essentials", "imagecodecs", "anyio"} <= set(bundled)
+    assert "pylibjpeg-libjpeg" not in bundled  # GPL-3.0: replaced by pyjpegls and imagecodecs
+    assert "python-gdcm" not in bundled  # the tests' referee only (core/jpeg_lossless.py decodes)
     assert "pytest" not in bundled  # test tools are not bundled
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, check=False
@@ -75,15 +74,15 @@ def test_a_gpl_dependency_fails_the_check_and_the_build(
 
 def test_the_notice_lists_every_bundled_distribution_with_its_licence_text(tmp_path: Path) -> None:
     notice = tmp_path / "THIRD_PARTY_LICENSES"
-    bundled = licenses["write"](notice, modules=["gdcm", "PySide6.QtCore", "os", "jpeg_ls"])
+    bundled = licenses["write"](notice, modules=["imagecodecs", "PySide6.QtCore", "os", "jpeg_ls"])
     text = notice.read_text(encoding="utf-8")
     for b in bundled.values():
         assert f"{b.name} {b.version}" in text
         assert f"License: {b.license}" in text
     assert "Permission is hereby granted" in text  # MIT texts
-    assert "Apache License" in text  # python-gdcm, boto3 ...
+    assert "Apache License" in text  # boto3, cryptography ...
     assert "GNU LESSER GENERAL PUBLIC LICENSE" in text.upper()  # psycopg: LGPL needs its text shipped
-    assert "Independent JPEG Group" in text  # the acknowledgement libjpeg's licence requires
+    assert "Independent JPEG Group" in text  # the acknowledgement libjpeg's licence requires (imagecodecs)
     unknown = [b.name for b in bundled.values() if b.license.startswith("UNKNOWN") and not b.texts]
     assert not unknown, f"no licence name or text for {unknown}"
 

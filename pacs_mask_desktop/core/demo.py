@@ -27,7 +27,7 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from pacs_mask_desktop.core.dicom_series import Series, load_series
 
@@ -150,7 +150,7 @@ def _common_header(ds: Dataset, *, study_uid: str, series_uid: str, seed: int, s
     ds.PixelRepresentation = 1
 
 
-def _save(ds: Dataset, path: Path, sop_class: str) -> None:
+def _save(ds: Dataset, path: Path, sop_class: UID) -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -301,7 +301,9 @@ def write_masks_for_series(
     x_mm = origin[0] + spacing[1] * np.arange(loaded.columns)
     y_mm = origin[1] + spacing[0] * np.arange(loaded.rows)
     phantom = _Phantom(_Anatomy.from_seed(seed), x_mm, y_mm)
-    positions = [ref.position if ref.position is not None else float(i) for i, ref in enumerate(loaded)]
+    positions = [
+        ref.position if ref.position is not None else float(i) for i, ref in enumerate(loaded.slices)
+    ]
     low, high = min(positions), max(positions)
     liver_value = label_map.get("liver", 0)
     lookup = np.array([0, liver_value, label_map.get("lesion", liver_value)], dtype=np.uint8)

@@ -20,6 +20,7 @@ from pacs_mask_desktop.core.api_client import ApiClient
 from pacs_mask_desktop.core.demo import write_masks_for_series, write_synthetic_ct
 from pacs_mask_desktop.core.dicom_series import load_series
 from pacs_mask_desktop.core.series_geometry import geometry_from_series
+from server.contract.messages import AnnotationOut, SeriesGeometry
 
 DEMO_MANIFEST = "demo.json"
 DEMO_DESCRIPTION = "Demo: synthetic CT abdomen (liver + lesion)"
@@ -95,11 +96,11 @@ def ensure_annotation(
     *,
     patient_id: str | None = None,
     description: str | None = None,
-    series: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    series: SeriesGeometry | None = None,
+) -> AnnotationOut:
     """The server's annotation for this series, created when there is none (with ``series``, its geometry)."""
     for item in api.list_annotations(series_instance_uid):
-        if item["series_instance_uid"] == series_instance_uid:
+        if item.series_instance_uid == series_instance_uid:
             return item
     return api.create_annotation(
         study_instance_uid, series_instance_uid, patient_id=patient_id, description=description, series=series
@@ -132,7 +133,7 @@ def ensure_demo(
     return DemoData(
         series_dir=folder / "series",
         masks_dir=folder / "masks",
-        annotation_id=int(annotation["id"]),
+        annotation_id=int(annotation.id),
         series_instance_uid=manifest["series_instance_uid"],
         study_instance_uid=manifest["study_instance_uid"],
         patient_id=manifest.get("patient_id", ""),

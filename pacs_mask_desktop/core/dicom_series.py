@@ -2,7 +2,8 @@
 
 ``load_series(folder)`` reads only headers (``stop_before_pixels=True``), groups files by
 SeriesInstanceUID and orders slices by geometry. Pixels are decoded lazily, one frame at a time, through
-pydicom (with the permissively licensed decoders pyproject.toml lists; core/jpeg12.py adds 12-bit JPEG)
+pydicom (with the permissively licensed decoders pyproject.toml lists; core/jpeg12.py adds 12-bit JPEG,
+core/jpeg_lossless.py lossless JPEG)
 and kept in a small bounded LRU cache, so a 1000-slice series never holds every decoded frame in memory.
 
 Slice order convention (what "slice index" means everywhere in this project): slices are sorted by
@@ -19,7 +20,7 @@ import logging
 import os
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,10 +31,11 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array as _decode_pixels
 
-from pacs_mask_desktop.core import jpeg12
+from pacs_mask_desktop.core import jpeg12, jpeg_lossless
 
 log = logging.getLogger(__name__)
-jpeg12.register()  # 12-bit JPEG Extended: the one syntax pydicom's permissive plugins leave out
+jpeg12.register()  # 12-bit JPEG Extended: pydicom's permissive plugins leave it out
+jpeg_lossless.register()  # lossless JPEG without GDCM (core/jpeg_lossless.py says why)
 
 DEFAULT_CACHE_SIZE = 32
 """Decoded frames kept per series (a 512x512 float32 frame is 1 MiB)."""
@@ -153,6 +155,9 @@ class Series:
 
     def __getitem__(self, index: int) -> SliceRef:
         return self.slices[index]
+
+    def __iter__(self) -> Iterator[SliceRef]:
+        return iter(self.slices)
 
     def __repr__(self) -> str:
         return (

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -182,11 +183,12 @@ class EmbeddedServer:
         self._close_log()
         self._log_handle = open(self.log_path, "wb")  # noqa: SIM115 - kept open for the child's lifetime
         command = server_command(port, self.host)
-        kwargs: dict[str, object] = {}
+        creationflags = 0  # POSIX accepts only 0
+        preexec_fn: Callable[[], None] | None = None  # Windows accepts only None
         if sys.platform == "win32":
-            kwargs["creationflags"] = subprocess.CREATE_NO_WINDOW | subprocess.CREATE_NEW_PROCESS_GROUP
+            creationflags = subprocess.CREATE_NO_WINDOW | subprocess.CREATE_NEW_PROCESS_GROUP
         elif sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
-            kwargs["preexec_fn"] = _die_with_parent
+            preexec_fn = _die_with_parent
         log.info("starting the bundled server: %s (data dir %s)", " ".join(command), self.data_dir)
         try:
             self._process = subprocess.Popen(
@@ -196,7 +198,8 @@ class EmbeddedServer:
                 stderr=subprocess.STDOUT,
                 env=_child_env(self.data_dir),
                 close_fds=True,
-                **kwargs,  # type: ignore[call-overload]
+                creationflags=creationflags,
+                preexec_fn=preexec_fn,
             )
         except OSError as exc:
             self._close_log()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+import msgspec
+
+from server.contract import messages
 
 
 class SliceState(StrEnum):
@@ -40,6 +45,10 @@ class GroupEvent:
     message: str
 
 
+EventSink = Callable[[SliceEvent | GroupEvent], None]
+"""Receives the engine's events (called from its worker threads)."""
+
+
 @dataclass(slots=True)
 class UploadResult:
     """How an upload ended. ``status`` is complete, incomplete (some slices failed) or cancelled.
@@ -60,7 +69,7 @@ class UploadResult:
     failed: dict[str, str] = field(default_factory=dict)
     bytes_sent: int = 0
     seconds: float = 0.0
-    group: dict[str, Any] | None = None
+    group: messages.GroupOut | None = None
     error_code: str | None = None
     not_sent: int = 0
     problems: list[dict[str, Any]] = field(default_factory=list)
@@ -82,7 +91,7 @@ class UploadResult:
             "not_sent": self.not_sent,
             "bytes_sent": self.bytes_sent,
             "seconds": round(self.seconds, 3),
-            "group": self.group,
+            "group": None if self.group is None else msgspec.to_builtins(self.group),
             "error": self.error_code,
             "problems": self.problems,
         }

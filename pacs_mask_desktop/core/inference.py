@@ -18,13 +18,12 @@ import numpy as np
 
 from pacs_mask_desktop.core.api_client import ApiClient, ApiError
 from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, UploadResult
-from pacs_mask_desktop.core.journal import Journal
 from pacs_mask_desktop.core.masks import write_label_pngs
-from pacs_mask_desktop.core.paths import journal_path, resolve_server
+from pacs_mask_desktop.core.paths import resolve_server
 from pacs_mask_desktop.core.plan import Problem, prepare
 from pacs_mask_desktop.core.retry import RetryPolicy
 from pacs_mask_desktop.core.series_geometry import GeometryFormatError, fetch_annotation_series
-from pacs_mask_desktop.core.upload import UploadEngine
+from pacs_mask_desktop.core.upload_run import upload_with_journal
 from pacs_mask_desktop.core.volume_masks import (
     NO_GEOMETRY_MESSAGE,
     VolumeMaskError,
@@ -98,7 +97,7 @@ def upload_inference_result(
     temp: Path | None = None
     if affine is None and not isinstance(masks, (str, Path)):
         temp = Path(tempfile.mkdtemp(prefix="pacs-mask-result-"))
-        write_label_pngs(masks, temp)
+        write_label_pngs(list(masks), temp)  # a 3-D array is a sequence of 2-D slices (views, no copy)
         masks = temp
     try:
         target = resolve_server(server, token)
@@ -107,16 +106,22 @@ def upload_inference_result(
             try:
                 stored = fetch_annotation_series(api, annotation_id)
                 series_uid = (  # an older annotation without geometry: ``series`` must still be its series
-                    api.get_annotation(annotation_id).get("series_instance_uid") if stored is None else None
+                    api.get_annotation(annotation_id).series_instance_uid if stored is None else None
                 )
             except (ApiError, GeometryFormatError) as exc:
                 return UploadResult(
                     "incomplete", None, str(exc), error_code=getattr(exc, "code", "bad_geometry")
                 )
             volume = _stage_volume(api, masks, affine, affine_space, labels, annotation_id, series)
+            if volume is not None:
+                folder: Path | str = volume.folder
+            elif isinstance(masks, (str, Path)):  # PNGs: given as a folder, or written to ``temp`` above
+                folder = masks
+            else:  # an array is either staged (with an affine) or written to ``temp`` (without)
+                raise TypeError("the masks were neither staged nor written as PNGs")
             try:
                 prepared = prepare(
-                    volume.folder if volume is not None else masks,  # type: ignore[arg-type]
+                    folder,
                     annotation_id=annotation_id,
                     model_name=model_name,
                     version=version,
@@ -131,16 +136,12 @@ def upload_inference_result(
                     else normalize_label_table(labels),
                     known_slices=volume.known_slices if volume is not None else None,
                 )
-                if not prepared.ok:
+                if prepared.plan is None:  # not prepared.ok
                     raise InvalidResult(prepared.problems)
-                journal = Journal(journal_path())
-                engine = UploadEngine(api, journal, workers=workers, on_event=on_event)
                 source_path = str(masks) if isinstance(masks, (str, Path)) else "array"
-                try:
-                    return engine.run(prepared.plan, source_path=source_path)  # type: ignore[arg-type]
-                finally:
-                    engine.close()
-                    journal.close()
+                return upload_with_journal(
+                    api, prepared.plan, source_path=source_path, workers=workers, on_event=on_event
+                )
             finally:
                 if volume is not None:
                     volume.cleanup()
@@ -169,11 +170,13 @@ def _stage_volume(
             raise VolumeMaskError("no_geometry", NO_GEOMETRY_MESSAGE)
         if is_file:
             return masks_from_file(masks, geometry)
+        if affine_space is None:  # run_inference refuses an affine without its space before this
+            raise ValueError("affine_space ('RAS' or 'LPS') is needed with an affine")
         return masks_from_array(
             np.asarray(masks),
             np.asarray(affine),
             geometry,
-            affine_space=affine_space,  # type: ignore[arg-type]  # the caller refused None with an affine
+            affine_space=affine_space,
             labels=normalize_label_table(labels),
         )
     except VolumeMaskError as exc:

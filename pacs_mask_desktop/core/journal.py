@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS upload (
@@ -79,6 +80,15 @@ class Journal:
         """Close the file."""
         with self._lock:
             self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Close the file however the block ended: ``with Journal(path) as journal: ...``."""
+        self.close()
 
     def find(self, server: str, annotation_id: int, model_name: str, version: str) -> JournalEntry | None:
         """The journal's upload for this identity, if any."""

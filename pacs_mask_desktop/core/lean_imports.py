@@ -12,4 +12,6 @@ from __future__ import annotations
 
 import sys
 
-sys.modules.setdefault("httpx._main", None)
+# None in sys.modules is the documented "import blocked" marker (ImportError on import), which the
+# sys.modules type (values: ModuleType) does not admit.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]

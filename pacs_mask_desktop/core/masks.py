@@ -12,7 +12,8 @@ modes), non-PNG formats (only PNG is uploaded), files that are not images or are
 sizes. A ``tRNS`` transparency entry on a grey or palette PNG is accepted: it only changes how a viewer
 paints the image, not which label a pixel has (segmentation tools export palette masks that way).
 
-Each file is read once: the MD5 is computed from the same bytes that are decoded.
+Each file is read once: the MD5 is computed from the same bytes that are decoded. What a slice's file
+name may be is the wire contract's (:mod:`server.contract.naming`), checked by :mod:`~pacs_mask_desktop.core.plan`.
 """
 
 from __future__ import annotations
@@ -32,23 +33,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from zlib_ng import zlib_ng
 
-CONTENT_TYPE = "image/png"
+from server.contract.naming import PNG_CONTENT_TYPE
+
+CONTENT_TYPE = PNG_CONTENT_TYPE
 MAX_SIDE = 16384
 """Widest/tallest mask accepted (pixels). DICOM images are far smaller; larger is a wrong file."""
 MAX_PIXELS = 64 * 1024 * 1024
 """Most pixels accepted in one mask, checked from the PNG header before anything is decoded."""
 MAX_FILE_BYTES = 256 * 1024 * 1024
 """Largest file read at all."""
-
-# Mirrors server/naming.py (the core may not import the server): keep both in step.
-MAX_SLICE_INDEX = 2**31 - 1
-"""The largest slice index the server stores (a PostgreSQL ``Integer``); a file whose name holds a larger
-number is refused before anything is sent."""
-FILENAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
-ALLOWED_EXTENSIONS = (".png",)
-WINDOWS_DEVICE_NAMES = frozenset(
-    {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(1, 10)} | {f"lpt{i}" for i in range(1, 10)}
-)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
@@ -91,26 +84,6 @@ class MaskInfo:
         return base64.b64encode(bytes.fromhex(self.md5_hex)).decode("ascii")
 
 
-def check_upload_filename(name: str) -> str | None:
-    """Why ``name`` cannot be uploaded as a slice filename, or ``None`` when it is fine.
-
-    Same rules as the server (server/naming.py): 1-128 of ``[A-Za-z0-9._-]``, no leading dot, a
-    ``.png`` extension (any case), not a Windows device name. Checked before upload so the user sees
-    every bad name at once instead of a 400 from the server for the first one.
-    """
-    if not FILENAME_RE.fullmatch(name):
-        return (
-            "filenames are 1-128 characters of letters, digits, '.', '_' and '-', and must not start "
-            "with a dot"
-        )
-    lower = name.lower()
-    if not lower.endswith(ALLOWED_EXTENSIONS):
-        return f"only {', '.join(ALLOWED_EXTENSIONS)} files can be stored"
-    if lower.split(".", 1)[0] in WINDOWS_DEVICE_NAMES:
-        return "the name is reserved on Windows and could not be downloaded there"
-    return None
-
-
 _INT_GROUP = re.compile(r"\d+")
 
 
@@ -118,22 +91,11 @@ def slice_index_from_filename(name: str) -> int | None:
     """The slice index written in a file name: the last group of digits in its stem.
 
     ``mask_0042.png`` -> 42, ``slice-7.png`` -> 7, ``ct2_slice12.png`` -> 12, ``mask.png`` -> None.
-    The number may exceed :data:`MAX_SLICE_INDEX`: :func:`slice_index_problem` says so in words.
+    The number may exceed :data:`~server.contract.naming.MAX_SLICE_INDEX`:
+    :func:`~server.contract.naming.slice_index_problem` says so in words.
     """
     groups = _INT_GROUP.findall(Path(name).stem)
     return int(groups[-1]) if groups else None
-
-
-def slice_index_problem(index: int) -> str | None:
-    """Why ``index`` cannot be a slice index, or ``None`` when the server can store it."""
-    if index < 0:
-        return f"slice index {index} is negative"
-    if index > MAX_SLICE_INDEX:
-        return (
-            f"the number {index} in the file name is too large for a slice index (at most {MAX_SLICE_INDEX}); "
-            "name the file by its slice index, e.g. mask_0042.png"
-        )
-    return None
 
 
 def read_mask(path: Path | str) -> MaskInfo:

@@ -16,6 +16,7 @@ advertises in ``GET /api/config``), ``PACS_MASK_DICOMWEB_USER`` + ``PACS_MASK_DI
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -30,6 +31,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from pacs_mask_desktop.core.dicom_cache import CacheError, DicomCache
+from server.contract.messages import ClientConfig
 
 DEFAULT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
@@ -248,9 +250,10 @@ class PacsClient:
         self._client.set_http_retry_params(retry=True, max_attempts=2, wait_exponential_multiplier=250)
 
     @classmethod
-    def from_env(cls, server_config: dict[str, Any] | None = None, **kwargs: Any) -> PacsClient:
+    def from_env(cls, server_config: ClientConfig | None = None, **kwargs: Any) -> PacsClient:
         """A client from ``PACS_MASK_DICOMWEB_*`` (URL else the server's ``dicomweb_url``); see the module doc."""
-        url = os.environ.get("PACS_MASK_DICOMWEB_URL") or (server_config or {}).get("dicomweb_url")
+        advertised = server_config.dicomweb_url if server_config is not None else None
+        url = os.environ.get("PACS_MASK_DICOMWEB_URL") or advertised
         if not url:
             raise PacsError(
                 "not_configured",
@@ -364,7 +367,7 @@ class PacsClient:
             raise PacsError(
                 "malformed", f"The PACS at {self.url} answered with something else than a DICOM JSON list."
             )
-        return [self._call(lambda item=item: parse(item)) for item in found]
+        return [self._call(functools.partial(parse, item)) for item in found]
 
     @staticmethod
     def _study(item: Any) -> StudySummary:

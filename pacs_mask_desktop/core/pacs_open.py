@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 
@@ -37,6 +37,9 @@ from pacs_mask_desktop.core.dicom_series import (
     series_from_headers,
 )
 from pacs_mask_desktop.core.pacs import PacsClient, PacsError, verify_from_env
+
+if TYPE_CHECKING:
+    from server.contract.messages import ClientConfig
 
 MIB = 1024 * 1024
 INDEX_FILE = ".series.json"
@@ -57,19 +60,20 @@ class PacsSettings:
     cache_mb: int = DEFAULT_CACHE_MB
 
 
-def pacs_url(settings: PacsSettings, server_config: dict[str, Any] | None) -> str | None:
-    """Where the PACS is: the workstation's override, else ``PACS_MASK_DICOMWEB_URL``, else the server's."""
+def pacs_url(settings: PacsSettings, server_config: ClientConfig | None) -> str | None:
+    """Where the PACS is: the workstation's override, else ``PACS_MASK_DICOMWEB_URL``, else the server's
+    (``GET /api/config`` ``dicomweb_url``)."""
     return (
         settings.url.strip()
         or os.environ.get("PACS_MASK_DICOMWEB_URL", "").strip()
-        or str((server_config or {}).get("dicomweb_url") or "").strip()
-        or None
-    )
+        or (server_config.dicomweb_url if server_config is not None else None)
+        or ""
+    ).strip() or None
 
 
 def desktop_pacs_client(
     settings: PacsSettings,
-    server_config: dict[str, Any] | None,
+    server_config: ClientConfig | None,
     password: str = "",
     *,
     cache_root: Path | None = None,

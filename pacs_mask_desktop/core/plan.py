@@ -47,7 +47,6 @@ Checking while sending (``defer_decode=True``, the CLI)
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import threading
@@ -58,7 +57,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -66,21 +65,18 @@ from pacs_mask_desktop.core.masks import (
     CONTENT_TYPE,
     MaskError,
     MaskInfo,
-    check_upload_filename,
     present_labels,
     read_mask,
     read_mask_header,
     slice_index_from_filename,
-    slice_index_problem,
 )
+from server.contract.groups import MAX_SLICES, Source, group_fields_problems
+from server.contract.naming import filename_problem, slice_index_problem
 
 if TYPE_CHECKING:  # pydicom and numpy load only when a series is really opened (CLI start-up)
     from pacs_mask_desktop.core.dicom_series import Series
 
 MatchMode = Literal["auto", "instance_number", "sop_uid"]
-Source = Literal["manual", "ai"]
-MAX_SLICES = 100_000
-"""The server accepts at most this many slices in one group."""
 IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "manifest.json"})
 """Skipped when a folder is expanded, as are hidden dot-files: operating-system litter and the
 ``manifest.json`` sidecar of an AI result folder (see ``core.inference``). Compared lower-cased."""
@@ -94,7 +90,10 @@ two decoders run beside the PUT threads (libcurl waits outside the GIL too)."""
 
 try:  # zlib-ng inflates these highly compressible rows ~3.7x faster than the stdlib (1000 slices here)
     from zlib_ng.zlib_ng import decompress as _inflate
-    from zlib_ng.zlib_ng import error as _InflateError
+    from zlib_ng.zlib_ng import error as _zlib_ng_error
+
+    # the stub (zlib_ng.pyi) declares ``error: Exception``, an instance; at run time it is the class
+    _InflateError = cast("type[Exception]", _zlib_ng_error)
 except ImportError:  # pragma: no cover - the stdlib is the fallback
     _inflate = zlib.decompress
     _InflateError = zlib.error
@@ -113,7 +112,6 @@ STATUS_ORDER = (
 """Row statuses, most severe first; a row shows the most severe of its problems."""
 
 _UID_TOKEN = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+){3,}(?![0-9])")
-_CONTROL = re.compile(r"[\x00-\x1f]")
 
 
 class PrepareCancelled(Exception):
@@ -322,7 +320,7 @@ def prepare(
 
     _read_all(entries, on_progress, cancel, max_workers, known_slices or {}, defer_decode)
     for entry in entries:
-        if entry.read and (name_problem := check_upload_filename(entry.path.name)) is not None:
+        if entry.read and (name_problem := filename_problem(entry.path.name)) is not None:
             entry.add("bad_filename", "bad_filename", name_problem)
         if not entry.read:
             continue
@@ -445,32 +443,12 @@ def series_uid_mismatch(
 def _check_group_fields(
     annotation_id: Any, model_name: Any, version: Any, source: Any, confidence: Any, params: Any
 ) -> list[Problem]:
-    """The server's GroupCreate rules, checked locally so the user sees them all before uploading."""
-    found: list[str] = []
-    if isinstance(annotation_id, bool) or not isinstance(annotation_id, int) or annotation_id < 1:
-        found.append(f"annotation_id must be a positive integer, not {annotation_id!r}")
-    for name, value, limit in (("model_name", model_name, 128), ("version", version, 64)):
-        if not isinstance(value, str) or not value.strip():
-            found.append(f"{name} is required")
-        elif len(value) > limit or _CONTROL.search(value):
-            found.append(f"{name} must be at most {limit} characters without control characters")
-    if source not in ("manual", "ai"):
-        found.append(f"source must be 'manual' or 'ai', not {source!r}")
-    if confidence is not None and (
-        isinstance(confidence, bool)
-        or not isinstance(confidence, int | float)
-        or not 0.0 <= float(confidence) <= 1.0
-    ):
-        found.append(f"confidence must be between 0 and 1, not {confidence!r}")
-    if params is not None:
-        if not isinstance(params, Mapping):
-            found.append("params must be a JSON object (a dict)")
-        else:
-            try:
-                json.dumps(dict(params), allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                found.append(f"params must be plain JSON: {exc}")
-    return [Problem(None, "invalid_field", message) for message in found]
+    """The server's group rules (:mod:`server.contract.groups`), checked locally so the user sees them all
+    before uploading."""
+    return [
+        Problem(None, "invalid_field", message)
+        for message in group_fields_problems(annotation_id, model_name, version, source, confidence, params)
+    ]
 
 
 def _expand_inputs(

@@ -20,7 +20,11 @@ def human_bytes(n: float) -> str:
 
 @dataclass(slots=True)
 class ProgressCounter:
-    """Totals over every slice event seen so far (thread-safe)."""
+    """Totals over every slice event seen so far (thread-safe).
+
+    ``bytes_done`` counts what needs nothing more (sent now or already stored), for a bar;
+    ``bytes_sent`` only what this run sent, for a transfer rate.
+    """
 
     total: int = 0
     total_bytes: int = 0
@@ -29,6 +33,7 @@ class ProgressCounter:
     failed: int = 0
     retries: int = 0
     bytes_done: int = 0
+    bytes_sent: int = 0
     started: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _seen: set[str] = field(default_factory=set, repr=False)
@@ -45,6 +50,7 @@ class ProgressCounter:
             if event.state is SliceState.DONE:
                 self.done += 1
                 self.bytes_done += event.size
+                self.bytes_sent += event.size
             elif event.state is SliceState.SKIPPED:
                 self.skipped += 1
                 self.bytes_done += event.size
@@ -58,7 +64,14 @@ class ProgressCounter:
         """Slices that need nothing more (done now or earlier)."""
         return self.done + self.skipped
 
+    def elapsed(self) -> float:
+        """Seconds since counting started (never 0, so rates stay finite)."""
+        return max(time.monotonic() - self.started, 1e-6)
+
     def rate(self) -> float:
         """Slices per second sent in this run."""
-        elapsed = time.monotonic() - self.started
-        return self.done / elapsed if elapsed > 0 else 0.0
+        return self.done / self.elapsed()
+
+    def byte_rate(self) -> float:
+        """Bytes per second sent in this run."""
+        return self.bytes_sent / self.elapsed()

@@ -16,6 +16,7 @@ import numpy as np
 import pydicom
 
 from pacs_mask_desktop.core.dicom_series import Series, SliceRef, series_attribute
+from server.contract.messages import SeriesGeometry, SeriesInstance
 
 
 class GeometryFormatError(ValueError):
@@ -30,47 +31,49 @@ def _normal(orientation: list[float] | None) -> np.ndarray | None:
     return normal / norm if norm > 0 else None
 
 
-def series_from_geometry(geometry: dict[str, Any]) -> Series:
+def series_from_geometry(geometry: SeriesGeometry) -> Series:
     """A :class:`Series` (headers only, in the server's slice order) from a SeriesGeometry document."""
     try:
-        rows, columns = int(geometry["rows"]), int(geometry["columns"])
-        instances = sorted(geometry["instances"], key=lambda item: int(item["slice_index"]))
-        orientation = geometry.get("image_orientation_patient")
+        rows, columns = int(geometry.rows), int(geometry.columns)
+        instances = sorted(geometry.instances, key=lambda item: int(item.slice_index))
+        orientation = geometry.image_orientation_patient
         normal = _normal(orientation)
         refs = []
         for item in instances:
-            position = item.get("image_position_patient")
-            frame = item.get("frame_number")
+            position = item.image_position_patient
+            frame = item.frame_number
             refs.append(
                 SliceRef(
                     path=Path(),
                     frame_index=None if frame is None else int(frame) - 1,
-                    sop_instance_uid=str(item["sop_instance_uid"]),
-                    instance_number=item.get("instance_number"),
+                    sop_instance_uid=str(item.sop_instance_uid),
+                    instance_number=item.instance_number,
                     position=float(np.dot(position, normal)) if position and normal is not None else None,
-                    image_position=tuple(position) if position else None,
+                    image_position=(float(position[0]), float(position[1]), float(position[2]))
+                    if position
+                    else None,
                     rows=rows,
                     columns=columns,
                 )
             )
-        spacing = geometry.get("pixel_spacing")
+        spacing = geometry.pixel_spacing
         return Series(
-            series_instance_uid=str(geometry["series_instance_uid"]),
-            study_instance_uid=str(geometry["study_instance_uid"]),
-            patient_id=geometry.get("patient_id") or "",
+            series_instance_uid=str(geometry.series_instance_uid),
+            study_instance_uid=str(geometry.study_instance_uid),
+            patient_id=geometry.patient_id or "",
             description="",
-            modality=geometry.get("modality") or "",
+            modality=geometry.modality or "",
             rows=rows,
             columns=columns,
             pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,
-            slice_thickness=geometry.get("slice_thickness"),
+            slice_thickness=geometry.slice_thickness,
             orientation=tuple(orientation) if orientation else None,
             photometric_interpretation="",
             file_window=None,
             slices=refs,
             ordered_by="server",
         )
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (AttributeError, TypeError, ValueError, IndexError) as exc:
         raise GeometryFormatError(f"the server's series geometry is not readable: {exc!r}") from None
 
 
@@ -89,7 +92,7 @@ _SERIES_TEXT = {
 }
 
 
-def geometry_from_series(series: Series) -> dict[str, Any]:
+def geometry_from_series(series: Series) -> SeriesGeometry:
     """The SeriesGeometry document of a Series loaded from a folder (``POST /api/annotations`` ``series``).
 
     Slices are sent in the Series' order (index 0 = first position along the slice normal); the server
@@ -111,35 +114,35 @@ def geometry_from_series(series: Series) -> dict[str, Any]:
         else None
     )  # top level, or in the functional groups of an Enhanced CT/MR
     by_geometry = series.ordered_by == "geometry"
-    return {
-        "series_instance_uid": series.series_instance_uid,
-        "study_instance_uid": series.study_instance_uid,
-        "modality": series.modality or None,
-        "rows": series.rows,
-        "columns": series.columns,
-        "pixel_spacing": list(series.pixel_spacing) if series.pixel_spacing else None,
-        "image_orientation_patient": list(series.orientation) if series.orientation else None,
-        "slice_thickness": series.slice_thickness,
-        "spacing_between_slices": float(between) if between not in (None, "") else None,
-        "patient_id": series.patient_id or None,
+    return SeriesGeometry(
+        series_instance_uid=series.series_instance_uid,
+        study_instance_uid=series.study_instance_uid,
+        modality=series.modality or None,
+        rows=series.rows,
+        columns=series.columns,
+        pixel_spacing=list(series.pixel_spacing) if series.pixel_spacing else None,
+        image_orientation_patient=list(series.orientation) if series.orientation else None,
+        slice_thickness=series.slice_thickness,
+        spacing_between_slices=float(between) if between not in (None, "") else None,
+        patient_id=series.patient_id or None,
         **{name: text(keyword) for name, keyword in _SERIES_TEXT.items()},
-        "source": "folder",
-        "instances": [
-            {
-                "slice_index": index,
-                "sop_instance_uid": ref.sop_instance_uid,
-                "sop_class_uid": sop_class,
-                "instance_number": ref.instance_number,
-                "image_position_patient": list(ref.image_position)
+        source="folder",
+        instances=[
+            SeriesInstance(
+                slice_index=index,
+                sop_instance_uid=ref.sop_instance_uid,
+                sop_class_uid=sop_class,
+                instance_number=ref.instance_number,
+                image_position_patient=list(ref.image_position)
                 if by_geometry and ref.image_position
                 else None,
-                "frame_number": ref.frame_number,
-                "rows": ref.rows,
-                "columns": ref.columns,
-            }
-            for index, ref in enumerate(series)
+                frame_number=ref.frame_number,
+                rows=ref.rows,
+                columns=ref.columns,
+            )
+            for index, ref in enumerate(series.slices)
         ],
-    }
+    )
 
 
 def fetch_annotation_series(api: Any, annotation_id: int) -> Series | None:

@@ -62,13 +62,19 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from zlib_ng import gzip_ng, zlib_ng
 
 from pacs_mask_desktop.core.masks import MaskInfo, encode_label_png, present_labels
 from pacs_mask_desktop.core.paths import data_dir, private_dir
+from server.contract.errors import ErrorCode
+from server.contract.messages import SeriesGeometry
+
+#: zlib-ng's error class. Its stub (zlib_ng.pyi) declares ``error: Exception``, an instance; at run
+#: time it is the exception class the inflater raises, as for the stdlib's ``zlib.error``.
+ZLIB_NG_ERROR = cast("type[Exception]", zlib_ng.error)
 
 DIRECTION_TOLERANCE = 1e-3
 """Largest difference allowed between a direction cosine of a NIfTI axis and of its series axis."""
@@ -141,7 +147,7 @@ def is_volume_file(path: Path | str) -> bool:
 
 
 def masks_from_file(
-    path: Path | str, geometry: Mapping[str, Any], *, staging: Path | None = None
+    path: Path | str, geometry: SeriesGeometry, *, staging: Path | None = None
 ) -> VolumeMasks:
     """:func:`masks_from_nifti` for ``.nii``/``.nii.gz``, else :func:`masks_from_seg` (a DICOM file)."""
     name = Path(path).name.lower()
@@ -150,7 +156,7 @@ def masks_from_file(
     return masks_from_seg(path, geometry, staging=staging)
 
 
-def annotation_geometry(api: Any, annotation_id: int, series: Any = None) -> dict[str, Any] | None:
+def annotation_geometry(api: Any, annotation_id: int, series: Any = None) -> SeriesGeometry | None:
     """The series geometry a NIfTI/SEG is placed on: the annotation's stored one, else a local series'.
 
     ``api`` is an ApiClient (``GET /api/annotations/{id}/series``; its ApiError propagates except
@@ -165,14 +171,15 @@ def annotation_geometry(api: Any, annotation_id: int, series: Any = None) -> dic
     from pacs_mask_desktop.core.series_geometry import geometry_from_series
 
     try:
-        return dict(api.annotation_series(annotation_id))
+        geometry: SeriesGeometry = api.annotation_series(annotation_id)
+        return geometry
     except ApiError as exc:
-        if exc.code != "series_geometry_unknown":
+        if exc.code != ErrorCode.SERIES_GEOMETRY_UNKNOWN:
             raise
     if series is None:
         return None
     loaded = series if isinstance(series, Series) else load_series(series)
-    uid = api.get_annotation(annotation_id).get("series_instance_uid")
+    uid = api.get_annotation(annotation_id).series_instance_uid
     if wrong := series_uid_mismatch(loaded, uid, annotation_id):  # never another series' grid
         raise VolumeMaskError(*wrong)
     if loaded.ordered_by != "geometry":
@@ -187,7 +194,7 @@ NO_GEOMETRY_MESSAGE = (
 )
 
 
-def position_tolerance_mm(geometry: Mapping[str, Any]) -> float:
+def position_tolerance_mm(geometry: SeriesGeometry) -> float:
     """The position tolerance for this series: 0.01 mm, or 1 % of its smallest voxel spacing if larger."""
     grid = _SeriesGrid.from_geometry(geometry)
     spacings = [s for s in grid.spacing if s > 0]
@@ -210,21 +217,21 @@ class _SeriesGrid:
     keys: dict[tuple[str, int | None], int]  # (SOP Instance UID, frame number) -> slice index
 
     @classmethod
-    def from_geometry(cls, geometry: Mapping[str, Any]) -> _SeriesGrid:
+    def from_geometry(cls, geometry: SeriesGeometry) -> _SeriesGrid:
         try:
-            rows, columns = int(geometry["rows"]), int(geometry["columns"])
-            instances = sorted(geometry["instances"], key=lambda item: int(item["slice_index"]))
-            orientation = geometry.get("image_orientation_patient")
-            spacing = geometry.get("pixel_spacing")
-            raw_positions = [item.get("image_position_patient") for item in instances]
+            rows, columns = int(geometry.rows), int(geometry.columns)
+            instances = sorted(geometry.instances, key=lambda item: int(item.slice_index))
+            orientation = geometry.image_orientation_patient
+            spacing = geometry.pixel_spacing
+            raw_positions = [item.image_position_patient for item in instances]
             keys = {
                 (
-                    str(item["sop_instance_uid"]),
-                    None if item.get("frame_number") is None else int(item["frame_number"]),
+                    str(item.sop_instance_uid),
+                    None if item.frame_number is None else int(item.frame_number),
                 ): i
                 for i, item in enumerate(instances)
             }
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, TypeError, ValueError) as exc:
             raise VolumeMaskError("no_geometry", f"the series geometry is not readable: {exc!r}") from None
         if not instances:
             raise VolumeMaskError("no_geometry", "the series geometry lists no slices")
@@ -235,7 +242,9 @@ class _SeriesGrid:
         ]
         if any(p is None for p in raw_positions):
             missing.append("ImagePositionPatient")
-        if missing:
+        if (
+            missing or not orientation or not spacing
+        ):  # (the last two are in ``missing``; said for the type checker)
             raise VolumeMaskError(
                 "no_geometry",
                 f"the series geometry has no {', '.join(missing)}, so a NIfTI or SEG cannot be placed on its "
@@ -257,8 +266,8 @@ class _SeriesGrid:
             positions=positions,
             axes=np.stack([slice_dir, col_dir, row_dir]),
             spacing=(slice_step, float(spacing[0]), float(spacing[1])),
-            series_instance_uid=str(geometry.get("series_instance_uid") or ""),
-            frame_of_reference_uid=geometry.get("frame_of_reference_uid") or None,
+            series_instance_uid=str(geometry.series_instance_uid or ""),
+            frame_of_reference_uid=geometry.frame_of_reference_uid or None,
             keys=keys,
         )
 
@@ -277,7 +286,7 @@ def _tolerance(grid: _SeriesGrid) -> float:
     return max(POSITION_TOLERANCE_MM, POSITION_TOLERANCE_FRACTION * min(spacings, default=0.0))
 
 
-def _vec(values: Sequence[float], digits: int = 3) -> str:
+def _vec(values: Sequence[float] | np.ndarray, digits: int = 3) -> str:
     return "[" + ", ".join(f"{v:+.{digits}f}" for v in values) + "]"
 
 
@@ -285,11 +294,11 @@ def _vec(values: Sequence[float], digits: int = 3) -> str:
 
 
 def masks_from_nifti(
-    path: Path | str, geometry: Mapping[str, Any], *, staging: Path | None = None
+    path: Path | str, geometry: SeriesGeometry, *, staging: Path | None = None
 ) -> VolumeMasks:
     """Read a NIfTI label volume (``.nii``/``.nii.gz``) and place it exactly on the series' slices.
 
-    ``geometry`` is the stored series geometry dict (BRIEF contract: rows, columns, pixel_spacing,
+    ``geometry`` is the stored series geometry (:class:`~server.contract.messages.SeriesGeometry`: rows, columns, pixel_spacing,
     image_orientation_patient, instances ordered by slice_index with image_position_patient). The
     voxels are transposed/flipped onto ``[slice][row][column]`` (never interpolated) when the NIfTI grid
     is the series grid up to axis order and direction; otherwise :class:`VolumeMaskError` names the
@@ -300,7 +309,7 @@ def masks_from_nifti(
     from nibabel.filebasedimages import ImageFileError
 
     path = Path(path)
-    unreadable = (ImageFileError, OSError, ValueError, EOFError, AttributeError, zlib_ng.error)
+    unreadable = (ImageFileError, OSError, ValueError, EOFError, AttributeError, ZLIB_NG_ERROR)
     with contextlib.ExitStack() as stack:
         try:
             image = _open_nifti(path, stack)
@@ -350,7 +359,7 @@ NIFTI_SLAB_SLICES = 16
 
 
 def _stage_nifti_slabs(
-    image: Any, affine: np.ndarray, geometry: Mapping[str, Any], path: Path, staging: Path | None
+    image: Any, affine: np.ndarray, geometry: SeriesGeometry, path: Path, staging: Path | None
 ) -> VolumeMasks | None:
     """The fast path of :func:`masks_from_nifti`: decompress slabs of slices while a pool encodes the last.
 
@@ -427,7 +436,8 @@ def _direct_reader(proxy: Any, order: tuple[int, int, int]) -> Callable[[np.ndar
     """
     stream = getattr(proxy, "file_like", None)
     if (
-        order[1:] != (1, 0)
+        stream is None
+        or order[1:] != (1, 0)
         or not hasattr(stream, "readinto")
         or getattr(proxy, "dtype", None) != np.uint8
         or getattr(proxy, "order", "F") != "F"
@@ -438,7 +448,7 @@ def _direct_reader(proxy: Any, order: tuple[int, int, int]) -> Callable[[np.ndar
 
     def read(slab: np.ndarray, start: int) -> None:
         stream.seek(offset + start * slab[0].nbytes)
-        if stream.readinto(memoryview(slab).cast("B")) != slab.nbytes:
+        if stream.readinto(slab.data.cast("B")) != slab.nbytes:
             raise EOFError("the file ends inside its voxel data")
         if start + len(slab) == file_slices:
             stream.read()  # on to the end: the gzip reader checks the CRC-32 and length there
@@ -491,7 +501,7 @@ def _nifti_affine(image: Any, name: str) -> np.ndarray:
 def masks_from_array(
     volume: np.ndarray,
     affine: np.ndarray,
-    geometry: Mapping[str, Any],
+    geometry: SeriesGeometry,
     *,
     affine_space: Literal["RAS", "LPS"],
     labels: Mapping[str, Any] | None = None,
@@ -553,7 +563,7 @@ def _match_axes(
             f"{', '.join(_vec(directions[:, a]) for a in range(3))}; series slice/row/column axes: "
             f"{', '.join(_vec(grid.axes[b]) for b in range(3))}); it would have to be resampled, which is never done",
         )
-    flips = tuple(bool(dots[b, order[b]] < 0) for b in range(3))
+    flips = (bool(dots[0, order[0]] < 0), bool(dots[1, order[1]] < 0), bool(dots[2, order[2]] < 0))
     for b in range(3):
         a = order[b]
         expected = grid.axes[b] * (-1.0 if flips[b] else 1.0)
@@ -773,9 +783,7 @@ def normalize_label_table(raw: Any, where: str = "labels") -> dict[str, dict[str
 # --- DICOM SEG ---------------------------------------------------------------------------------------------
 
 
-def masks_from_seg(
-    path: Path | str, geometry: Mapping[str, Any], *, staging: Path | None = None
-) -> VolumeMasks:
+def masks_from_seg(path: Path | str, geometry: SeriesGeometry, *, staging: Path | None = None) -> VolumeMasks:
     """Read a DICOM Segmentation (highdicom) and place its frames on the series' slices.
 
     Refused (:class:`VolumeMaskError`): a SEG of another series (ReferencedSeriesSequence or

@@ -33,12 +33,10 @@ from pacs_mask_desktop.core.api_client import ApiClient, ApiError
 from pacs_mask_desktop.core.dicom_series import Series, SeriesError
 from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState, UploadResult
 from pacs_mask_desktop.core.inference import DONE_MARKER, MANIFEST
-from pacs_mask_desktop.core.journal import Journal
-from pacs_mask_desktop.core.paths import journal_path
 from pacs_mask_desktop.core.plan import prepare
 from pacs_mask_desktop.core.retry import RetryPolicy
 from pacs_mask_desktop.core.series_geometry import GeometryFormatError, fetch_annotation_series
-from pacs_mask_desktop.core.upload import UploadEngine
+from pacs_mask_desktop.core.upload_run import upload_with_journal
 from pacs_mask_desktop.core.volume_masks import (
     NO_GEOMETRY_MESSAGE,
     VolumeMaskError,
@@ -300,21 +298,19 @@ class Watcher:
                     error=event.error,
                 )
 
-        journal = Journal(journal_path())
         try:
             with ApiClient(self.server, self.token, policy=self.policy) as api:
-                engine = UploadEngine(
-                    api, journal, workers=self.workers, on_event=on_event, cancel=self.cancel
+                self.event("upload.started", folder=folder.name, slices=len(plan.slices))
+                return upload_with_journal(
+                    api,
+                    plan,
+                    source_path=str(folder),
+                    workers=self.workers,
+                    on_event=on_event,
+                    cancel=self.cancel,
                 )
-                try:
-                    self.event("upload.started", folder=folder.name, slices=len(plan.slices))
-                    return engine.run(plan, source_path=str(folder))
-                finally:
-                    engine.close()
         except ApiError as exc:
             return UploadResult("incomplete", None, exc.message, error_code=exc.code)
-        finally:
-            journal.close()
 
     def _annotation_series(self, annotation_id: int) -> tuple[Series | None, str | None]:
         """The annotation's series as the server recorded it (``None`` for an older annotation), and for
@@ -323,7 +319,7 @@ class Watcher:
             stored = fetch_annotation_series(api, annotation_id)
             if stored is not None:
                 return stored, stored.series_instance_uid
-            return None, api.get_annotation(annotation_id).get("series_instance_uid")
+            return None, api.get_annotation(annotation_id).series_instance_uid
 
     def _mark_failed(self, folder: Path, problems: list[dict[str, Any]]) -> None:
         (folder / FAILED_MARKER).write_text(json.dumps({"problems": problems}, indent=2), encoding="utf-8")

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from server.contract.messages import AnnotationOut
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +58,7 @@ class Workspace:
     """The open series (its UID and source), the chosen annotation and the dropped mask paths."""
 
     source: SeriesSource | None = None
-    annotation: dict[str, Any] | None = None
+    annotation: AnnotationOut | None = None
     mask_paths: list[Path] = field(default_factory=list)
 
     @property
@@ -91,12 +94,12 @@ class Workspace:
         return (
             self.annotation is not None
             and self.source is not None
-            and self.annotation.get("series_instance_uid") == self.source.series_instance_uid
+            and self.annotation.series_instance_uid == self.source.series_instance_uid
         )
 
-    def needs_series_for(self, annotation: dict[str, Any]) -> bool:
+    def needs_series_for(self, annotation: AnnotationOut) -> bool:
         """True when ``annotation``'s series is not the one open (the app then offers the PACS)."""
-        return annotation.get("series_instance_uid") != self.series_uid
+        return annotation.series_instance_uid != self.series_uid
 
     @property
     def opened_from_pacs(self) -> bool:

@@ -25,6 +25,7 @@ from pacs_mask_desktop.core.workspace import SeriesSource
 from pacs_mask_desktop.ui.formatting import failure_text, short_time
 from pacs_mask_desktop.ui.tables import RowsModel, make_table
 from pacs_mask_desktop.ui.workers import TaskRunner, WorkContext, WorkFailure
+from server.contract.messages import AnnotationOut
 
 ModelIndex = QModelIndex | QPersistentModelIndex
 
@@ -36,33 +37,33 @@ class AnnotationModel(RowsModel):
 
     def row_of(self, annotation_id: int) -> int | None:
         """Row number of ``annotation_id``."""
-        return next((i for i, item in enumerate(self.items) if item["id"] == annotation_id), None)
+        return next((i for i, item in enumerate(self.items) if item.id == annotation_id), None)
 
-    def cell(self, item: dict[str, Any], column: int) -> Any:
+    def cell(self, item: AnnotationOut, column: int) -> Any:
         return (
-            item["id"],
-            item.get("description") or "",
-            item.get("patient_id") or "",
-            item.get("group_count", 0),
+            item.id,
+            item.description or "",
+            item.patient_id or "",
+            item.group_count,
         )[column]
 
-    def tooltip(self, item: dict[str, Any]) -> str | None:
+    def tooltip(self, item: AnnotationOut) -> str | None:
         return (
-            f"{item.get('description') or '(no description)'}\nStudy {item['study_instance_uid']}\n"
-            f"Series {item['series_instance_uid']}\nCreated {short_time(item.get('created_at'))} by "
-            f"{item.get('created_by', '?')}"
+            f"{item.description or '(no description)'}\nStudy {item.study_instance_uid}\n"
+            f"Series {item.series_instance_uid}\nCreated {short_time(item.created_at)} by "
+            f"{item.created_by}"
         )
 
 
-def _search(_context: WorkContext, api: ApiClient, text: str) -> list[dict[str, Any]]:
+def _search(_context: WorkContext, api: ApiClient, text: str) -> list[AnnotationOut]:
     return api.list_annotations(text or None)
 
 
 def _create(
     _context: WorkContext, api: ApiClient, series: Series, source: SeriesSource | None = None
-) -> dict[str, Any]:
+) -> AnnotationOut:
     for item in api.list_annotations(series.series_instance_uid):
-        if item["series_instance_uid"] == series.series_instance_uid:
+        if item.series_instance_uid == series.series_instance_uid:
             return item
     description = series.description or f"{series.modality} series"
     if source is not None and source.kind == "pacs":
@@ -84,7 +85,7 @@ def _create(
 class AnnotationPicker(QWidget):
     """Search box, results table, "Create from open series"; emits the chosen annotation."""
 
-    annotationChosen = Signal(object)  # dict from the API
+    annotationChosen = Signal(object)  # AnnotationOut from the API
     annotationClicked = Signal(object)  # the same, only when a person picked it in the table
     statusMessage = Signal(str)
     searched = Signal()
@@ -95,7 +96,7 @@ class AnnotationPicker(QWidget):
         self.api: ApiClient | None = None
         self.series: Series | None = None
         self.source: SeriesSource | None = None
-        self.current: dict[str, Any] | None = None
+        self.current: AnnotationOut | None = None
         self._query_serial = 0
         self._select_after_search: int | None = None
 
@@ -174,18 +175,18 @@ class AnnotationPicker(QWidget):
             name="annotations",
         )
 
-    def _on_results(self, serial: int, items: list[dict[str, Any]]) -> None:
+    def _on_results(self, serial: int, items: list[AnnotationOut]) -> None:
         if serial != self._query_serial:
             return
         self.model.set_items(items)
-        if self.current is not None and (row := self.model.row_of(self.current["id"])) is not None:
+        if self.current is not None and (row := self.model.row_of(self.current.id)) is not None:
             self.current = self.model.items[row]  # fresher group count
             self._show_current()
-        wanted = self._select_after_search or (self.current["id"] if self.current else None)
+        wanted = self._select_after_search or (self.current.id if self.current else None)
         self._select_after_search = None
         if wanted is not None and (row := self.model.row_of(wanted)) is not None:
             self.table.selectRow(row)
-            if self.current is None or self.current["id"] != wanted:
+            if self.current is None or self.current.id != wanted:
                 self._choose(self.model.items[row])
         self.searched.emit()
 
@@ -198,7 +199,7 @@ class AnnotationPicker(QWidget):
             self._choose(item)
             self.annotationClicked.emit(item)
 
-    def _choose(self, item: dict[str, Any]) -> None:
+    def _choose(self, item: AnnotationOut) -> None:
         self.current = item
         self._show_current()
         self.annotationChosen.emit(item)
@@ -209,14 +210,14 @@ class AnnotationPicker(QWidget):
             self.current_label.setText("No annotation selected.")
             return
         self.current_label.setText(
-            f"Annotation {item['id']}: {item.get('description') or '(no description)'} — patient "
-            f"{item.get('patient_id') or '?'}, {item.get('group_count', 0)} group(s)"
+            f"Annotation {item.id}: {item.description or '(no description)'} — patient "
+            f"{item.patient_id or '?'}, {item.group_count} group(s)"
         )
 
-    def choose(self, item: dict[str, Any]) -> None:
+    def choose(self, item: AnnotationOut) -> None:
         """Make ``item`` the current annotation now, and show it selected in the list."""
         self._choose(item)
-        self.select_annotation(int(item["id"]))
+        self.select_annotation(int(item.id))
 
     def select_annotation(self, annotation_id: int) -> None:
         """Select ``annotation_id`` (searching for it first)."""
@@ -241,6 +242,6 @@ class AnnotationPicker(QWidget):
             name="create annotation",
         )
 
-    def _on_created(self, item: dict[str, Any]) -> None:
-        self.statusMessage.emit(f"Annotation {item['id']} is selected for the open series.")
-        self.select_annotation(int(item["id"]))
+    def _on_created(self, item: AnnotationOut) -> None:
+        self.statusMessage.emit(f"Annotation {item.id} is selected for the open series.")
+        self.select_annotation(int(item.id))

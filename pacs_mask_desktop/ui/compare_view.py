@@ -10,11 +10,15 @@ them and draws the masks:
   slice's Dice (red 0 → amber → green 1; grey when both are empty for every label);
 - a table of per-label Dice, voxel counts and volumes (mL) with the totals;
 - "Next disagreement" (F9): the next slice after the one shown whose Dice is below the threshold.
+
+Which slices disagree, where F9 goes and the summary sentence are rules of
+:mod:`pacs_mask_desktop.core.session` (tested without Qt); this module only shows their answers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,12 +34,20 @@ from PySide6.QtWidgets import (
 )
 
 from pacs_mask_desktop.core.api_client import ApiClient
+from pacs_mask_desktop.core.session import (
+    DEFAULT_DICE_THRESHOLD,
+    compare_summary,
+    disagreements,
+    format_number,
+    next_disagreement,
+)
 from pacs_mask_desktop.ui.formatting import failure_text
 from pacs_mask_desktop.ui.overlay_sources import GroupViewSource, OverlaySource
 from pacs_mask_desktop.ui.render import LABEL_TABLE, mask_outline
 from pacs_mask_desktop.ui.slice_marks import Mark, dice_colour
 from pacs_mask_desktop.ui.tables import ROW_HEIGHT, RowsModel, make_table
 from pacs_mask_desktop.ui.workers import TaskRunner, WorkContext, WorkFailure
+from server.contract.messages import Comparison, GroupOut, LabelComparison, MaskList, SliceComparison
 
 if TYPE_CHECKING:
     from pacs_mask_desktop.ui.main_window import MainWindow
@@ -43,7 +55,6 @@ if TYPE_CHECKING:
 OUTLINE_VALUE = 255
 """The value that marks the second group's outline in a compare overlay (A's labels stay 1..254)."""
 OUTLINE_COLOUR = "#ffffff"
-DEFAULT_THRESHOLD = 0.8
 LABEL_TABLE_MAX_HEIGHT = 180
 
 
@@ -62,9 +73,10 @@ def compare_overlay(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | 
 
     ``None`` when neither has a mask. Masks of different shapes (not the same series) keep only ``a``.
     """
-    if a is None and b is None:
+    first = a if a is not None else b
+    if first is None:
         return None
-    shape = (a if a is not None else b).shape  # type: ignore[union-attr]
+    shape = first.shape
     out = np.zeros(shape, dtype=np.uint8)
     if a is not None:
         wide = a.astype(np.int64)
@@ -81,12 +93,11 @@ class CompareSource(OverlaySource):
 
     def __init__(self, first: GroupViewSource, second: GroupViewSource) -> None:
         a, b = first.group, second.group
-        same_model = a.get("model_name") == b.get("model_name")
         # Short: it shares the view's top edge with the orientation letter.
         super().__init__(
-            f"{a.get('version')} vs {b.get('version')}"
-            if same_model
-            else f"{a.get('model_name')} {a.get('version')} vs {b.get('model_name')} {b.get('version')}"
+            f"{a.version} vs {b.version}"
+            if a.model_name == b.model_name
+            else f"{a.model_name} {a.version} vs {b.model_name} {b.version}"
         )
         self.first = first
         self.second = second
@@ -103,8 +114,15 @@ class CompareSource(OverlaySource):
         return compare_overlay(self.first.load(index), self.second.load(index))
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+_fmt = format_number
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRow:
+    """One row of the per-label table: the label's name and the server's numbers for it."""
+
+    name: str
+    values: LabelComparison
 
 
 class LabelDiceModel(RowsModel):
@@ -112,19 +130,20 @@ class LabelDiceModel(RowsModel):
 
     HEADERS = ("Label", "Dice", "Voxels A", "Voxels B", "A (mL)", "B (mL)", "B − A (mL)")
 
-    def cell(self, item: dict[str, Any], column: int) -> Any:
+    def cell(self, item: LabelRow, column: int) -> Any:
+        values = item.values
         return (
-            item["name"],
-            _fmt(item.get("dice")),
-            item.get("voxels_a", 0),
-            item.get("voxels_b", 0),
-            _fmt(item.get("volume_a_ml"), 2),
-            _fmt(item.get("volume_b_ml"), 2),
-            _fmt(item.get("volume_diff_ml"), 2),
+            item.name,
+            _fmt(values.dice),
+            values.voxels_a,
+            values.voxels_b,
+            _fmt(values.volume_a_ml, 2),
+            _fmt(values.volume_b_ml, 2),
+            _fmt(values.volume_diff_ml, 2),
         )[column]
 
-    def colour(self, item: dict[str, Any], column: int) -> str | None:
-        return dice_colour(item.get("dice")) if column == 1 and item.get("dice") is not None else None
+    def colour(self, item: LabelRow, column: int) -> str | None:
+        return dice_colour(item.values.dice) if column == 1 and item.values.dice is not None else None
 
 
 class SliceDiceModel(RowsModel):
@@ -132,42 +151,32 @@ class SliceDiceModel(RowsModel):
 
     HEADERS = ("Slice", "Dice", "Voxels A", "Voxels B")
 
-    def cell(self, item: dict[str, Any], column: int) -> Any:
-        labels = (item.get("labels") or {}).values()
+    def cell(self, item: SliceComparison, column: int) -> Any:
+        labels = item.labels.values()
         return (
-            item["slice_index"],
-            _fmt(item.get("dice")),
-            sum(int(v.get("voxels_a", 0)) for v in labels),
-            sum(int(v.get("voxels_b", 0)) for v in labels),
+            item.slice_index,
+            _fmt(item.dice),
+            sum(v.voxels_a for v in labels),
+            sum(v.voxels_b for v in labels),
         )[column]
 
-    def colour(self, item: dict[str, Any], column: int) -> str | None:
-        return dice_colour(item.get("dice")) if column == 1 and item.get("dice") is not None else None
+    def colour(self, item: SliceComparison, column: int) -> str | None:
+        return dice_colour(item.dice) if column == 1 and item.dice is not None else None
 
 
-def label_rows(answer: Mapping[str, Any], names: Mapping[int, str]) -> list[dict[str, Any]]:
+def label_rows(answer: Comparison, names: Mapping[int, str]) -> list[LabelRow]:
     """The table rows: one per label (by value, named from the group's label table) and "All labels"."""
     rows = [
-        {**values, "name": f"{value}: {names.get(int(value), f'label {value}')}"}
-        for value, values in sorted(answer.get("labels", {}).items(), key=lambda kv: int(kv[0]))
+        LabelRow(f"{value}: {names.get(int(value), f'label {value}')}", values)
+        for value, values in sorted(answer.labels.items(), key=lambda kv: int(kv[0]))
     ]
-    if answer.get("totals"):
-        rows.append({**answer["totals"], "name": "All labels"})
+    rows.append(LabelRow("All labels", answer.totals))
     return rows
-
-
-def disagreements(answer: Mapping[str, Any], threshold: float) -> list[int]:
-    """Slice indexes whose Dice is below ``threshold`` (slices where both are empty are not counted)."""
-    return [
-        int(s["slice_index"])
-        for s in answer.get("slices", [])
-        if s.get("dice") is not None and float(s["dice"]) < threshold
-    ]
 
 
 def _compare_task(
     _context: WorkContext, api: ApiClient, first: str, second: str
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+) -> tuple[Comparison, MaskList, MaskList]:
     return api.compare(first, second), api.group_with_slices(first), api.group_with_slices(second)
 
 
@@ -184,7 +193,7 @@ class ComparePanel(QWidget):
         super().__init__(parent)
         self._runner = runner
         self.api: ApiClient | None = None
-        self.answer: dict[str, Any] | None = None
+        self.answer: Comparison | None = None
         self.source: CompareSource | None = None
         self.current_slice = -1
         self._serial = 0
@@ -211,7 +220,7 @@ class ComparePanel(QWidget):
         self.threshold.setRange(0.0, 1.0)
         self.threshold.setSingleStep(0.05)
         self.threshold.setDecimals(2)
-        self.threshold.setValue(DEFAULT_THRESHOLD)
+        self.threshold.setValue(DEFAULT_DICE_THRESHOLD)
         self.threshold.setToolTip("Slices whose Dice is below this count as disagreements")
         self.next_button = QPushButton("Next disagreement (F9)")
         self.next_button.setObjectName("nextDisagreement")
@@ -234,7 +243,7 @@ class ComparePanel(QWidget):
 
         self.next_button.clicked.connect(self.next_disagreement)
         self.slice_table.clicked.connect(
-            lambda index: self.sliceRequested.emit(int(self.slice_model.items[index.row()]["slice_index"]))
+            lambda index: self.sliceRequested.emit(self.slice_model.items[index.row()].slice_index)
         )
         self.threshold.valueChanged.connect(lambda _value: self._show_summary())
 
@@ -245,50 +254,48 @@ class ComparePanel(QWidget):
     def set_current_slice(self, index: int) -> None:
         """The slice the viewer shows ("Next disagreement" starts after it); selected in the slice table."""
         self.current_slice = index
-        row = next((i for i, s in enumerate(self.slice_model.items) if int(s["slice_index"]) == index), None)
+        row = next((i for i, s in enumerate(self.slice_model.items) if s.slice_index == index), None)
         if row is None:
             self.slice_table.clearSelection()
         else:
             self.slice_table.selectRow(row)
 
-    def compare(self, first: dict[str, Any], second: dict[str, Any]) -> None:
+    def compare(self, first: GroupOut, second: GroupOut) -> None:
         """Ask the server to compare ``first`` (filled) with ``second`` (outline), then show both."""
         if self.api is None:
             return
         self._serial += 1
         serial = self._serial
         self.title.setText(
-            f"Comparing {first['model_name']} {first['version']} with {second['model_name']} {second['version']}…"
+            f"Comparing {first.model_name} {first.version} with {second.model_name} {second.version}…"
         )
         self.next_button.setEnabled(False)
         self._runner.start(
             _compare_task,
             self.api,
-            first["id"],
-            second["id"],
+            first.id,
+            second.id,
             on_result=lambda answer: self._on_compared(serial, *answer),
             on_error=self._on_failed,
             name="compare groups",
         )
 
-    def _on_compared(
-        self, serial: int, answer: dict[str, Any], first: dict[str, Any], second: dict[str, Any]
-    ) -> None:
+    def _on_compared(self, serial: int, answer: Comparison, first: MaskList, second: MaskList) -> None:
         if serial != self._serial or self.api is None:
             return
         self.answer = answer
-        group_a, group_b = first["group"], second["group"]
+        group_a, group_b = first.group, second.group
         self.source = CompareSource(
-            GroupViewSource(self.api, group_a, first["items"]),
-            GroupViewSource(self.api, group_b, second["items"]),
+            GroupViewSource(self.api, group_a, first.items),
+            GroupViewSource(self.api, group_b, second.items),
         )
         names = {
-            int(value): str(info.get("name") or f"label {value}")
-            for value, info in ((group_a.get("labels") or {}) | (group_b.get("labels") or {})).items()
+            int(value): info.name or f"label {value}"
+            for value, info in ((group_a.labels or {}) | (group_b.labels or {})).items()
         }
         self.title.setText(
-            f"A: {group_a['model_name']} {group_a['version']} ({group_a['source']})  vs  "
-            f"B: {group_b['model_name']} {group_b['version']} ({group_b['source']})"
+            f"A: {group_a.model_name} {group_a.version} ({group_a.source})  vs  "
+            f"B: {group_b.model_name} {group_b.version} ({group_b.source})"
         )
         self.legend.setText(
             "A is <b>filled</b> in its label colours, B is drawn as a "
@@ -303,15 +310,11 @@ class ComparePanel(QWidget):
         self.table.setMaximumHeight(
             min(LABEL_TABLE_MAX_HEIGHT, rows_height + 2 * self.table.frameWidth() + 2)
         )
-        self.slice_model.set_items(list(answer.get("slices", [])))
+        self.slice_model.set_items(list(answer.slices))
         self.marksChanged.emit(
             [
-                Mark(
-                    int(s["slice_index"]),
-                    dice_colour(s.get("dice")),
-                    f"Slice {s['slice_index']}: Dice {_fmt(s.get('dice'))}",
-                )
-                for s in answer.get("slices", [])
+                Mark(s.slice_index, dice_colour(s.dice), f"Slice {s.slice_index}: Dice {_fmt(s.dice)}")
+                for s in answer.slices
             ]
         )
         self._show_summary()
@@ -326,32 +329,16 @@ class ComparePanel(QWidget):
         if self.answer is None:
             self.summary.setText("")
             return
-        below = disagreements(self.answer, self.threshold.value())
-        total = len(self.answer.get("slices", []))
-        totals = self.answer.get("totals") or {}
-        self.summary.setText(
-            f"Overall Dice {_fmt(totals.get('dice'))}. {total} slice(s) with a mask in either group; "
-            f"{len(below)} with Dice below {self.threshold.value():.2f}."
-        )
-        self.next_button.setEnabled(bool(below))
+        self.summary.setText(compare_summary(self.answer, self.threshold.value()))
+        self.next_button.setEnabled(bool(disagreements(self.answer, self.threshold.value())))
 
     def next_disagreement(self) -> int | None:
         """Go to the next slice after the one shown whose Dice is below the threshold (wrapping)."""
-        if self.answer is None:
-            self.statusMessage.emit('Nothing compared yet: use "Compare with…" in the Groups tab.')
-            return None
-        below = disagreements(self.answer, self.threshold.value())
-        if not below:
-            self.statusMessage.emit(f"No slice has a Dice below {self.threshold.value():.2f}.")
-            return None
-        target = next((i for i in below if i > self.current_slice), below[0])
-        dice = next(s.get("dice") for s in self.answer["slices"] if int(s["slice_index"]) == target)
-        self.statusMessage.emit(
-            f"Slice {target}: Dice {_fmt(dice)} ({below.index(target) + 1} of {len(below)} below "
-            f"{self.threshold.value():.2f})"
-        )
-        self.sliceRequested.emit(target)
-        return target
+        step = next_disagreement(self.answer, self.threshold.value(), self.current_slice)
+        self.statusMessage.emit(step.message)
+        if step.slice_index is not None:
+            self.sliceRequested.emit(step.slice_index)
+        return step.slice_index
 
     def clear(self) -> None:
         """Forget the comparison (another overlay or series replaced it)."""
@@ -374,18 +361,16 @@ def install_compare(window: MainWindow) -> ComparePanel:
     viewer = window.viewer
 
     def show(source: CompareSource) -> None:
-        if window.series is None:
-            window.status("Open the annotation's DICOM series to see both groups on it.")
-            return
-        if window.pacs_loader.busy:
-            window.status("The series is still arriving from the PACS; compare again once it is complete.")
+        problem = window.session.compare_view_blocker()
+        if problem is not None:
+            window.status(problem)
             return
         viewer.set_overlay(source)
         indexes = source.indexes()
         if indexes and viewer.view.index not in indexes:
             viewer.view.set_index(indexes[0])
 
-    def start(first: dict[str, Any], second: dict[str, Any]) -> None:
+    def start(first: GroupOut, second: GroupOut) -> None:
         window.tabs.setCurrentWidget(panel)
         panel.compare(first, second)
 

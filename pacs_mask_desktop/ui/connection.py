@@ -28,12 +28,6 @@ def preferred_port() -> int:
     return urlparse(DEFAULT_SERVER).port or 8765
 
 
-def is_loopback(url: str) -> bool:
-    """True for URLs on this computer (how the bundled server's old URLs are recognised)."""
-    host = urlparse(url).hostname or ""
-    return host in ("127.0.0.1", "localhost", "::1")
-
-
 def _check_remote(_context: WorkContext, config: ServerConfig) -> tuple[ApiClient, ServerTarget]:
     try:
         target = resolve_server(config.url, config.token or None)

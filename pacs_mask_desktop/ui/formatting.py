@@ -22,14 +22,17 @@ def slice_text(index: int, count: int) -> str:
     return f"Slice {index} of 0–{max(count - 1, 0)}"
 
 
-def short_time(value: str | None) -> str:
-    """An ISO timestamp from the server as local ``YYYY-MM-DD HH:MM``."""
+def short_time(value: datetime | str | None) -> str:
+    """A moment from the server (a decoded ``datetime``, or an ISO timestamp) as local ``YYYY-MM-DD HH:MM``."""
     if not value:
         return ""
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return value
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
     return moment.astimezone().strftime("%Y-%m-%d %H:%M")
 
 

@@ -31,6 +31,16 @@ from pacs_mask_desktop.ui import dialogs, seg_actions
 from pacs_mask_desktop.ui.formatting import failure_text, human_bytes, short_time
 from pacs_mask_desktop.ui.tables import RowsModel, make_table
 from pacs_mask_desktop.ui.workers import TaskRunner, WorkContext, WorkFailure
+from server.contract.messages import (
+    AnnotationOut,
+    ClientConfig,
+    DeleteResult,
+    GroupOut,
+    MaskList,
+    MaskOut,
+    SegOut,
+    SendOut,
+)
 
 ModelIndex = QModelIndex | QPersistentModelIndex
 
@@ -38,36 +48,32 @@ REVIEW_COLOUR = {"approved": "#3ddc84", "rejected": "#ff5c5c"}
 STATUS_COLOUR = {"complete": "#3ddc84", "pending": "#ffb020", "deleting": "#ff5c5c"}
 
 
-def label_names(group: dict[str, Any]) -> dict[int, str]:
+def label_names(group: GroupOut) -> dict[int, str]:
     """Label value -> name from the group's label table (empty when it has none)."""
-    return {int(value): str(info.get("name") or "") for value, info in (group.get("labels") or {}).items()}
+    return {int(value): str(info.name or "") for value, info in (group.labels or {}).items()}
 
 
-def volume_text(group: dict[str, Any]) -> str:
+def volume_text(group: GroupOut) -> str:
     """Each label's volume, e.g. ``liver 1520.3 mL · 2: 12.1 mL`` (voxels when the mL are unknown)."""
-    volumes = group.get("volumes") or {}
+    volumes = group.volumes or {}
     names = label_names(group)
     parts = []
     for value, info in sorted(volumes.items(), key=lambda kv: int(kv[0])):
         name = names.get(int(value)) or f"{value}:"
-        amount = (
-            f"{info['volume_ml']:.1f} mL"
-            if info.get("volume_ml") is not None
-            else f"{info.get('voxels', 0)} vx"
-        )
+        amount = f"{info.volume_ml:.1f} mL" if info.volume_ml is not None else f"{info.voxels} vx"
         parts.append(f"{name} {amount}")
     return " · ".join(parts)
 
 
-def volume_tooltip(group: dict[str, Any]) -> list[str]:
+def volume_tooltip(group: GroupOut) -> list[str]:
     """Tooltip lines: per label its volume, voxel count and slice extent."""
     names = label_names(group)
     lines = []
-    for value, info in sorted((group.get("volumes") or {}).items(), key=lambda kv: int(kv[0])):
-        ml = f"{info['volume_ml']:.2f} mL, " if info.get("volume_ml") is not None else ""
+    for value, info in sorted((group.volumes or {}).items(), key=lambda kv: int(kv[0])):
+        ml = f"{info.volume_ml:.2f} mL, " if info.volume_ml is not None else ""
         lines.append(
-            f"Label {value} {names.get(int(value), '')}: {ml}{info.get('voxels', 0)} voxels, "
-            f"slices {info.get('first_slice')}–{info.get('last_slice')}"
+            f"Label {value} {names.get(int(value), '')}: {ml}{info.voxels} voxels, "
+            f"slices {info.first_slice}–{info.last_slice}"
         )
     return lines
 
@@ -90,42 +96,40 @@ class GroupModel(RowsModel):
     REVIEW_COLUMN = 4
     VOLUME_COLUMN = 9
 
-    def cell(self, item: dict[str, Any], column: int) -> Any:
-        confidence = item.get("confidence")
+    def cell(self, item: GroupOut, column: int) -> Any:
+        confidence = item.confidence
         return (
-            item["model_name"],
-            item["version"],
-            item["source"],
-            item["status"],
-            item.get("review_status") or "not reviewed",
-            item.get("slice_count", 0),
+            item.model_name,
+            item.version,
+            item.source,
+            item.status,
+            item.review_status or "not reviewed",
+            item.slice_count,
             "" if confidence is None else f"{confidence:.2f}",
-            item.get("created_by", ""),
-            short_time(item.get("created_at")),
+            item.created_by,
+            short_time(item.created_at),
             volume_text(item),
         )[column]
 
-    def colour(self, item: dict[str, Any], column: int) -> str | None:
+    def colour(self, item: GroupOut, column: int) -> str | None:
         if column == 3:
-            return STATUS_COLOUR.get(item["status"])
+            return STATUS_COLOUR.get(item.status)
         if column == self.REVIEW_COLUMN:
-            return REVIEW_COLOUR.get(item.get("review_status") or "", "#8a9099")
+            return REVIEW_COLOUR.get(item.review_status or "", "#8a9099")
         return None
 
-    def tooltip(self, item: dict[str, Any]) -> str | None:
-        lines = [f"Group {item['id']}"]
-        if item.get("review_status"):
-            lines.append(
-                f"{item['review_status']} by {item.get('reviewed_by')} at {short_time(item.get('reviewed_at'))}"
-            )
-            if item.get("review_comment"):
-                lines.append(f"“{item['review_comment']}”")
+    def tooltip(self, item: GroupOut) -> str | None:
+        lines = [f"Group {item.id}"]
+        if item.review_status:
+            lines.append(f"{item.review_status} by {item.reviewed_by} at {short_time(item.reviewed_at)}")
+            if item.review_comment:
+                lines.append(f"“{item.review_comment}”")
         lines.extend(volume_tooltip(item))
         return "\n".join(lines)
 
     def row_of(self, group_id: str) -> int | None:
         """Row number of ``group_id``."""
-        return next((i for i, item in enumerate(self.items) if item["id"] == group_id), None)
+        return next((i for i, item in enumerate(self.items) if item.id == group_id), None)
 
 
 class SliceModel(RowsModel):
@@ -133,53 +137,48 @@ class SliceModel(RowsModel):
 
     HEADERS = ("Slice", "File", "Labels", "Size", "Bytes", "SOP Instance UID")
 
-    def cell(self, item: dict[str, Any], column: int) -> Any:
+    def cell(self, item: MaskOut, column: int) -> Any:
         return (
-            item["slice_index"],  # 0-based, like the file names
-            item["filename"],
-            item.get("label") or "empty",
-            f"{item['width']}×{item['height']}",
-            human_bytes(item.get("size_bytes", 0)),
-            item.get("sop_instance_uid") or "",
+            item.slice_index,  # 0-based, like the file names
+            item.filename,
+            item.label or "empty",
+            f"{item.width}×{item.height}",
+            human_bytes(item.size_bytes),
+            item.sop_instance_uid or "",
         )[column]
 
 
-def _list_groups(_context: WorkContext, api: ApiClient, annotation_id: int) -> list[dict[str, Any]]:
+def _list_groups(_context: WorkContext, api: ApiClient, annotation_id: int) -> list[GroupOut]:
     return api.list_groups(annotation_id)
 
 
-def _group_slices(_context: WorkContext, api: ApiClient, group_id: str) -> dict[str, Any]:
+def _group_slices(_context: WorkContext, api: ApiClient, group_id: str) -> MaskList:
     return api.group_with_slices(group_id)
 
 
-def _groups_with_volumes(
-    _context: WorkContext, api: ApiClient, groups: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+def _groups_with_volumes(_context: WorkContext, api: ApiClient, groups: list[GroupOut]) -> list[GroupOut]:
     return api.groups_with_volumes(groups)
 
 
-def _delete_group(_context: WorkContext, api: ApiClient, group_id: str, journal_path: Path) -> dict[str, Any]:
+def _delete_group(_context: WorkContext, api: ApiClient, group_id: str, journal_path: Path) -> DeleteResult:
     answer = api.delete_group(group_id)
-    journal = Journal(journal_path)
-    try:
+    with Journal(journal_path) as journal:
         journal.forget(group_id)
-    finally:
-        journal.close()
     return answer
 
 
 class GroupBrowser(QWidget):
     """Groups of the annotation on top, the selected group's slices below."""
 
-    showRequested = Signal(object, object)  # group dict, slice dicts
-    reviewRequested = Signal(object, object)  # group dict, slice dicts
+    showRequested = Signal(object, object)  # GroupOut, list[MaskOut]
+    reviewRequested = Signal(object, object)  # GroupOut, list[MaskOut]
     compareRequested = Signal(object, object)  # the selected group (filled), the other one (outline)
     groupsLoaded = Signal(int)  # how many groups the annotation has
     volumesLoaded = Signal(int)  # how many listed groups just got their volumes from the server
     groupDeleted = Signal(str)
     statusMessage = Signal(str)
-    segExported = Signal(object, object)  # Path, SEG metadata
-    segSent = Signal(object)  # {"sop_instance_uid", "sent_at", "pacs_url"}
+    segExported = Signal(object, object)  # Path, SegOut
+    segSent = Signal(object)  # SendOut
 
     def __init__(self, runner: TaskRunner, journal_path: Path, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -187,9 +186,9 @@ class GroupBrowser(QWidget):
         self.journal_path = journal_path
         self.api: ApiClient | None = None
         self.annotation_id: int | None = None
-        self.selected: dict[str, Any] | None = None
-        self.slices: list[dict[str, Any]] = []
-        self.server_config: dict[str, Any] | None = None  # GET /api/config: the PACS, send rules
+        self.selected: GroupOut | None = None
+        self.slices: list[MaskOut] = []
+        self.server_config: ClientConfig | None = None  # GET /api/config: the PACS, send rules
         self._serial = 0
         self._then: str | None = None
 
@@ -275,14 +274,14 @@ class GroupBrowser(QWidget):
         """Connected to a server."""
         self.api = api
 
-    def set_server_config(self, config: dict[str, Any] | None) -> None:
+    def set_server_config(self, config: ClientConfig | None) -> None:
         """The server's ``GET /api/config`` (whether it has a PACS, whether unreviewed groups may be sent)."""
         self.server_config = config
         self._update_seg_actions()
 
-    def set_annotation(self, annotation: dict[str, Any] | None) -> None:
+    def set_annotation(self, annotation: AnnotationOut | None) -> None:
         """Show the groups of ``annotation``."""
-        self.annotation_id = int(annotation["id"]) if annotation else None
+        self.annotation_id = int(annotation.id) if annotation else None
         self.title.setText(
             f"Mask groups of annotation {self.annotation_id}" if annotation else "Pick an annotation."
         )
@@ -294,7 +293,7 @@ class GroupBrowser(QWidget):
         """Reload the group list (then select ``select`` if given, else keep the selection)."""
         if self.api is None or self.annotation_id is None:
             return
-        keep = select if isinstance(select, str) else (self.selected["id"] if self.selected else None)
+        keep = select if isinstance(select, str) else (self.selected.id if self.selected else None)
         self._serial += 1
         serial = self._serial
         self._runner.start(
@@ -306,7 +305,7 @@ class GroupBrowser(QWidget):
             name="groups",
         )
 
-    def _on_groups(self, serial: int, items: list[dict[str, Any]], keep: str | None) -> None:
+    def _on_groups(self, serial: int, items: list[GroupOut], keep: str | None) -> None:
         if serial != self._serial:
             return
         self.groups.set_items(items)
@@ -317,9 +316,7 @@ class GroupBrowser(QWidget):
         else:
             self._select(None)
         self.groupsLoaded.emit(len(items))
-        if self.api is not None and any(
-            g["status"] == "complete" and g.get("volumes") is None for g in items
-        ):
+        if self.api is not None and any(g.status == "complete" and g.volumes is None for g in items):
             self._runner.start(
                 _groups_with_volumes,
                 self.api,
@@ -329,7 +326,7 @@ class GroupBrowser(QWidget):
                 name="group volumes",
             )
 
-    def _on_volumes(self, serial: int, groups: list[dict[str, Any]]) -> None:
+    def _on_volumes(self, serial: int, groups: list[GroupOut]) -> None:
         """Show the volumes the server computed for groups listed without them."""
         if serial != self._serial:
             return
@@ -337,8 +334,8 @@ class GroupBrowser(QWidget):
             self._replace_row(group)
         self.volumesLoaded.emit(len(groups))
 
-    def _replace_row(self, group: dict[str, Any]) -> None:
-        row = self.groups.row_of(group["id"])
+    def _replace_row(self, group: GroupOut) -> None:
+        row = self.groups.row_of(group.id)
         if row is not None:
             self.groups.items[row] = group
             self.groups.dataChanged.emit(
@@ -356,13 +353,13 @@ class GroupBrowser(QWidget):
     def _on_group_row(self, current: QModelIndex, _previous: QModelIndex) -> None:
         self._select(self.groups.items[current.row()] if current.isValid() else None)
 
-    def _select(self, group: dict[str, Any] | None) -> None:
-        changed = (group or {}).get("id") != (self.selected or {}).get("id")
+    def _select(self, group: GroupOut | None) -> None:
+        changed = (group.id if group else None) != (self.selected.id if self.selected else None)
         self.selected = group
         for button in (self.show_button, self.review_button, self.delete_button):
             button.setEnabled(group is not None)
-        self.review_button.setEnabled(group is not None and group["status"] == "complete")
-        self.show_button.setEnabled(group is not None and group["status"] == "complete")
+        self.review_button.setEnabled(group is not None and group.status == "complete")
+        self.show_button.setEnabled(group is not None and group.status == "complete")
         self.compare_button.setEnabled(bool(self.compare_candidates()))
         self._update_seg_actions()
         if group is None:
@@ -371,7 +368,7 @@ class GroupBrowser(QWidget):
             self.slices_title.setText("Slices")
             return
         if changed or not self.slices:
-            self._load_slices(group["id"])
+            self._load_slices(group.id)
 
     def _load_slices(self, group_id: str, then: str | None = None) -> None:
         if self.api is None:
@@ -386,16 +383,16 @@ class GroupBrowser(QWidget):
             name="group slices",
         )
 
-    def _on_slices(self, answer: dict[str, Any]) -> None:
-        group = answer["group"]
-        if self.selected is None or group["id"] != self.selected["id"]:
+    def _on_slices(self, answer: MaskList) -> None:
+        group = answer.group
+        if self.selected is None or group.id != self.selected.id:
             return
         self.selected = group
         self._replace_row(group)  # opening a group computes its volumes on the server: show them
         self._update_seg_actions()
-        self.slices = answer["items"]
+        self.slices = answer.items
         self.slice_model.set_items(self.slices)
-        self.slices_title.setText(f"Slices of {group['model_name']} {group['version']} ({len(self.slices)})")
+        self.slices_title.setText(f"Slices of {group.model_name} {group.version} ({len(self.slices)})")
         then, self._then = self._then, None
         if then == "show":
             self.showRequested.emit(group, self.slices)
@@ -410,33 +407,32 @@ class GroupBrowser(QWidget):
     def show_selected(self) -> None:
         """Overlay the selected group on the series."""
         if self.selected is not None:
-            self._load_slices(self.selected["id"], then="show")
+            self._load_slices(self.selected.id, then="show")
 
     def review_selected(self) -> None:
         """Open the QA review of the selected group."""
         if self.selected is not None:
-            self._load_slices(self.selected["id"], then="review")
+            self._load_slices(self.selected.id, then="review")
 
-    def compare_candidates(self) -> list[dict[str, Any]]:
+    def compare_candidates(self) -> list[GroupOut]:
         """The other complete groups of the annotation the selected (complete) group can be compared with."""
         group = self.selected
-        if group is None or group["status"] != "complete":
+        if group is None or group.status != "complete":
             return []
-        return [g for g in self.groups.items if g["status"] == "complete" and g["id"] != group["id"]]
+        return [g for g in self.groups.items if g.status == "complete" and g.id != group.id]
 
     def _fill_compare_menu(self) -> None:
         self.compare_menu.clear()
         for other in self.compare_candidates():
-            review = other.get("review_status") or "not reviewed"
+            review = other.review_status or "not reviewed"
             action = self.compare_menu.addAction(
-                f"{other['model_name']} {other['version']} ({other['source']}, {review}, "
-                f"{other.get('slice_count', 0)} slices)"
+                f"{other.model_name} {other.version} ({other.source}, {review}, {other.slice_count} slices)"
             )
-            action.triggered.connect(lambda _checked=False, gid=other["id"]: self.compare_with(gid))
+            action.triggered.connect(lambda _checked=False, gid=other.id: self.compare_with(gid))
 
     def compare_with(self, group_id: str) -> bool:
         """Compare the selected group (filled) with ``group_id`` (outline); False when not possible."""
-        other = next((g for g in self.compare_candidates() if g["id"] == group_id), None)
+        other = next((g for g in self.compare_candidates() if g.id == group_id), None)
         if other is None or self.selected is None:
             return False
         self.compareRequested.emit(self.selected, other)
@@ -448,13 +444,13 @@ class GroupBrowser(QWidget):
             return
         group = self.selected
         question = (
-            f"Delete group {group['model_name']} {group['version']} ({group.get('slice_count', 0)} slices)?\n\n"
+            f"Delete group {group.model_name} {group.version} ({group.slice_count} slices)?\n\n"
             "Its stored masks are removed from storage and the database. This cannot be undone."
         )
         if not dialogs.confirm(self, "Delete mask group", question, destructive=True):
             return
         self.delete_button.setEnabled(False)
-        group_id = group["id"]
+        group_id = group.id
         self._runner.start(
             _delete_group,
             self.api,
@@ -504,22 +500,22 @@ class GroupBrowser(QWidget):
                 return
             path = Path(chosen)
         self.export_button.setEnabled(False)
-        self.statusMessage.emit(f"Building the DICOM SEG of {group['model_name']} {group['version']}…")
+        self.statusMessage.emit(f"Building the DICOM SEG of {group.model_name} {group.version}…")
         target = path
         self._runner.start(
             seg_actions.export_seg,
             self.api,
-            group["id"],
+            group.id,
             target,
             on_result=lambda meta: self._on_exported(group, meta, target),
             on_error=lambda failure: self._on_seg_failed("Export as DICOM SEG failed", failure),
             name="export seg",
         )
 
-    def _on_exported(self, group: dict[str, Any], meta: dict[str, Any], path: Path) -> None:
+    def _on_exported(self, group: GroupOut, meta: SegOut, path: Path) -> None:
         self.statusMessage.emit(seg_actions.exported_text(group, meta, path))
         self.segExported.emit(path, meta)
-        self._reload_selected(group["id"])
+        self._reload_selected(group.id)
 
     def send_selected(self) -> None:
         """Store the selected group's DICOM SEG in the PACS (the server builds it first if needed)."""
@@ -527,19 +523,17 @@ class GroupBrowser(QWidget):
             return
         group = self.selected
         self.send_button.setEnabled(False)
-        self.statusMessage.emit(
-            f"Sending the DICOM SEG of {group['model_name']} {group['version']} to the PACS…"
-        )
+        self.statusMessage.emit(f"Sending the DICOM SEG of {group.model_name} {group.version} to the PACS…")
         self._runner.start(
             seg_actions.send_seg,
             self.api,
-            group["id"],
-            on_result=lambda answer: self._on_sent(group["id"], answer),
+            group.id,
+            on_result=lambda answer: self._on_sent(group.id, answer),
             on_error=lambda failure: self._on_seg_failed("Send to PACS failed", failure),
             name="send seg",
         )
 
-    def _on_sent(self, group_id: str, answer: dict[str, Any]) -> None:
+    def _on_sent(self, group_id: str, answer: SendOut) -> None:
         text = seg_actions.sent_text(answer)
         self.seg_label.setText(text)
         self.statusMessage.emit(text)
@@ -552,10 +546,10 @@ class GroupBrowser(QWidget):
         self._update_seg_actions()
         dialogs.show_error(self, title, text)
         if self.selected is not None:
-            self._reload_selected(self.selected["id"])  # the server may have recorded the failure
+            self._reload_selected(self.selected.id)  # the server may have recorded the failure
 
     def _reload_selected(self, group_id: str) -> None:
         """Fetch the group again (its ``seg``/``sent_at``) and the list, keeping the selection."""
-        if self.selected is not None and self.selected["id"] == group_id:
+        if self.selected is not None and self.selected.id == group_id:
             self._load_slices(group_id)
         self.refresh(select=group_id)

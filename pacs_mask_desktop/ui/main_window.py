@@ -37,17 +37,25 @@ from pacs_mask_desktop.core.demo_setup import DemoData
 from pacs_mask_desktop.core.dicom_series import Series
 from pacs_mask_desktop.core.journal import JournalEntry
 from pacs_mask_desktop.core.pacs import PacsClient, PacsError
-from pacs_mask_desktop.core.pacs_open import PacsSeriesRef, desktop_pacs_client, pacs_url
+from pacs_mask_desktop.core.pacs_open import PacsSeriesRef, PacsSettings, pacs_url
 from pacs_mask_desktop.core.paths import data_dir, journal_path, log_dir
 from pacs_mask_desktop.core.plan import PreparedUpload
+from pacs_mask_desktop.core.session import (
+    Session,
+    drawable_masks,
+    prepared_summary,
+    resume_inputs,
+    richest_slice,
+    upload_failure,
+)
 from pacs_mask_desktop.core.workspace import Cleared, SeriesSource, Workspace
 from pacs_mask_desktop.ui import dialogs
 from pacs_mask_desktop.ui.annotation_picker import AnnotationPicker
 from pacs_mask_desktop.ui.compare_view import install_compare
-from pacs_mask_desktop.ui.connection import Connection, is_loopback
+from pacs_mask_desktop.ui.connection import Connection
 from pacs_mask_desktop.ui.formatting import failure_text
 from pacs_mask_desktop.ui.group_browser import GroupBrowser
-from pacs_mask_desktop.ui.mask_panel import OK_STATUSES, MaskPanel
+from pacs_mask_desktop.ui.mask_panel import MaskPanel
 from pacs_mask_desktop.ui.menus import SHORTCUTS_HELP, build_menus
 from pacs_mask_desktop.ui.overlay_sources import GroupViewSource, MaskFileSource
 from pacs_mask_desktop.ui.pacs_browser import PacsBrowser
@@ -81,6 +89,7 @@ from pacs_mask_desktop.ui.window_tasks import (
     unfinished_uploads,
 )
 from pacs_mask_desktop.ui.workers import TaskHandle, TaskRunner, WorkFailure, favour_gui_thread
+from server.contract.messages import AnnotationOut, ClientConfig, GroupOut, MaskOut
 
 log = logging.getLogger(__name__)
 
@@ -114,18 +123,12 @@ class MainWindow(QMainWindow):
         favour_gui_thread()
         self.runner = TaskRunner(self)
         self.connection = Connection(self.runner, self)
-        self.api: ApiClient | None = None
-        self.workspace = Workspace()
-        self.series: Series | None = None
-        self.series_dir: Path | None = None
-        self.prepared: PreparedUpload | None = None
+        self.pacs_loader = PacsSeriesLoader(self.runner, self)
+        # The state and its rules (core/session.py, no Qt); the window applies its answers to widgets.
+        self.session = Session(load_pacs_settings(), streaming=lambda: self.pacs_loader.busy)
         self.file_overlay: MaskFileSource | None = None
         self._series_worker: TaskHandle | None = None
-        self.server_config: dict[str, Any] | None = None  # GET /api/config once connected
-        self.pacs_settings = load_pacs_settings()
-        self._pacs_client: PacsClient | None = None
         self._pacs_then: Callable[[], None] | None = None
-        self.pacs_loader = PacsSeriesLoader(self.runner, self)
         self._prepare_worker: TaskHandle | None = None
         self.volume_stage = VolumeStage()  # a dropped NIfTI/SEG file as PNG slices (ui/volume_stage.py)
         self._closing = False
@@ -173,6 +176,9 @@ class MainWindow(QMainWindow):
         return dock
 
     def _connect_signals(self) -> None:
+        self.session.annotation_changed.connect(self._show_annotation)
+        self.session.prepared_changed.connect(self._show_mask_rows)
+        self.session.series_opened.connect(self._on_series_opened)
         self.connection.connected.connect(self._on_connected)
         self.connection.failed.connect(self._on_connection_failed)
         self.connection.starting.connect(self.status)
@@ -222,25 +228,52 @@ class MainWindow(QMainWindow):
                 ),
             )
 
-    # --- state kept in the Qt-free workspace model ---------------------------------------------------
+    # --- state kept in the Qt-free session model (core/session.py), read here by panels and tests ------
 
     @property
-    def annotation(self) -> dict[str, Any] | None:
-        """The chosen annotation (uploads go to it), ``None`` when none is chosen."""
-        return self.workspace.annotation
+    def workspace(self) -> Workspace:
+        """The open series' source, the chosen annotation and the dropped masks."""
+        return self.session.workspace
 
-    @annotation.setter
-    def annotation(self, value: dict[str, Any] | None) -> None:
-        self.workspace.annotation = value
+    @property
+    def api(self) -> ApiClient | None:
+        """The connected server's client, ``None`` when not connected."""
+        return self.session.api
+
+    @property
+    def series(self) -> Series | None:
+        """The open series (while a PACS series streams in: what has arrived so far)."""
+        return self.session.series
+
+    @property
+    def series_dir(self) -> Path | None:
+        """The folder the open series came from (``None`` for a PACS series)."""
+        return self.session.series_dir
+
+    @property
+    def prepared(self) -> PreparedUpload | None:
+        """The dropped masks as checked against the series."""
+        return self.session.prepared
+
+    @property
+    def server_config(self) -> ClientConfig | None:
+        """The server's ``GET /api/config`` answer once connected."""
+        return self.session.server_config
+
+    @property
+    def pacs_settings(self) -> PacsSettings:
+        """This workstation's PACS settings."""
+        return self.session.pacs_settings
+
+    @property
+    def annotation(self) -> AnnotationOut | None:
+        """The chosen annotation (uploads go to it), ``None`` when none is chosen."""
+        return self.session.annotation
 
     @property
     def mask_paths(self) -> list[Path]:
         """The dropped mask files and folders."""
-        return self.workspace.mask_paths
-
-    @mask_paths.setter
-    def mask_paths(self, value: list[Path]) -> None:
-        self.workspace.mask_paths = list(value)
+        return self.session.mask_paths
 
     # --- small helpers ----------------------------------------------------------------------------
 
@@ -265,11 +298,11 @@ class MainWindow(QMainWindow):
 
     def start(self) -> None:
         """Connect to the configured (or bundled) server; call once after showing the window."""
+        self.session.connecting()
         self.connection.connect_to(self.config)
 
     def _on_connected(self, api: ApiClient) -> None:
-        self.api = api
-        kind = "bundled server" if self.connection.is_embedded else "server"
+        kind = self.session.connected(api, self.connection.url, embedded=self.connection.is_embedded).kind
         self.server_label.setText(f"● {kind} {self.connection.url}")
         self.server_label.setProperty("state", "ok")
         self._repolish(self.server_label)
@@ -277,8 +310,6 @@ class MainWindow(QMainWindow):
         self.groups.set_api(api)
         self.review.set_api(api)
         self.status(f"Connected to the {kind} at {self.connection.url}")
-        self.server_config = None
-        self._forget_pacs_client()
         self.runner.start(
             lambda _context: api.server_config(),
             on_result=self._on_server_config,
@@ -290,7 +321,7 @@ class MainWindow(QMainWindow):
         self.connected.emit(self.connection.url)
 
     def _on_connection_failed(self, message: str) -> None:
-        self.api = None
+        self.session.disconnected()
         self.server_label.setText("● not connected")
         self.server_label.setProperty("state", "error")
         self._repolish(self.server_label)
@@ -370,11 +401,7 @@ class MainWindow(QMainWindow):
         if source.kind == "folder":
             self.pacs_loader.cancel()  # a local folder replaces a PACS series still streaming in
             self.viewer.set_progress(0, 0, running=False)
-        cleared = self.workspace.open_series(source)
-        if cleared.series:
-            self._clear_for_new_series(cleared)
-        self.series = series
-        self.series_dir = source.folder
+        cleared = self.session.open_series(series, source)  # clears what no longer applies (events)
         self.viewer.set_series(series)  # also drops the previous series' frames
         self.picker.set_series(series, source)
         self.setWindowTitle(
@@ -384,33 +411,28 @@ class MainWindow(QMainWindow):
         cleared_note = f" {cleared.sentence()}" if cleared.sentence() else ""
         self.status(f"Opened {len(series)} slices ordered by {series.ordered_by}{note}.{cleared_note}")
         self._check_annotation_matches()
-        if self.mask_paths and source.kind == "folder":  # a PACS series is matched once complete
+        if self.session.should_match_on_open(source):  # a PACS series is matched once complete
             self.run_matching()
         self.seriesLoaded.emit(series)
 
-    def _clear_for_new_series(self, cleared: Cleared) -> None:
-        """Another series replaced the open one: nothing checked against, or shown on, the old one stays."""
+    def _on_series_opened(self, cleared: Cleared) -> None:
+        """Another series replaced the open one: nothing checked against, or shown on, the old one stays
+        (the session already dropped the checked masks and a foreign annotation)."""
+        if not cleared.series:
+            return
         if self._prepare_worker is not None:
             self._prepare_worker.cancel()
             self._prepare_worker = None
-        self.prepared = None
-        self.file_overlay = None
-        self.masks.set_prepared(None)
         self.viewer.set_overlay(None)
         if self.review.group is not None:
             self.review.clear()
-        if cleared.annotation:
-            self.picker.clear_choice()
-            self.groups.set_annotation(None)
-            self.annotation_label.setText("No annotation")
 
     # --- PACS -------------------------------------------------------------------------------------
 
-    def _on_server_config(self, config: dict[str, Any]) -> None:
-        self.server_config = config
+    def _on_server_config(self, config: ClientConfig) -> None:
+        self.session.set_server_config(config)
         self.groups.set_server_config(config)
-        self.review.set_role(str(config.get("role", "")))
-        self._forget_pacs_client()
+        self.review.set_role(config.role)
 
     def _apply_pacs_settings(self, dialog: SettingsDialog) -> None:
         pacs = dialog.pacs()
@@ -418,28 +440,15 @@ class MainWindow(QMainWindow):
         notice = save_pacs_settings(pacs, password, pacs_url(pacs, self.server_config))
         if notice:
             self.status(notice)
-        if pacs != self.pacs_settings or password:
-            self.pacs_settings = pacs
-            self._forget_pacs_client()
-
-    def _forget_pacs_client(self) -> None:
-        if self._pacs_client is not None and not self.pacs_loader.busy:
-            self._pacs_client.close()
-        self._pacs_client = None
+        self.session.set_pacs_settings(pacs, new_password=bool(password))
 
     def pacs_client(self) -> PacsClient:
         """The PACS of this workstation (Settings) or of the server; ``PacsError`` when none is known."""
-        if self._pacs_client is None:
-            url = pacs_url(self.pacs_settings, self.server_config)
-            self._pacs_client = desktop_pacs_client(
-                self.pacs_settings, self.server_config, pacs_password(self.pacs_settings, url)
-            )
-        return self._pacs_client
+        return self.session.pacs_client(pacs_password)
 
     def use_pacs_client(self, client: PacsClient) -> None:
         """Use ``client`` for the PACS (scripts and tests with their own cache and credentials)."""
-        self._forget_pacs_client()
-        self._pacs_client = client
+        self.session.use_pacs_client(client)
 
     def open_pacs_browser(self) -> PacsBrowser:
         """File ▸ Open from PACS: search studies, pick a series; it streams into the viewer."""
@@ -476,9 +485,9 @@ class MainWindow(QMainWindow):
         if first:
             self._set_series(series, SeriesSource("pacs", series.series_instance_uid, ref.study_instance_uid))
             return
-        self.series = series
+        self.session.update_series(series)
         self.viewer.update_series(series)
-        self.picker.set_series(series, self.workspace.source)
+        self.picker.set_series(series, self.session.source)
 
     def _on_pacs_progress(self, done: int, total: int) -> None:
         self.viewer.set_progress(done, total, running=self.pacs_loader.busy)
@@ -506,24 +515,24 @@ class MainWindow(QMainWindow):
                 f"{message}\n\nLocal DICOM folders still open with File ▸ Open DICOM series (Ctrl+O).",
             )
 
-    def offer_annotation_series(self, annotation: dict[str, Any]) -> None:
+    def offer_annotation_series(self, annotation: AnnotationOut) -> None:
         """A person picked ``annotation``: if its series is not open, offer to open it from the PACS."""
-        if not self.workspace.needs_series_for(annotation) or self.pacs_loader.busy:
+        if not self.session.needs_series_for(annotation):
             return
-        if pacs_url(self.pacs_settings, self.server_config) is None:
-            self.status(f"Annotation {annotation['id']}: open its DICOM series (no PACS is configured).")
+        if not self.session.has_pacs:
+            self.status(f"Annotation {annotation.id}: open its DICOM series (no PACS is configured).")
             return
         if dialogs.confirm(
             self,
             "Open the annotation's series?",
-            f"Annotation {annotation['id']} belongs to series {annotation['series_instance_uid']}, which is not "
+            f"Annotation {annotation.id} belongs to series {annotation.series_instance_uid}, which is not "
             "open. Open it from the PACS?",
         ):
             self.open_from_pacs(
                 PacsSeriesRef(
-                    annotation["study_instance_uid"],
-                    annotation["series_instance_uid"],
-                    description=annotation.get("description") or "",
+                    annotation.study_instance_uid,
+                    annotation.series_instance_uid,
+                    description=annotation.description or "",
                 )
             )
 
@@ -562,7 +571,7 @@ class MainWindow(QMainWindow):
 
     def add_masks(self, paths: Sequence[Path], then: Callable[[], None] | None = None) -> None:
         """Use ``paths`` (files and/or folders) as the masks to check, show and upload."""
-        self.mask_paths = [Path(p) for p in paths]
+        self.session.set_masks(paths)
         self.tabs.setCurrentIndex(TAB_MASKS)
         self.run_matching(then)
 
@@ -571,23 +580,11 @@ class MainWindow(QMainWindow):
         if self._prepare_worker is not None:
             self._prepare_worker.cancel()
             self._prepare_worker = None
-        self.mask_paths = []
-        self.prepared = None
-        self.file_overlay = None
+        self.session.clear_masks()  # the mask table and the file overlay follow (prepared_changed)
         if not self.upload.running:
             self.volume_stage.cleanup()
-        self.masks.set_prepared(None)
         if not isinstance(self.viewer.view.overlay, GroupViewSource):
             self.viewer.set_overlay(None)
-
-    def _matching_fields(self) -> dict[str, Any]:
-        fields = self.upload.fields()
-        return {
-            "annotation_id": int(self.annotation["id"]) if self.annotation else 1,
-            "model_name": fields["model_name"] or "check",
-            "version": fields["version"] or "0",
-            "source": fields["source"],
-        }
 
     def run_matching(self, then: Callable[[], None] | None = None) -> None:
         """Check the dropped masks against the open series with ``prepare()`` in a worker."""
@@ -611,7 +608,7 @@ class MainWindow(QMainWindow):
         self._prepare_worker = self.runner.start(
             prepare_task,
             list(self.mask_paths),
-            self._matching_fields(),
+            self.session.matching_fields(self.upload.fields()),
             self.series,
             self.api if self.annotation is not None else None,
             self.volume_stage,
@@ -621,44 +618,42 @@ class MainWindow(QMainWindow):
             name="prepare",
         )
 
-    def _show_prepared(self, prepared: PreparedUpload) -> None:
-        self.prepared = prepared
+    def _show_mask_rows(self, prepared: PreparedUpload | None) -> None:
+        """The checked masks changed (``None``: gone): the mask table and the overlay of the files."""
         self.masks.set_prepared(prepared)
-        drawable = {
-            row.slice_index: row.path
-            for row in prepared.rows
-            if row.status in OK_STATUSES and row.slice_index is not None and row.path is not None
-        }
+        drawable = drawable_masks(prepared) if prepared is not None else {}
         self.file_overlay = (
             MaskFileSource(drawable, title=f"dropped masks ({len(drawable)})") if drawable else None
         )
+
+    def _show_prepared(self, prepared: PreparedUpload) -> None:
+        self.session.set_prepared(prepared)  # the table and self.file_overlay follow (prepared_changed)
         if self.series is not None:
             self.viewer.set_overlay(self.file_overlay)
-        bad = len(prepared.rows) - sum(1 for r in prepared.rows if r.status in OK_STATUSES)
-        self.status(
-            f"{len(prepared.rows)} mask file(s) checked: {bad} with problems"
-            if bad
-            else f"{len(prepared.rows)} mask file(s) checked: all can be uploaded"
-        )
+        self.status(prepared_summary(prepared))
         self.masksPrepared.emit(prepared)
 
     # --- annotation -------------------------------------------------------------------------------
 
-    def set_annotation(self, annotation: dict[str, Any]) -> None:
+    def set_annotation(self, annotation: AnnotationOut) -> None:
         """The annotation uploads go to and whose groups are listed."""
-        self.annotation = annotation
-        self.annotation_label.setText(f"Annotation {annotation['id']}")
-        self.groups.set_annotation(annotation)
+        self.session.set_annotation(annotation)  # label and group list follow (annotation_changed)
         self._check_annotation_matches()
 
-    def _check_annotation_matches(self) -> None:
-        if self.annotation is None or self.series is None:
+    def _show_annotation(self, annotation: AnnotationOut | None) -> None:
+        """The chosen annotation changed; ``None`` when opening another series dropped it."""
+        if annotation is None:
+            self.picker.clear_choice()
+            self.groups.set_annotation(None)
+            self.annotation_label.setText("No annotation")
             return
-        if self.annotation["series_instance_uid"] != self.series.series_instance_uid:
-            self.status(
-                f"Note: annotation {self.annotation['id']} belongs to another series than the one open; "
-                "pick its annotation or create one from the open series."
-            )
+        self.annotation_label.setText(f"Annotation {annotation.id}")
+        self.groups.set_annotation(annotation)
+
+    def _check_annotation_matches(self) -> None:
+        note = self.session.annotation_mismatch()
+        if note is not None:
+            self.status(note)
 
     # --- upload -----------------------------------------------------------------------------------
 
@@ -666,21 +661,23 @@ class MainWindow(QMainWindow):
         """Check the masks with the typed group fields, then upload them (all in workers)."""
         if self.upload.running:
             return
-        problem = self._upload_blocker()
+        problem = self.session.upload_blocker(self.upload.fields())
         if problem:
             self.tabs.setCurrentIndex(TAB_UPLOAD)
             self.upload.set_idle(problem)
             dialogs.show_error(self, "Cannot upload yet", problem)
             return
-        assert self.annotation is not None
         assert self.api is not None
-        fields = {**self.upload.fields(), "annotation_id": int(self.annotation["id"])}
+        fields = self.session.upload_fields(self.upload.fields())
         self.tabs.setCurrentIndex(TAB_UPLOAD)
         self.upload.set_checking(f"Checking {len(self.mask_paths)} input(s) before uploading…")
         api = self.api
 
         def checked(prepared: PreparedUpload) -> None:
-            self._show_prepared(prepared)
+            if prepared.plan is None or prepared.plan.pixel_check is None:
+                self._show_prepared(prepared)
+            # else the mask table keeps the labels of the check made when the masks were dropped: this
+            # one left the pixels to the upload, which names any file that fails to decode
             if prepared.plan is None:
                 self.upload.set_idle("Nothing was sent: fix the problems listed in the Masks tab.")
                 summary, details = dialogs.problems_text(prepared.problems)
@@ -689,7 +686,7 @@ class MainWindow(QMainWindow):
                 self.tabs.setCurrentIndex(TAB_MASKS)
                 self.masks.jump_to_next_problem()
                 return
-            self.upload.start(api, prepared.plan, self.journal_path, self._source_path())
+            self.upload.start(api, prepared.plan, self.journal_path, self.session.source_path())
 
         def failed(failure: WorkFailure) -> None:
             self.upload.set_idle("The masks could not be checked.")
@@ -702,54 +699,21 @@ class MainWindow(QMainWindow):
             self.series,
             api,  # the annotation's recorded series checks the masks and the open series
             self.volume_stage,
+            defer_decode=True,  # pixels are decoded alongside the PUTs, as in the CLI (core.plan)
             on_result=checked,
             on_error=failed,
             on_progress=lambda value: self.upload.set_checking(f"Checking masks {value[0]}/{value[1]}…"),
             name="prepare upload",
         )
 
-    def _upload_blocker(self) -> str | None:
-        if self.api is None:
-            return "Not connected to a server (see the status bar and File ▸ Settings)."
-        if self.annotation is None:
-            return "Pick an annotation first (left panel), or create one from the open series."
-        if not self.mask_paths:
-            return "Drop mask files or a folder of masks on the window first."
-        fields = self.upload.fields()
-        if not fields["model_name"] or not fields["version"]:
-            return "Enter a model name and a version for the new mask group."
-        if self.pacs_loader.busy:
-            return "The series is still arriving from the PACS; upload once every slice is in."
-        if (
-            self.series is not None
-            and self.annotation["series_instance_uid"] != self.series.series_instance_uid
-        ):
-            return (
-                f"Annotation {self.annotation['id']} belongs to another series than the one open. "
-                "Pick the annotation of this series or create one from it."
-            )
-        return None
-
-    def _source_path(self) -> str:
-        if len(self.mask_paths) == 1:
-            return str(self.mask_paths[0])
-        return str(self.mask_paths[0].parent)
-
     def retry_upload(self) -> None:
         """Run the last plan again: only slices that did not land are sent."""
         if self.upload.running or self.upload.plan is None or self.api is None:
             return
-        self.upload.start(self.api, self.upload.plan, self.journal_path, self._source_path())
+        self.upload.start(self.api, self.upload.plan, self.journal_path, self.upload.source_path)
 
     def _on_group_opened(self, group_id: str, _kind: str) -> None:
-        remember_upload_source(
-            group_id,
-            {
-                "masks": [str(p) for p in self.mask_paths],
-                "series": str(self.series_dir) if self.series_dir is not None else None,
-                "annotation_id": self.annotation["id"] if self.annotation else None,
-            },
-        )
+        remember_upload_source(group_id, self.session.upload_source_record())
 
     def _on_upload_finished(self, result: Any) -> None:
         if result.ok and result.group_id:
@@ -757,18 +721,9 @@ class MainWindow(QMainWindow):
             self.groups.refresh(select=result.group_id)
             self.picker.refresh()
             return
-        if result.status == "cancelled" or self._closing:
-            return
-        if result.failed:
-            reasons = "\n".join(f"{name}: {why}" for name, why in sorted(result.failed.items())[:15])
-            more = f"\n… and {len(result.failed) - 15} more" if len(result.failed) > 15 else ""
-            dialogs.show_error(
-                self,
-                "Some slices failed",
-                f"{result.message}\n\n{reasons}{more}\n\nUse Retry failed (Ctrl+Shift+R) to send only these again.",
-            )
-        else:
-            dialogs.show_error(self, "Upload failed", result.message)
+        failure = upload_failure(result)
+        if failure is not None and not self._closing:
+            dialogs.show_error(self, *failure)
 
     # --- resume after a crash ---------------------------------------------------------------------
 
@@ -776,7 +731,7 @@ class MainWindow(QMainWindow):
         """Offer to resume uploads the journal says never finished (on this server)."""
 
         def offer(entries: list[JournalEntry]) -> None:
-            here = [e for e in entries if self._entry_is_ours(e)]
+            here = [e for e in entries if self.session.entry_is_ours(e)]
             if not here:
                 if always:
                     self.status("No interrupted uploads.")
@@ -792,13 +747,6 @@ class MainWindow(QMainWindow):
             unfinished_uploads, self.journal_path, on_result=offer, on_error=self._worker_error("Journal")
         )
 
-    def _entry_is_ours(self, entry: JournalEntry) -> bool:
-        if not self.connection.url:
-            return False
-        if entry.server.rstrip("/") == self.connection.url.rstrip("/"):
-            return True
-        return self.connection.is_embedded and is_loopback(entry.server)
-
     def _forget_entry(self, entry: JournalEntry) -> None:
         forget_upload_source(entry.group_id)
         self.runner.start(
@@ -809,23 +757,21 @@ class MainWindow(QMainWindow):
         """Reopen what an interrupted upload used (annotation, series, masks) and continue it."""
         if self.api is None:
             return
-        info = upload_source(entry.group_id) or {}
-        masks = [Path(p) for p in info.get("masks") or ([entry.source_path] if entry.source_path else [])]
-        series_dir = Path(info["series"]) if info.get("series") else None
+        masks, series_dir = resume_inputs(entry, upload_source(entry.group_id))
         if not masks:
             dialogs.show_error(
                 self, "Cannot resume", "The journal does not say where the masks of this upload are."
             )
             return
 
-        def found(answer: tuple[dict[str, Any], dict[str, Any]]) -> None:
+        def found(answer: tuple[AnnotationOut, GroupOut]) -> None:
             annotation, group = answer
-            if group["status"] != "pending":
-                self.status(f"Group {group['id']} is already {group['status']}; nothing to resume.")
+            if group.status != "pending":
+                self.status(f"Group {group.id} is already {group.status}; nothing to resume.")
                 self._forget_entry(entry)
                 return
             self.picker.choose(annotation)
-            self.upload.set_fields(entry.model_name, entry.version, group["source"])
+            self.upload.set_fields(entry.model_name, entry.version, group.source)
             self.status(
                 f"Resuming {entry.model_name} {entry.version}: {entry.landed} of {entry.total} slices landed"
             )
@@ -834,7 +780,7 @@ class MainWindow(QMainWindow):
                 self.add_masks(masks, then=self.start_upload)
 
             if series_dir is not None and series_dir.is_dir():
-                if self.series_dir == series_dir and self.series is not None:
+                if self.session.series_is_open_at(series_dir):
                     with_masks()
                 else:
                     self.open_series(series_dir, then=with_masks)
@@ -852,24 +798,22 @@ class MainWindow(QMainWindow):
 
     # --- groups and review ------------------------------------------------------------------------
 
-    def show_group(self, group: dict[str, Any], slices: list[dict[str, Any]]) -> None:
+    def show_group(self, group: GroupOut, slices: list[MaskOut]) -> None:
         """Overlay a stored group on the open series (bytes through the view route, lazily)."""
         if self.api is None:
             return
-        if self.series is None:
-            self.status("Open the annotation's DICOM series first to see the group on it.")
-            return
-        if self.pacs_loader.busy:  # slice indexes are final only once every instance is in
-            self.status("The series is still arriving from the PACS; show the group once it is complete.")
+        problem = self.session.group_view_blocker()
+        if problem is not None:
+            self.status(problem)
             return
         source = GroupViewSource(self.api, group, slices)
         self.viewer.set_overlay(source)
-        labelled = [int(s["slice_index"]) for s in slices if s.get("label")]
+        labelled = [s.slice_index for s in slices if s.label]
         if labelled and self.viewer.view.index not in labelled:
             self.viewer.view.set_index(labelled[0])
-        self.status(f"Showing group {group['model_name']} {group['version']} ({len(slices)} slices)")
+        self.status(f"Showing group {group.model_name} {group.version} ({len(slices)} slices)")
 
-    def review_group(self, group: dict[str, Any], slices: list[dict[str, Any]]) -> None:
+    def review_group(self, group: GroupOut, slices: list[MaskOut]) -> None:
         """Open the QA review of a group, overlaid on the series."""
         self.show_group(group, slices)
         self.review.open_group(group, slices)
@@ -878,18 +822,18 @@ class MainWindow(QMainWindow):
     def _show_finding_marks(self, marks: list[Any]) -> None:
         """Findings are ticks on the slider while the reviewed group is the overlay drawn."""
         overlay, group = self.viewer.view.overlay, self.review.group
-        shown = isinstance(overlay, GroupViewSource) and group is not None and overlay.group_id == group["id"]
+        shown = isinstance(overlay, GroupViewSource) and group is not None and overlay.group_id == group.id
         self.viewer.finding_marks.set_marks(marks if shown else [])
 
-    def _on_reviewed(self, group: dict[str, Any]) -> None:
-        self.groups.refresh(select=group["id"])
+    def _on_reviewed(self, group: GroupOut) -> None:
+        self.groups.refresh(select=group.id)
 
     def _on_group_deleted(self, group_id: str) -> None:
         forget_upload_source(group_id)
         overlay = self.viewer.view.overlay
         if isinstance(overlay, GroupViewSource) and overlay.group_id == group_id:
             self.viewer.set_overlay(self.file_overlay)
-        if self.review.group is not None and self.review.group["id"] == group_id:
+        if self.review.group is not None and self.review.group.id == group_id:
             self.review.clear()
         self.picker.refresh()
 
@@ -906,7 +850,7 @@ class MainWindow(QMainWindow):
         target = folder or data_dir() / "demo"
         self.status(f"Preparing the demo in {target}… (the first time writes {slices} slices)")
 
-        def ready(answer: tuple[DemoData, dict[str, Any]]) -> None:
+        def ready(answer: tuple[DemoData, AnnotationOut]) -> None:
             demo, annotation = answer
             self.picker.choose(annotation)
             self.upload.set_fields("demo-liver-seg", "1", "manual")
@@ -920,11 +864,9 @@ class MainWindow(QMainWindow):
         )
 
     def _demo_done(self, demo: DemoData) -> None:
-        if self.prepared is not None:
-            richest = max((len(r.labels) for r in self.prepared.rows), default=0)
-            indexes = [r.slice_index for r in self.prepared.rows if richest and len(r.labels) == richest]
-            if indexes and indexes[len(indexes) // 2] is not None:
-                self.viewer.view.set_index(indexes[len(indexes) // 2])
+        start = richest_slice(self.prepared) if self.prepared is not None else None
+        if start is not None:
+            self.viewer.view.set_index(start)
         self.status("Demo ready: scroll with the wheel, right-drag for window/level, Ctrl+U to upload.")
         self.demoReady.emit(demo)
 
@@ -987,9 +929,6 @@ class MainWindow(QMainWindow):
         self.pacs_loader.cancel()
         self.runner.shutdown()
         self.volume_stage.cleanup()  # staged NIfTI/SEG slices are patient data
-        if self._pacs_client is not None:
-            self._pacs_client.close()
         self.connection.shutdown()
-        if self.series is not None:
-            self.series.clear_cache()
+        self.session.close()  # the PACS client and the open series' frame cache
         super().closeEvent(event)

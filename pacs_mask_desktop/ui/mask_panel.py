@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from pacs_mask_desktop.core.plan import STATUS_ORDER, MaskRow, PreparedUpload
+from pacs_mask_desktop.core.session import UPLOADABLE_STATUSES
 from pacs_mask_desktop.ui.tables import RowsModel, make_table
 
 STATUS_TEXT = {
@@ -41,7 +42,6 @@ STATUS_COLOUR = {
     "no_matching_slice": "#ff9f43",
 }
 PROBLEM_COLOUR = "#ff5c5c"
-OK_STATUSES = ("ok", "empty")
 
 ModelIndex = QModelIndex | QPersistentModelIndex
 
@@ -64,7 +64,7 @@ class MaskTableModel(RowsModel):
 
     def problem_rows(self) -> list[int]:
         """Row numbers whose status blocks the upload."""
-        return [i for i, row in enumerate(self.items) if row.status not in OK_STATUSES]
+        return [i for i, row in enumerate(self.items) if row.status not in UPLOADABLE_STATUSES]
 
 
 class MaskPanel(QWidget):

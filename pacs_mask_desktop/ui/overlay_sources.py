@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from PIL import Image
 
 from pacs_mask_desktop.core.api_client import ApiClient
 from pacs_mask_desktop.core.masks import load_mask_array
+from server.contract.messages import GroupOut, MaskOut
 
 CACHE_SLICES = 48
 
@@ -101,15 +102,13 @@ class GroupViewSource(OverlaySource):
 
     kind = "group"
 
-    def __init__(
-        self, api: ApiClient, group: Mapping[str, object], slices: list[Mapping[str, object]]
-    ) -> None:
-        super().__init__(f"group {group.get('model_name')} {group.get('version')}")
+    def __init__(self, api: ApiClient, group: GroupOut, slices: Sequence[MaskOut]) -> None:
+        super().__init__(f"group {group.model_name} {group.version}")
         self.api = api
-        self.group = dict(group)
-        self.group_id = str(group["id"])
-        self._names = {int(s["slice_index"]): str(s["filename"]) for s in slices}  # type: ignore[call-overload]
-        self.slices = sorted((dict(s) for s in slices), key=lambda s: int(s["slice_index"]))  # type: ignore[call-overload]
+        self.group = group
+        self.group_id = group.id
+        self._names = {s.slice_index: s.filename for s in slices}
+        self.slices = sorted(slices, key=lambda s: s.slice_index)
 
     def indexes(self) -> list[int]:
         return sorted(self._names)

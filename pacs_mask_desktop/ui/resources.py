@@ -1,15 +1,17 @@
-"""Finding the app's resource files (stylesheet, icon) from a source tree or a PyInstaller bundle.
+"""The app's resource files (stylesheet, icon), read with :mod:`importlib.resources`.
 
-Everything resolves through :func:`resource_path`: in a frozen build the files sit under
-``sys._MEIPASS/resources`` (the spec lists them as data files); from a source tree or an editable
-install they sit in the repository's ``resources/`` folder. A missing file is not fatal: the app falls
-back to the Fusion style with a dark palette and an icon painted at run time.
+The repository keeps them in the top-level ``resources/`` folder; every shipped form carries them inside
+the package as ``pacs_mask_desktop/resources/``: the wheel (``setup.py`` maps the folder there) and the
+frozen build (``build.spec`` lists it as data at that path). A source checkout, and the editable install
+made from one, reads the repository's folder itself. A missing file is not fatal: the app falls back to
+the Fusion style with a dark palette and an icon painted at run time, and logs a warning.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
-import sys
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from PySide6.QtGui import QColor, QGuiApplication, QIcon, QImage, QPalette, QPixmap
@@ -20,36 +22,43 @@ log = logging.getLogger(__name__)
 
 STYLESHEET = ("styles", "dark.qss")
 APP_ICON = ("icons", "app.png")
+#: The folder's name inside the installed package (and the repository's top-level folder's name).
+RESOURCES = "resources"
 
 
-def resources_root() -> Path:
-    """The ``resources`` folder: PyInstaller's extraction dir when frozen, else the source tree's."""
-    bundle = getattr(sys, "_MEIPASS", None)
-    if bundle:
-        return Path(bundle) / "resources"
-    return Path(__file__).resolve().parents[2] / "resources"
+def resources_root() -> Traversable:
+    """The resources folder: inside the installed package or frozen build, else the source tree's."""
+    packaged = importlib.resources.files("pacs_mask_desktop").joinpath(RESOURCES)
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / RESOURCES  # a source checkout (or its editable install)
 
 
-def resource_path(*parts: str) -> Path | None:
+def resource(*parts: str) -> Traversable | None:
     """The file ``resources/<parts>``, or ``None`` when this build does not ship it."""
-    path = resources_root().joinpath(*parts)
-    return path if path.is_file() else None
+    item = resources_root().joinpath(*parts)
+    return item if item.is_file() else None
 
 
 def load_stylesheet() -> str:
     """The dark stylesheet's text ('' when missing: the palette alone still gives a dark look)."""
-    path = resource_path(*STYLESHEET)
-    if path is None:
+    item = resource(*STYLESHEET)
+    if item is None:
         log.warning("stylesheet %s not found; using the plain dark palette", "/".join(STYLESHEET))
         return ""
-    return path.read_text(encoding="utf-8")
+    return item.read_text(encoding="utf-8")
 
 
 def app_icon() -> QIcon:
     """The application icon (the shipped PNG, else the same drawing made now)."""
-    path = resource_path(*APP_ICON)
-    if path is not None:
-        return QIcon(str(path))
+    item = resource(*APP_ICON)
+    if item is not None:
+        pixmap = QPixmap()
+        if pixmap.loadFromData(item.read_bytes(), "PNG"):
+            return QIcon(pixmap)
+        log.warning("icon %s is not a readable PNG; painting it instead", "/".join(APP_ICON))
+    else:
+        log.warning("icon %s not found; painting it instead", "/".join(APP_ICON))
     return QIcon(QPixmap.fromImage(paint_app_icon(256)))
 
 

@@ -15,7 +15,7 @@ checkbox, which only an admin token can use.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
@@ -39,6 +39,8 @@ from pacs_mask_desktop.ui.formatting import failure_text, short_time
 from pacs_mask_desktop.ui.render import label_colour
 from pacs_mask_desktop.ui.slice_marks import Mark
 from pacs_mask_desktop.ui.workers import TaskRunner, WorkContext, WorkFailure
+from server.contract.errors import ErrorCode
+from server.contract.messages import FindingIn, FindingOut, GroupOut, MaskOut, ReviewOut
 
 FINDING_COMMENT_MAX = 2000
 """What the server accepts for a finding's comment."""
@@ -52,46 +54,42 @@ def _review(
     group_id: str,
     decision: str,
     comment: str,
-    findings: list[dict[str, Any]],
+    findings: list[FindingIn],
     override_four_eyes: bool,
-) -> dict[str, Any]:
+) -> GroupOut:
     return api.review(group_id, decision, comment, findings=findings, override_four_eyes=override_four_eyes)
 
 
-def group_labels(group: dict[str, Any], slices: list[dict[str, Any]]) -> list[tuple[int, str]]:
+def group_labels(group: GroupOut, slices: Sequence[MaskOut]) -> list[tuple[int, str]]:
     """The labels a finding may name: the group's label table, else the label values its slices hold."""
-    table = group.get("labels") or {}
+    table = group.labels or {}
     if table:
-        return sorted(
-            (int(value), str(info.get("name") or f"label {value}")) for value, info in table.items()
-        )
+        return sorted((int(value), str(info.name or f"label {value}")) for value, info in table.items())
     present: set[int] = set()
     for item in slices:
-        for part in str(item.get("label") or "").split(","):
+        for part in str(item.label or "").split(","):
             if part.strip().isdigit() and int(part) > 0:
                 present.add(int(part))
     return [(value, f"label {value}") for value in sorted(present)]
 
 
-def finding_text(finding: dict[str, Any], names: dict[int, str]) -> str:
+def finding_text(finding: FindingIn | FindingOut, names: dict[int, str]) -> str:
     """One line for a finding: slice, label (or the whole slice) and comment."""
-    label = finding.get("label")
+    label = finding.label
     what = "whole slice" if label is None else names.get(int(label), f"label {label}")
-    comment = str(finding.get("comment") or "").replace("\n", " ")
-    return f"Slice {finding['slice_index']} · {what}" + (f" — {comment}" if comment else "")
+    comment = str(finding.comment or "").replace("\n", " ")
+    return f"Slice {finding.slice_index} · {what}" + (f" — {comment}" if comment else "")
 
 
-def review_line(review: dict[str, Any]) -> str:
+def review_line(review: ReviewOut) -> str:
     """One line of the history: when, who, decision, override, findings and comment."""
-    parts = [
-        f"{short_time(review.get('reviewed_at'))}  {review.get('reviewed_by', '?')}: {review.get('decision')}"
-    ]
-    if review.get("override_four_eyes"):
+    parts = [f"{short_time(review.reviewed_at)}  {review.reviewed_by}: {review.decision}"]
+    if review.override_four_eyes:
         parts.append("(admin override of four eyes)")
-    if review.get("findings"):
-        parts.append(f"· {len(review['findings'])} finding(s)")
-    if review.get("comment"):
-        parts.append(f"— “{review['comment']}”")
+    if review.findings:
+        parts.append(f"· {len(review.findings)} finding(s)")
+    if review.comment:
+        parts.append(f"— “{review.comment}”")
     return " ".join(parts)
 
 
@@ -99,7 +97,7 @@ class ReviewPanel(QWidget):
     """The group under review, its slices, and the decision."""
 
     sliceRequested = Signal(int)
-    reviewRecorded = Signal(object)  # the updated group dict
+    reviewRecorded = Signal(object)  # the updated GroupOut
     statusMessage = Signal(str)
     marksChanged = Signal(object)  # list[Mark]: the findings as ticks for the slice slider
     nextInQueueRequested = Signal()
@@ -109,11 +107,11 @@ class ReviewPanel(QWidget):
         super().__init__(parent)
         self._runner = runner
         self.api: ApiClient | None = None
-        self.group: dict[str, Any] | None = None
-        self.slices: list[dict[str, Any]] = []
+        self.group: GroupOut | None = None
+        self.slices: list[MaskOut] = []
         self.position = -1
         self.current_slice = -1  # the slice the viewer shows (findings are added there)
-        self.findings: list[dict[str, Any]] = []  # noted here, sent with the next decision
+        self.findings: list[FindingIn] = []  # noted here, sent with the next decision
         self.marks: list[Mark] = []  # every finding listed, as ticks for the slice slider
         self.label_names: dict[int, str] = {}
         self.role = ""  # the caller's role from GET /api/config: only an admin is offered the override
@@ -241,25 +239,25 @@ class ReviewPanel(QWidget):
         """Connected to a server."""
         self.api = api
 
-    def open_group(self, group: dict[str, Any], slices: list[dict[str, Any]]) -> None:
+    def open_group(self, group: GroupOut, slices: Sequence[MaskOut]) -> None:
         """Review ``group``: list its slices and go to the first one that has labels."""
         self.group = group
-        self.slices = sorted(slices, key=lambda s: s["slice_index"])
+        self.slices = sorted(slices, key=lambda s: s.slice_index)
         self.title.setText(
-            f"Review: {group['model_name']} {group['version']} ({group['source']}) — "
-            f"{len(self.slices)} slices by {group.get('created_by', '?')}"
+            f"Review: {group.model_name} {group.version} ({group.source}) — "
+            f"{len(self.slices)} slices by {group.created_by}"
         )
         self._show_state()
         self.slice_list.blockSignals(True)
         self.slice_list.clear()
         for item in self.slices:
-            labels = item.get("label") or "empty"
-            entry = QListWidgetItem(f"Slice {item['slice_index']}  ·  {item['filename']}  ·  labels {labels}")
-            if not item.get("label"):
+            labels = item.label or "empty"
+            entry = QListWidgetItem(f"Slice {item.slice_index}  ·  {item.filename}  ·  labels {labels}")
+            if not item.label:
                 entry.setForeground(Qt.GlobalColor.gray)
             self.slice_list.addItem(entry)
         self.slice_list.blockSignals(False)
-        self.comment.setPlainText(group.get("review_comment") or "")
+        self.comment.setPlainText(group.review_comment or "")
         self.findings = []
         self.label_names = dict(group_labels(group, self.slices))
         self.finding_label.clear()
@@ -270,8 +268,8 @@ class ReviewPanel(QWidget):
         self._hide_four_eyes()
         self._show_findings()
         self._show_history()
-        self._set_enabled(bool(self.slices) and group["status"] == "complete")
-        first = next((i for i, s in enumerate(self.slices) if s.get("label")), 0)
+        self._set_enabled(bool(self.slices) and group.status == "complete")
+        first = next((i for i, s in enumerate(self.slices) if s.label), 0)
         self.go_to(first if self.slices else -1)
 
     def clear(self) -> None:
@@ -295,19 +293,16 @@ class ReviewPanel(QWidget):
         group = self.group
         if group is None:
             return
-        if group.get("review_status"):
+        if group.review_status:
             text = (
-                f"Currently {group['review_status']} by {group.get('reviewed_by')} "
-                f"on {short_time(group.get('reviewed_at'))}"
+                f"Currently {group.review_status} by {group.reviewed_by} on {short_time(group.reviewed_at)}"
             )
-            if group.get("review_comment"):
-                text += f": “{group['review_comment']}”"
+            if group.review_comment:
+                text += f": “{group.review_comment}”"
         else:
             text = "Not reviewed yet."
         self.state.setText(text)
-        colour = {"approved": "#3ddc84", "rejected": "#ff5c5c"}.get(
-            group.get("review_status") or "", "#c9ccd1"
-        )
+        colour = {"approved": "#3ddc84", "rejected": "#ff5c5c"}.get(group.review_status or "", "#c9ccd1")
         self.state.setStyleSheet(f"color: {colour};")
 
     # --- stepping -----------------------------------------------------------------------------------
@@ -325,7 +320,7 @@ class ReviewPanel(QWidget):
         self.position_label.setText(
             f"{position + 1} of {len(self.slices)} in the group"
         )  # a count, not an index
-        self.sliceRequested.emit(int(self.slices[position]["slice_index"]))
+        self.sliceRequested.emit(int(self.slices[position].slice_index))
 
     def next_slice(self) -> None:
         """The next slice of the group."""
@@ -347,7 +342,7 @@ class ReviewPanel(QWidget):
         """The viewer shows slice ``index``: a new finding goes there."""
         self.current_slice = index
         self.add_finding_button.setText(f"Add finding at slice {index}" if index >= 0 else "Add finding")
-        row = next((i for i, s in enumerate(self.slices) if int(s["slice_index"]) == index), None)
+        row = next((i for i, s in enumerate(self.slices) if int(s.slice_index) == index), None)
         if row is not None and row != self.position:  # the list follows the viewer (wheel, ticks)
             self.position = row
             self.slice_list.blockSignals(True)
@@ -359,17 +354,17 @@ class ReviewPanel(QWidget):
         """Note a finding on the current slice with the chosen label and the typed comment."""
         if self.group is None or self.current_slice < 0 or not self.add_finding_button.isEnabled():
             return
-        finding = {
-            "slice_index": self.current_slice,
-            "label": self.finding_label.currentData(),
-            "comment": self.finding_comment.text().strip(),
-        }
+        finding = FindingIn(
+            slice_index=self.current_slice,
+            label=self.finding_label.currentData(),
+            comment=self.finding_comment.text().strip(),
+        )
         self.findings.append(finding)
-        self.findings.sort(key=lambda f: f["slice_index"])
+        self.findings.sort(key=lambda f: f.slice_index)
         self.finding_comment.clear()
         self._show_findings()
         self.statusMessage.emit(
-            f"Finding noted on slice {finding['slice_index']}; it is sent with the decision."
+            f"Finding noted on slice {finding.slice_index}; it is sent with the decision."
         )
 
     def remove_finding(self) -> None:
@@ -381,14 +376,14 @@ class ReviewPanel(QWidget):
         self.findings.remove(item.data(Qt.ItemDataRole.UserRole + 2))
         self._show_findings()
 
-    def current_findings(self) -> list[dict[str, Any]]:
+    def current_findings(self) -> list[FindingOut]:
         """The findings of the group's current (latest) review, as the server returned them."""
-        return list((self.group or {}).get("findings") or [])
+        return list(self.group.findings) if self.group is not None else []
 
     def _show_findings(self) -> None:
         self.findings_list.clear()
         marks: list[Mark] = []
-        reviewer = (self.group or {}).get("reviewed_by") or "?"
+        reviewer = (self.group.reviewed_by if self.group is not None else None) or "?"
         for kind, finding in [("new", f) for f in self.findings] + [
             ("stored", f) for f in self.current_findings()
         ]:
@@ -396,14 +391,14 @@ class ReviewPanel(QWidget):
             if kind == "stored":
                 text = f"{text}  (by {reviewer})"
             entry = QListWidgetItem(("✚ " if kind == "new" else "") + text)
-            entry.setData(Qt.ItemDataRole.UserRole, int(finding["slice_index"]))
+            entry.setData(Qt.ItemDataRole.UserRole, int(finding.slice_index))
             entry.setData(Qt.ItemDataRole.UserRole + 1, kind)
             entry.setData(Qt.ItemDataRole.UserRole + 2, finding)
-            label = finding.get("label")
+            label = finding.label
             colour = WHOLE_SLICE_COLOUR if label is None else label_colour(int(label)).name()
             entry.setForeground(Qt.GlobalColor.gray if kind == "stored" else Qt.GlobalColor.white)
             self.findings_list.addItem(entry)
-            marks.append(Mark(int(finding["slice_index"]), colour, text))
+            marks.append(Mark(int(finding.slice_index), colour, text))
         new, stored = len(self.findings), len(self.current_findings())
         self.findings_title.setText(
             f"Findings ({new} new, sent with the decision; {stored} in the current review)"
@@ -425,12 +420,10 @@ class ReviewPanel(QWidget):
 
     def _show_history(self) -> None:
         self.history.clear()
-        reviews = list((self.group or {}).get("reviews") or [])
+        reviews = list(self.group.reviews) if self.group is not None else []
         for review in reversed(reviews):  # newest first
             entry = QListWidgetItem(review_line(review))
-            entry.setForeground(
-                Qt.GlobalColor.green if review.get("decision") == "approved" else Qt.GlobalColor.red
-            )
+            entry.setForeground(Qt.GlobalColor.green if review.decision == "approved" else Qt.GlobalColor.red)
             self.history.addItem(entry)
         self.history_title.setText(f"History ({len(reviews)} review(s))" if reviews else "History: none yet")
 
@@ -465,18 +458,18 @@ class ReviewPanel(QWidget):
         self._runner.start(
             _review,
             self.api,
-            self.group["id"],
+            self.group.id,
             decision,
             self.comment.toPlainText().strip(),
-            [dict(f) for f in self.findings],
+            list(self.findings),  # a copy: the list may change while the request runs
             override,
             on_result=self._on_reviewed,
             on_error=self._on_failed,
             name="review",
         )
 
-    def _on_reviewed(self, group: dict[str, Any]) -> None:
-        if self.group is None or group["id"] != self.group["id"]:
+    def _on_reviewed(self, group: GroupOut) -> None:
+        if self.group is None or group.id != self.group.id:
             return  # another group was opened while the decision travelled
         self.group = group
         self.findings = []  # sent: they are the current review's findings now
@@ -485,13 +478,13 @@ class ReviewPanel(QWidget):
         self._show_findings()
         self._show_history()
         self._set_enabled(True)
-        self.statusMessage.emit(f"Group {group['model_name']} {group['version']} {group['review_status']}.")
+        self.statusMessage.emit(f"Group {group.model_name} {group.version} {group.review_status}.")
         self.reviewRecorded.emit(group)
 
     def _on_failed(self, failure: WorkFailure) -> None:
         self._set_enabled(self.group is not None)
         error = failure.error
-        if isinstance(error, ApiError) and error.code == "four_eyes":
+        if isinstance(error, ApiError) and error.code == ErrorCode.FOUR_EYES:
             message = f"{error.message}\nAsk another reviewer to approve it (rejecting it is allowed)."
             if self.role == "admin":  # the server's message says an admin may override
                 self.override_box.show()

@@ -8,18 +8,20 @@ and uploader, a page at a time ("Load more" follows the server's cursor). Openin
 1. the item's annotation and the group's slices are fetched (one worker);
 2. the annotation's series is opened the way the app opens any series: it is used when already open,
    else reopened from the local folder it was last opened from on this computer, else streamed from the
-   PACS (Settings or the server's), else the reviewer is asked for its folder;
+   PACS (Settings or the server's), else the reviewer is asked for its folder (the rule is
+   :func:`pacs_mask_desktop.core.session.series_route`);
 3. the annotation is chosen (its groups listed, the group selected) and the group opens in the Review
    tab, which starts at the group's first slice with a mask.
 
-After a decision on the opened item the review panel offers the next one ("Next in queue").
+After a decision on the opened item the review panel offers the next one ("Next in queue"); which one,
+and what the status bar says, is :class:`pacs_mask_desktop.core.session.ReviewQueueState`'s rule.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QModelIndex, QObject, Qt, Signal
 from PySide6.QtWidgets import (
@@ -35,43 +37,19 @@ from PySide6.QtWidgets import (
 )
 
 from pacs_mask_desktop.core.api_client import ApiClient
-from pacs_mask_desktop.core.pacs_open import PacsSeriesRef, pacs_url
+from pacs_mask_desktop.core.pacs_open import PacsSeriesRef
+from pacs_mask_desktop.core.session import item_title, person_name
 from pacs_mask_desktop.ui.formatting import failure_text, short_time
 from pacs_mask_desktop.ui.settings import remember_series_folder, series_folder
 from pacs_mask_desktop.ui.tables import RowsModel, make_table
 from pacs_mask_desktop.ui.workers import TaskRunner, WorkContext, WorkFailure
+from server.contract.messages import AnnotationOut, GroupOut, MaskOut, QueueItem, ReviewQueue
 
 if TYPE_CHECKING:
     from pacs_mask_desktop.ui.main_window import MainWindow
 
 PAGE_SIZE = 50
 SOURCES = (("Any source", None), ("manual", "manual"), ("ai", "ai"))
-
-
-def item_title(item: dict[str, Any]) -> str:
-    """A short phrase for a queue item: patient, model and version."""
-    patient = person_name(item.get("patient_name")) or item.get("patient_id") or "unknown patient"
-    return f"{patient} · {item['model_name']} {item['version']}"
-
-
-def person_name(value: str | None) -> str:
-    """A DICOM person name (``Family^Given^Middle``) as people write it: ``Family, Given Middle``."""
-    parts = [p.strip() for p in (value or "").split("^")]
-    family, rest = parts[0], " ".join(p for p in parts[1:] if p)
-    return f"{family}, {rest}" if family and rest else family or rest
-
-
-def series_route(
-    series_uid: str, *, open_uid: str | None, folder: str | None, has_pacs: bool
-) -> Literal["open", "folder", "pacs", "ask"]:
-    """How the series ``series_uid`` of a queue item gets on screen: it is the ``open`` one, or is reopened
-    from the local ``folder`` it was last opened from (when that still exists), or streamed from the
-    ``pacs``, or the reviewer is asked (``ask``) where it is."""
-    if open_uid == series_uid:
-        return "open"
-    if folder and Path(folder).is_dir():
-        return "folder"
-    return "pacs" if has_pacs else "ask"
 
 
 class QueueModel(RowsModel):
@@ -88,48 +66,46 @@ class QueueModel(RowsModel):
         "Slices",
     )
 
-    def cell(self, item: dict[str, Any], column: int) -> Any:
-        patient = item.get("patient_id") or ""
-        if name := person_name(item.get("patient_name")):
+    def cell(self, item: QueueItem, column: int) -> Any:
+        patient = item.patient_id or ""
+        if name := person_name(item.patient_name):
             patient = f"{name} ({patient})" if patient else name
         return (
             patient,
-            item.get("annotation_description") or f"annotation {item['annotation_id']}",
-            item["model_name"],
-            item["version"],
-            item["source"],
-            item.get("created_by", ""),
-            short_time(item.get("completed_at")),
-            item.get("slice_count", 0),
+            item.annotation_description or f"annotation {item.annotation_id}",
+            item.model_name,
+            item.version,
+            item.source,
+            item.created_by,
+            short_time(item.completed_at),
+            item.slice_count,
         )[column]
 
-    def tooltip(self, item: dict[str, Any]) -> str | None:
-        return (
-            f"Group {item['id']} of annotation {item['annotation_id']}\nDouble-click or Enter to review it."
-        )
+    def tooltip(self, item: QueueItem) -> str | None:
+        return f"Group {item.id} of annotation {item.annotation_id}\nDouble-click or Enter to review it."
 
     def row_of(self, group_id: str) -> int | None:
         """Row number of ``group_id``."""
-        return next((i for i, item in enumerate(self.items) if item["id"] == group_id), None)
+        return next((i for i, item in enumerate(self.items) if item.id == group_id), None)
 
 
 def _queue_page(
     _context: WorkContext, api: ApiClient, limit: int, cursor: str | None, filters: dict[str, Any]
-) -> dict[str, Any]:
+) -> ReviewQueue:
     return api.review_queue(limit=limit, cursor=cursor, **filters)
 
 
 def _queue_item_details(
-    _context: WorkContext, api: ApiClient, item: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    answer = api.group_with_slices(item["id"])
-    return api.get_annotation(int(item["annotation_id"])), answer["group"], answer["items"]
+    _context: WorkContext, api: ApiClient, item: QueueItem
+) -> tuple[AnnotationOut, GroupOut, list[MaskOut]]:
+    answer = api.group_with_slices(item.id)
+    return api.get_annotation(item.annotation_id), answer.group, answer.items
 
 
 class ReviewQueuePanel(QWidget):
     """Filters, the queue table, "Load more" and "Open"."""
 
-    itemChosen = Signal(object)  # the queue item dict
+    itemChosen = Signal(object)  # the QueueItem
     loaded = Signal(int)  # rows listed after a page arrived
     statusMessage = Signal(str)
 
@@ -232,17 +208,17 @@ class ReviewQueuePanel(QWidget):
         )
 
     def _on_page(
-        self, serial: int, cursor: str | None, answer: dict[str, Any], then: Callable[[], None] | None
+        self, serial: int, cursor: str | None, answer: ReviewQueue, then: Callable[[], None] | None
     ) -> None:
         if serial != self._serial:
             return
-        known = {item["id"] for item in self.model.items} if cursor else set()
-        fresh = [item for item in answer["items"] if item["id"] not in known]
+        known = {item.id for item in self.model.items} if cursor else set()
+        fresh = [item for item in answer.items if item.id not in known]
         keep = self.selected()
         self.model.set_items((self.model.items if cursor else []) + fresh)
-        self.next_cursor = answer.get("next_cursor")
+        self.next_cursor = answer.next_cursor
         self._show_summary()
-        if keep is not None and (row := self.model.row_of(keep["id"])) is not None:
+        if keep is not None and (row := self.model.row_of(keep.id)) is not None:
             self.table.selectRow(row)
         self.loaded.emit(self.model.rowCount())
         if then is not None:
@@ -261,7 +237,7 @@ class ReviewQueuePanel(QWidget):
         self.statusMessage.emit(self.summary.text())
         self.more_button.setEnabled(bool(self.next_cursor))
 
-    def selected(self) -> dict[str, Any] | None:
+    def selected(self) -> QueueItem | None:
         """The selected queue item."""
         index = self.table.currentIndex()
         return self.model.items[index.row()] if index.isValid() else None
@@ -282,7 +258,7 @@ class ReviewQueuePanel(QWidget):
             self.table.selectRow(row)
         return row is not None
 
-    def take(self, group_id: str) -> dict[str, Any] | None:
+    def take(self, group_id: str) -> QueueItem | None:
         """Remove ``group_id`` (decided) from the list; returns the item that followed it, if any."""
         row = self.model.row_of(group_id)
         if row is None:
@@ -323,8 +299,7 @@ class QueueFlow(QObject):
         )
         window.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.dock)
         self.dock.hide()
-        self.current: dict[str, Any] | None = None  # the item open in the review panel
-        self.upcoming: dict[str, Any] | None = None  # what "Next in queue" opens
+        self.state = window.session.review_queue  # the item open in the review panel, the next one
 
         window.connected.connect(lambda _url: self._on_connected())
         window.seriesLoaded.connect(lambda _series: self._remember_folder())
@@ -352,7 +327,7 @@ class QueueFlow(QObject):
 
     # --- opening an item ------------------------------------------------------------------------------
 
-    def open_item(self, item: dict[str, Any]) -> None:
+    def open_item(self, item: QueueItem) -> None:
         """Open ``item``'s series and annotation, then its group in the review panel."""
         api = self.window.api
         if api is None:
@@ -372,35 +347,29 @@ class QueueFlow(QObject):
 
     def _with_details(
         self,
-        item: dict[str, Any],
-        annotation: dict[str, Any],
-        group: dict[str, Any],
-        slices: list[dict[str, Any]],
+        item: QueueItem,
+        annotation: AnnotationOut,
+        group: GroupOut,
+        slices: list[MaskOut],
     ) -> None:
         window = self.window
-        series_uid = annotation["series_instance_uid"]
+        series_uid = annotation.series_instance_uid
 
         def review() -> None:
             if window.workspace.series_uid != series_uid:
                 window.status(
-                    f"The open series is not the series of annotation {annotation['id']}; not reviewing."
+                    f"The open series is not the series of annotation {annotation.id}; not reviewing."
                 )
                 return
             window.picker.choose(annotation)  # lists the annotation's groups
-            window.groups.refresh(select=group["id"])
+            window.groups.refresh(select=group.id)
             window.review_group(group, slices)
-            self.current = item
-            self.upcoming = None
-            self.panel.select(item["id"])
+            self.state.opened(item)
+            self.panel.select(item.id)
             self.opened.emit(item)
 
         folder = series_folder(series_uid)
-        route = series_route(
-            series_uid,
-            open_uid=window.workspace.series_uid if window.series is not None else None,
-            folder=folder,
-            has_pacs=pacs_url(window.pacs_settings, window.server_config) is not None,
-        )
+        route = window.session.queue_route(series_uid, folder)
         if route == "open":
             if window.pacs_loader.busy:
                 window.status(
@@ -413,47 +382,39 @@ class QueueFlow(QObject):
         elif route == "pacs":
             window.open_from_pacs(
                 PacsSeriesRef(
-                    annotation["study_instance_uid"],
+                    annotation.study_instance_uid,
                     series_uid,
-                    description=annotation.get("description") or "",
+                    description=annotation.description or "",
                 ),
                 then=review,
             )
         elif (chosen := self.ask_for_folder(annotation)) is not None:
             window.open_series(chosen, then=review)
 
-    def ask_for_folder(self, annotation: dict[str, Any]) -> Path | None:
+    def ask_for_folder(self, annotation: AnnotationOut) -> Path | None:
         """No local copy is known and no PACS is set up: ask where the annotation's series is."""
         folder = QFileDialog.getExistingDirectory(
             self.window,
-            f"Folder of the series of annotation {annotation['id']} "
-            f"(patient {annotation.get('patient_id') or '?'})",
+            f"Folder of the series of annotation {annotation.id} (patient {annotation.patient_id or '?'})",
             str(Path.home()),
         )
         return Path(folder) if folder else None
 
     # --- after a decision -----------------------------------------------------------------------------
 
-    def _on_reviewed(self, group: dict[str, Any]) -> None:
-        if self.current is None or group["id"] != self.current["id"]:
+    def _on_reviewed(self, group: GroupOut) -> None:
+        if not self.state.is_current(group.id):
             return
-        self.current = None
-        self.upcoming = self.panel.take(group["id"])
-        decided = f"{group['model_name']} {group['version']} {group.get('review_status')}"
-        if self.upcoming is not None:
-            self.window.review.offer_next(item_title(self.upcoming))
-            self.window.status(f"{decided}. Next in queue: {item_title(self.upcoming)}")
-        elif self.panel.next_cursor:
-            self.window.review.offer_next("(load the next page)")
-            self.window.status(f"{decided}. More groups wait on the server.")
-        else:
-            self.window.review.offer_next(None)
-            self.window.status(f"{decided}. The review queue is empty.")
+        step = self.state.decided(
+            group, self.panel.take(group.id), more_on_server=bool(self.panel.next_cursor)
+        )
+        self.window.review.offer_next(step.offer)
+        self.window.status(step.status)
 
     def open_next(self) -> None:
         """Open the item after the one just decided ("Next in queue")."""
-        if self.upcoming is not None:
-            self.open_item(self.upcoming)
+        if self.state.upcoming is not None:
+            self.open_item(self.state.upcoming)
             return
         listed = self.panel.model.rowCount()
         if not self.panel.fetch_more_then(lambda: self._open_row(listed)):

@@ -1,16 +1,16 @@
 """The upload panel: group fields, Upload / Cancel / Retry failed, overall progress and per-slice table.
 
-The engine (``core.upload.UploadEngine``) runs in a worker. Its events are queued by the engine
-threads and applied here on a ~15 Hz timer (see :mod:`~pacs_mask_desktop.ui.upload_model`), so even
-a 1000-slice upload at full speed costs the GUI thread a few short refreshes a second. The engine's
-cancel flag is the worker's, so Cancel and closing the window both stop it; the journal keeps what
-landed and Retry failed / Resume sends only what is missing.
+The engine runs in a worker, through ``core.upload_run.upload_with_journal`` like every other upload.
+Its events are queued by the engine threads and applied here on a ~15 Hz timer (see
+:mod:`~pacs_mask_desktop.ui.upload_model`), so even a 1000-slice upload at full speed costs the GUI
+thread a few short refreshes a second; the totals shown are counted by ``core.progress`` (as the CLI's
+bar is). The engine's cancel flag is the worker's, so Cancel and closing the window both stop it;
+the journal keeps what landed and Retry failed / Resume sends only what is missing.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,9 +29,9 @@ from PySide6.QtWidgets import (
 
 from pacs_mask_desktop.core.api_client import ApiClient
 from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState, UploadResult
-from pacs_mask_desktop.core.journal import Journal
 from pacs_mask_desktop.core.plan import UploadPlan
-from pacs_mask_desktop.core.upload import UploadEngine
+from pacs_mask_desktop.core.progress import ProgressCounter
+from pacs_mask_desktop.core.upload_run import upload_with_journal
 from pacs_mask_desktop.ui.formatting import failure_text, human_bytes
 from pacs_mask_desktop.ui.tables import make_table
 from pacs_mask_desktop.ui.upload_model import TERMINAL, EventQueue, UploadTableModel
@@ -65,13 +65,15 @@ def run_upload(
             tap(event)
         queue.push(event)
 
-    journal = Journal(journal_path)
-    engine = UploadEngine(api, journal, workers=workers, on_event=sink, cancel=context.cancel)
-    try:
-        return engine.run(plan, source_path=source_path)
-    finally:
-        engine.close()
-        journal.close()
+    return upload_with_journal(
+        api,
+        plan,
+        journal_path=journal_path,
+        source_path=source_path,
+        workers=workers,
+        on_event=sink,
+        cancel=context.cancel,
+    )
 
 
 class UploadPanel(QWidget):
@@ -95,11 +97,11 @@ class UploadPanel(QWidget):
         self.queue = EventQueue()
         self.worker: TaskHandle | None = None
         self.plan: UploadPlan | None = None
+        self.source_path: str | None = None
         self.last_result: UploadResult | None = None
         self.group_id: str | None = None
-        self._started = 0.0
-        self._sent_bytes = 0
-        self._finished = 0
+        self.progress = ProgressCounter()
+        """The running upload's totals (core.progress, shared with the CLI's bar), fed on the GUI thread."""
         self._pending_result: UploadResult | WorkFailure | None = None
 
         self.model_name = QLineEdit("manual-segmentation")
@@ -196,13 +198,12 @@ class UploadPanel(QWidget):
         if self.worker is not None:
             return
         self.plan = plan
+        self.source_path = source_path  # what Retry records again, even after the masks were cleared
         self.last_result = None
         self.group_id = None
         self.queue = EventQueue()
         self.model.set_plan(plan)
-        self._started = time.monotonic()
-        self._sent_bytes = 0
-        self._finished = 0
+        self.progress = ProgressCounter()
         self._pending_result = None
         self.bar.setRange(0, len(plan.slices))
         self.bar.setValue(0)
@@ -246,6 +247,7 @@ class UploadPanel(QWidget):
             self.model.apply(slices)
             finished: list[tuple[str, str]] = []
             for event in events:
+                self.progress.feed(event)
                 if isinstance(event, GroupEvent):
                     if event.kind in ("opened", "resumed") and event.group_id:
                         self.group_id = event.group_id
@@ -254,10 +256,6 @@ class UploadPanel(QWidget):
                         self.statusMessage.emit(event.message)
                     continue
                 if event.state in TERMINAL:
-                    if event.state is SliceState.DONE:
-                        self._sent_bytes += event.size
-                    if event.state is not SliceState.FAILED:
-                        self._finished += 1
                     finished.append((event.filename, event.state.value))
             if finished:
                 self.slicesFinished.emit(finished)
@@ -265,31 +263,27 @@ class UploadPanel(QWidget):
                     for filename, state in finished:
                         self.sliceFinished.emit(filename, state)
             self._update_stats()
-            self.progressChanged.emit(self._finished, len(self.model.rows))
+            self.progressChanged.emit(self.progress.finished, len(self.model.rows))
         if self._pending_result is not None and self.worker is None:
             pending, self._pending_result = self._pending_result, None
             self.timer.stop()
             self._finish(pending)
 
     def _update_stats(self) -> None:
-        total = len(self.model.rows)
-        self.bar.setValue(self._finished)
-        elapsed = max(time.monotonic() - self._started, 1e-6)
-        failed = self.model.count(SliceState.FAILED)
-        retries = self.model.retries
-        skipped = self.model.count(SliceState.SKIPPED)
+        progress = self.progress
+        self.bar.setValue(progress.finished)
         parts = [
-            f"{self._finished}/{total} slices",
-            f"{human_bytes(self._sent_bytes)} sent",
-            f"{human_bytes(self._sent_bytes / elapsed)}/s",
-            f"{self.model.count(SliceState.DONE) / elapsed:.0f} slices/s",
+            f"{progress.finished}/{len(self.model.rows)} slices",
+            f"{human_bytes(progress.bytes_sent)} sent",
+            f"{human_bytes(progress.byte_rate())}/s",
+            f"{progress.rate():.0f} slices/s",
         ]
-        if skipped:
-            parts.append(f"{skipped} already stored")
-        if retries:
-            parts.append(f"{retries} retries")
-        if failed:
-            parts.append(f"{failed} failed")
+        if progress.skipped:
+            parts.append(f"{progress.skipped} already stored")
+        if progress.retries:
+            parts.append(f"{progress.retries} retries")
+        if progress.failed:
+            parts.append(f"{progress.failed} failed")
         self.stats.setText(" · ".join(parts))
 
     def _on_result(self, result: UploadResult) -> None:

@@ -20,6 +20,7 @@ from pacs_mask_desktop.core.plan import PreparedUpload, prepare
 from pacs_mask_desktop.core.series_geometry import fetch_annotation_series
 from pacs_mask_desktop.ui.volume_stage import VolumeStage, is_nifti, is_seg_file, stage_volume
 from pacs_mask_desktop.ui.workers import WorkContext
+from server.contract.messages import AnnotationOut, GroupOut
 
 SERIES_CACHE_FRAMES = 32
 """Decoded frames a series keeps (the viewer keeps a few more); a 1000-slice series never sits whole."""
@@ -74,8 +75,13 @@ def prepare_task(
     series: Series | None,
     api: ApiClient | None = None,
     stage: VolumeStage | None = None,
+    *,
+    defer_decode: bool = False,
 ) -> PreparedUpload:
     """``prepare()`` the masks; with ``api``, against the annotation's series as the server recorded it.
+
+    ``defer_decode`` (the upload's own check) checks headers, names and indexes here and leaves decoding
+    the pixels to the upload, which runs it alongside the PUTs (``core.plan``: checking while sending).
 
     With ``stage``, a single NIfTI/DICOM SEG file is first placed on the annotation's series geometry
     and staged as PNG slices (:mod:`pacs_mask_desktop.ui.volume_stage`); its label table goes with the plan.
@@ -88,7 +94,7 @@ def prepare_task(
         volume = staged
     stored = fetch_annotation_series(api, fields["annotation_id"]) if api is not None else None
     series_uid = (  # an older annotation without geometry: the open series must still be its series
-        api.get_annotation(fields["annotation_id"]).get("series_instance_uid")
+        api.get_annotation(fields["annotation_id"]).series_instance_uid
         if api is not None and stored is None
         else None
     )
@@ -105,6 +111,7 @@ def prepare_task(
         annotation_series_uid=series_uid,
         labels=volume.labels if volume is not None else None,
         known_slices=volume.known_slices if volume is not None else None,
+        defer_decode=defer_decode,
     )
     if volume is not None:
         prepared.warnings.extend(volume.notes)
@@ -114,30 +121,24 @@ def prepare_task(
 def unfinished_uploads(_context: WorkContext, journal_path: Path) -> list[JournalEntry]:
     if not journal_path.exists():
         return []
-    journal = Journal(journal_path)
-    try:
+    with Journal(journal_path) as journal:
         return journal.unfinished()
-    finally:
-        journal.close()
 
 
 def forget_upload(_context: WorkContext, journal_path: Path, group_id: str) -> None:
-    journal = Journal(journal_path)
-    try:
+    with Journal(journal_path) as journal:
         journal.forget(group_id)
-    finally:
-        journal.close()
 
 
 def resume_lookup(
     _context: WorkContext, api: ApiClient, entry: JournalEntry
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    group = api.group_with_slices(entry.group_id)["group"]
+) -> tuple[AnnotationOut, GroupOut]:
+    group = api.group_with_slices(entry.group_id).group
     return api.get_annotation(entry.annotation_id), group
 
 
 def demo_task(
     context: WorkContext, api: ApiClient, folder: Path, slices: int, size: int
-) -> tuple[DemoData, dict[str, Any]]:
+) -> tuple[DemoData, AnnotationOut]:
     demo = ensure_demo(api, folder, slices=slices, size=size, cancel=context.cancel)
     return demo, api.get_annotation(demo.annotation_id)

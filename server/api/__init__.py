@@ -1,1 +1,1 @@
-"""HTTP layer: thin Litestar controllers, one module per resource, msgspec schemas in ``schemas``."""
+"""HTTP layer: thin Litestar controllers, one module per resource, the msgspec structs of the wire contract are ``server.contract.messages``."""

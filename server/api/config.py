@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from litestar import get
 
-from server.api import schemas
 from server.api.deps import CallDep
+from server.contract import messages
 from server.security import require
 from server.services.pacs_annotations import client_config
 
@@ -17,5 +17,5 @@ from server.services.pacs_annotations import client_config
     tags=["config"],
     summary="Client configuration",
 )
-def config(call: CallDep) -> schemas.ClientConfig:
+def config(call: CallDep) -> messages.ClientConfig:
     return client_config(call)

@@ -6,8 +6,8 @@ from litestar import Request, Response, get
 from litestar.openapi.datastructures import ResponseSpec
 
 from server import __version__
-from server.api import schemas
 from server.context import AppParts
+from server.contract import messages
 from server.storage.base import StorageError
 
 
@@ -16,9 +16,9 @@ from server.storage.base import StorageError
     sync_to_thread=True,
     tags=["health"],
     summary="Database and storage health",
-    responses={503: ResponseSpec(schemas.Health, description="The database or the storage is unusable.")},
+    responses={503: ResponseSpec(messages.Health, description="The database or the storage is unusable.")},
 )
-def health(request: Request) -> Response[schemas.Health]:
+def health(request: Request) -> Response[messages.Health]:
     parts: AppParts = request.app.state.parts
     database = storage = "ok"
     try:
@@ -30,7 +30,7 @@ def health(request: Request) -> Response[schemas.Health]:
     except StorageError as exc:
         storage = f"error: {exc}"
     ok = database == "ok" and storage == "ok"
-    body = schemas.Health(
+    body = messages.Health(
         status="ok" if ok else "degraded", database=database, storage=storage, version=__version__
     )
     return Response(body, status_code=200 if ok else 503)

@@ -12,9 +12,11 @@ from litestar import Controller, Response, delete, get, post
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
-from server.api import schemas
 from server.api.deps import CallDep
+from server.api.openapi import raises
 from server.api.params import SliceIndexQuery, text_query
+from server.contract import messages
+from server.contract.groups import LARGE_BODY_MAX_BYTES
 from server.errors import (
     Conflict,
     Forbidden,
@@ -41,10 +43,10 @@ class MaskGroupController(Controller):
         "/",
         guards=[require("uploader")],
         sync_to_thread=True,
-        raises=[NotFound, Conflict],
+        opt=raises(NotFound, Conflict),
         summary="Create a pending mask group",
     )
-    def create(self, call: CallDep, data: JSONBody[schemas.GroupCreate]) -> schemas.GroupOut:
+    def create(self, call: CallDep, data: JSONBody[messages.GroupCreate]) -> messages.GroupOut:
         return svc.create_group(call, data)
 
     @post(
@@ -52,35 +54,36 @@ class MaskGroupController(Controller):
         guards=[require("uploader")],
         sync_to_thread=True,
         status_code=200,
-        raises=[Forbidden, Conflict],
+        opt=raises(Forbidden, Conflict),
         summary="Signed PUT URLs for a batch of slices",
     )
     def sign(
-        self, call: CallDep, group_id: FromPath[str], data: JSONBody[schemas.SignRequest]
-    ) -> schemas.SignResponse:
+        self, call: CallDep, group_id: FromPath[str], data: JSONBody[messages.SignRequest]
+    ) -> messages.SignResponse:
         return svc.sign_urls(call, group_id, data)
 
     @post(
         "/{group_id:str}/complete",
         guards=[require("uploader")],
         sync_to_thread=True,
+        request_max_body_size=LARGE_BODY_MAX_BYTES,
         status_code=200,
-        raises=[Forbidden, Conflict, StorageUnavailable],
+        opt=raises(Forbidden, Conflict, StorageUnavailable),
         summary="Verify the uploaded slices and register them",
     )
     def complete(
-        self, call: CallDep, group_id: FromPath[str], data: JSONBody[schemas.CompleteRequest]
-    ) -> schemas.GroupOut:
+        self, call: CallDep, group_id: FromPath[str], data: JSONBody[messages.CompleteRequest]
+    ) -> messages.GroupOut:
         return svc.complete_group(call, group_id, data)
 
     @get(
         "/{annotation_id:str}",
         guards=[require("uploader")],
         sync_to_thread=True,
-        raises=[Unprocessable],
+        opt=raises(Unprocessable),
         summary="Groups of an annotation",
     )
-    def list_for_annotation(self, call: CallDep, annotation_id: FromPath[str]) -> schemas.GroupList:
+    def list_for_annotation(self, call: CallDep, annotation_id: FromPath[str]) -> messages.GroupList:
         return svc.list_groups(call, annotation_id)
 
     @get(
@@ -88,7 +91,7 @@ class MaskGroupController(Controller):
         guards=[require("uploader")],
         sync_to_thread=True,
         media_type="image/png",
-        raises=[Conflict, StorageUnavailable],
+        opt=raises(Conflict, StorageUnavailable),
         summary="Stream one slice",
     )
     def view(
@@ -115,22 +118,22 @@ class MaskGroupController(Controller):
         guards=[require("reviewer")],
         sync_to_thread=True,
         status_code=200,
-        raises=[Conflict, Forbidden, Unprocessable],
+        opt=raises(Conflict, Forbidden, Unprocessable),
         summary="Approve or reject a complete group, with per-slice findings",
     )
     def review(
-        self, call: CallDep, group_id: FromPath[str], data: JSONBody[schemas.ReviewRequest]
-    ) -> schemas.GroupOut:
+        self, call: CallDep, group_id: FromPath[str], data: JSONBody[messages.ReviewRequest]
+    ) -> messages.GroupOut:
         return review_svc.review_group(call, group_id, data)
 
     @get(
         "/{group_id:str}/compare/{other_id:str}",
         guards=[require("uploader")],
         sync_to_thread=True,
-        raises=[Conflict, Unprocessable, StorageUnavailable],
+        opt=raises(Conflict, Unprocessable, StorageUnavailable),
         summary="Compare two complete groups of one annotation: Dice, voxels and volumes",
     )
-    def compare(self, call: CallDep, group_id: FromPath[str], other_id: FromPath[str]) -> schemas.Comparison:
+    def compare(self, call: CallDep, group_id: FromPath[str], other_id: FromPath[str]) -> messages.Comparison:
         return compare_svc.compare_groups(call, group_id, other_id)
 
     @post(
@@ -138,10 +141,10 @@ class MaskGroupController(Controller):
         guards=[require("uploader")],
         sync_to_thread=True,
         status_code=200,
-        raises=[Conflict, Unprocessable, StorageUnavailable],
+        opt=raises(Conflict, Unprocessable, StorageUnavailable),
         summary="Build the group's DICOM SEG (once) and return its metadata",
     )
-    def build_seg(self, call: CallDep, group_id: FromPath[str]) -> schemas.SegOut:
+    def build_seg(self, call: CallDep, group_id: FromPath[str]) -> messages.SegOut:
         return seg_svc.build_seg(call, group_id)
 
     @get(
@@ -149,7 +152,7 @@ class MaskGroupController(Controller):
         guards=[require("uploader")],
         sync_to_thread=True,
         media_type="application/dicom",
-        raises=[Conflict, StorageUnavailable],
+        opt=raises(Conflict, StorageUnavailable),
         summary="Download the group's DICOM SEG",
     )
     def download_seg(self, call: CallDep, group_id: FromPath[str]) -> Stream:
@@ -170,10 +173,10 @@ class MaskGroupController(Controller):
         guards=[require("uploader")],
         sync_to_thread=True,
         status_code=200,
-        raises=[Conflict, Unprocessable, StorageUnavailable, PacsFailed],
+        opt=raises(Conflict, Unprocessable, StorageUnavailable, PacsFailed),
         summary="Store the group's DICOM SEG in the PACS (STOW-RS), once",
     )
-    def send_seg(self, call: CallDep, group_id: FromPath[str]) -> schemas.SendOut:
+    def send_seg(self, call: CallDep, group_id: FromPath[str]) -> messages.SendOut:
         return seg_send.send_seg(call, group_id)
 
     @delete(
@@ -181,10 +184,10 @@ class MaskGroupController(Controller):
         guards=[require("admin")],
         sync_to_thread=True,
         status_code=200,
-        raises=[StorageUnavailable],
+        opt=raises(StorageUnavailable),
         summary="Delete a group",
     )
-    def remove(self, call: CallDep, group_id: FromPath[str]) -> Response[schemas.DeleteResult]:
+    def remove(self, call: CallDep, group_id: FromPath[str]) -> Response[messages.DeleteResult]:
         return Response(svc.delete_group(call, group_id))
 
 
@@ -193,6 +196,6 @@ class MaskController(Controller):
     tags = ["mask groups"]  # noqa: RUF012
 
     @get("/{group_id:str}", guards=[require("uploader")], sync_to_thread=True, summary="Slices of a group")
-    def list_slices(self, call: CallDep, group_id: FromPath[str]) -> schemas.MaskList:
+    def list_slices(self, call: CallDep, group_id: FromPath[str]) -> messages.MaskList:
         compare_svc.ensure_volumes(call, group_id)  # first opening of a complete group: its label volumes
         return svc.list_masks(call, group_id)

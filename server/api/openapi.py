@@ -10,10 +10,11 @@ place, for every route in the document, from what the route is:
 - parameters that are typed or constrained can be of the wrong type (400) or out of bounds (422);
 - a path parameter names something that may not exist (404), and Litestar documents a 400 for any
   route with parameters: it is replaced with the real body;
-- the domain errors a handler's service raises are declared on the handler with Litestar's own
-  ``raises=[Conflict, StorageUnavailable, ...]`` (:class:`~server.errors.ApiError` subclasses).
+- the domain errors a handler's service raises are declared on the handler with
+  ``opt=raises(Conflict, StorageUnavailable, ...)`` (:class:`~server.errors.ApiError` subclasses; not
+  Litestar's own ``raises=``, which is typed for its ``HTTPException`` and documents Litestar's body).
 
-Every error response is documented with :class:`~server.api.schemas.ErrorBody`, the one shape the server
+Every error response is documented with :class:`~server.contract.messages.ErrorBody`, the one shape the server
 sends. The fuzz test (``tests/server/test_fuzz.py``) checks the document against the running app.
 """
 
@@ -27,7 +28,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import KwargDefinition
 from litestar.routes import HTTPRoute
 
-from server.api.schemas import ErrorBody
+from server.contract.messages import ErrorBody
 from server.errors import ApiError
 from server.security import ROLE_RANK, RoleGuard
 
@@ -47,7 +48,14 @@ DESCRIPTIONS = {
     504: "The PACS was too slow.",
 }
 _CONSTRAINTS = ("ge", "gt", "le", "lt", "multiple_of", "min_length", "max_length", "pattern", "const")
+#: The key of a handler's ``opt`` that holds the domain errors it declares (see :func:`raises`).
+RAISES_OPT = "raises"
 _NOT_PARAMETERS = {"data", "call", "request", "state", "scope", "headers", "cookies"}
+
+
+def raises(*errors: type[ApiError]) -> dict[str, Any]:
+    """A handler's ``opt``: the domain errors it can answer, documented by :func:`document_errors`."""
+    return {RAISES_OPT: errors}
 
 
 def _can_fail_validation(field: Any) -> bool:
@@ -79,9 +87,9 @@ def error_statuses(route: HTTPRoute, handler: HTTPRouteHandler) -> set[int]:
         if name not in _NOT_PARAMETERS and name not in handler.dependency_name_set
     ):
         statuses |= {400, 422}
-    for raised in handler.raises or ():
-        if isinstance(raised, type) and issubclass(raised, ApiError):
-            statuses |= set(raised.status_codes or (raised.status_code,))
+    raised: type[ApiError]
+    for raised in handler.opt.get(RAISES_OPT, ()):
+        statuses |= set(raised.status_codes or (raised.status_code,))
     return statuses
 
 

@@ -1,7 +1,7 @@
-"""Query and path parameters, bounded like the body fields (``server.api.schemas``).
+"""Query and path parameters, bounded like the body fields (``server.contract.messages``).
 
 Litestar reads a parameter's constraints from ``Parameter(...)``, not from the ``msgspec.Meta`` that body
-structs use, so the same definitions (:data:`~server.naming.INT32_MAX`, the safe-text patterns) are
+structs use, so the same definitions (:data:`~server.contract.naming.INT32_MAX`, the safe-text patterns) are
 spelled here once for parameters. A value out of bounds is a 422 (``invalid_value``) before any query
 runs: no oversize integer or NUL character reaches the database.
 """
@@ -12,8 +12,8 @@ from typing import Annotated
 
 from litestar.params import PathParameter, QueryParameter
 
-from server.api.schemas import SAFE_TEXT_PATTERN
-from server.naming import INT32_MAX
+from server.contract.messages import SAFE_TEXT_PATTERN
+from server.contract.naming import INT32_MAX
 
 
 def text_query(max_length: int) -> QueryParameter:

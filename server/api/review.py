@@ -7,9 +7,10 @@ from typing import Annotated
 from litestar import Controller, get
 from litestar.params import QueryParameter
 
-from server.api import schemas
 from server.api.deps import CallDep
+from server.api.openapi import raises
 from server.api.params import IdQuery, text_query
+from server.contract import messages
 from server.errors import Unprocessable
 from server.security import require
 from server.services import review as svc
@@ -24,7 +25,7 @@ class ReviewController(Controller):
         "/queue",
         guards=[require("reviewer")],
         sync_to_thread=True,
-        raises=[Unprocessable],
+        opt=raises(Unprocessable),
         summary="Complete groups waiting for review, oldest first",
     )
     def queue(
@@ -37,7 +38,7 @@ class ReviewController(Controller):
         source: Annotated[str | None, QueryParameter(pattern=r"^(manual|ai)$")] = None,
         created_by: Annotated[str | None, text_query(128)] = None,
         annotation_id: IdQuery = None,
-    ) -> schemas.ReviewQueue:
+    ) -> messages.ReviewQueue:
         return svc.review_queue(
             call,
             limit=limit,

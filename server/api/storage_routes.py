@@ -25,13 +25,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 from urllib.parse import parse_qsl
 
 from litestar import Request, Response, get, put
+from litestar.enums import ScopeType
 from litestar.params import FromPath
 from litestar.response import Stream
+from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
 from server.context import AppParts
 from server.errors import ApiError, Forbidden, InvalidRequest, NotFound, PreconditionFailed, TooLarge
@@ -41,9 +42,6 @@ from server.storage.local import InvalidKey, LocalStorage
 
 log = logging.getLogger("pacs_mask.server")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 PREFIX = "/storage/"
 INLINE_WRITE_MAX = 256 * 1024
@@ -118,14 +116,13 @@ class StorageUploads:
     headers, and there to :func:`put_object`, which runs the same :func:`receive_upload`.
     """
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], parts: AppParts) -> None:
+    def __init__(self, app: ASGIApp, parts: AppParts) -> None:
         self.app = app
         self.parts = parts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not (
-            scope["type"] == "http"
-            and scope["method"] == "PUT"
+        if scope["type"] != ScopeType.HTTP or not (
+            scope["method"] == "PUT"
             and scope["path"].startswith(PREFIX)
             and not any(name == b"origin" for name, _ in scope["headers"])
         ):
@@ -171,7 +168,7 @@ async def receive_upload(parts: AppParts, scope: Scope, receive: Receive) -> str
     body = bytearray()
     while True:
         message = await receive()
-        if message["type"] == "http.disconnect":
+        if message["type"] != "http.request":  # "http.disconnect": the client hung up
             raise ClientGone
         body += message.get("body", b"")
         if len(body) > signed_size:
@@ -216,11 +213,16 @@ async def receive_upload(parts: AppParts, scope: Scope, receive: Receive) -> str
 async def _answer(
     send: Send, status: int, body: bytes, content_type: bytes, *, etag: str | None = None
 ) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+    ]
     if etag is not None:
         headers.append((b"etag", etag.encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    start: HTTPResponseStartEvent = {"type": "http.response.start", "status": status, "headers": headers}
+    await send(start)
+    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
+    await send(end)
 
 
 @put(ROUTE, status_code=200, include_in_schema=False, request_max_body_size=None)

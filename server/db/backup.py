@@ -9,7 +9,7 @@ leave a half-changed schema: then the backup is copied back over the database (t
 :class:`MigrationFailed` says so in words the desktop shows the user.
 
 PostgreSQL is never touched here: a clinic's database is migrated on purpose by whoever runs the
-upgrade (``pacs-mask-server migrate``, after their own backup), see ``server.cli.prepare_database``.
+upgrade (``pacs-mask-server migrate``, after their own backup), see ``server.db.prepare.prepare_database``.
 """
 
 from __future__ import annotations

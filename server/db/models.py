@@ -1,7 +1,7 @@
 """SQLAlchemy models: annotations, mask groups, mask slices, reviews, audit log and API tokens.
 
 Table and column names follow the seed's task list (``annotation_mask_group``, ``annotation_mask``).
-The models are only for the server; API request/response shapes live in ``server.api.schemas``.
+The models are only for the server; API request/response shapes live in ``server.contract.messages``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     Uuid,
@@ -52,6 +53,16 @@ class Base(DeclarativeBase):
 
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}  # noqa: RUF012
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core :class:`Table` of a mapped class, for the Core inserts, updates and deletes the services
+    use where ORM objects were measured slower. ``__table__`` is typed as any ``FromClause``; every
+    model here maps one table, so anything else is a programming error."""
+    table = model.__table__
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not mapped to one table")
+    return table
 
 
 class Annotation(Base):
@@ -191,7 +202,7 @@ class Mask(Base):
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
-    label: Mapped[str | None] = mapped_column(String(256))
+    label: Mapped[str | None] = mapped_column(String(1024))  # contract.messages.SLICE_LABEL_MAX
     checksum: Mapped[str] = mapped_column(String(32))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     content_type: Mapped[str] = mapped_column(String(64))

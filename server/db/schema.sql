@@ -265,5 +265,11 @@ INSERT INTO annotation_mask_review (group_id, decision, comment, reviewed_by, re
 
 UPDATE alembic_version SET version_num='0006_review_findings' WHERE alembic_version.version_num = '0005_wider_study_text';
 
+-- Running upgrade 0006_review_findings -> 0007_wider_slice_label
+
+ALTER TABLE annotation_mask ALTER COLUMN label TYPE VARCHAR(1024);
+
+UPDATE alembic_version SET version_num='0007_wider_slice_label' WHERE alembic_version.version_num = '0006_review_findings';
+
 COMMIT;
 

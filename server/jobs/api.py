@@ -13,6 +13,7 @@ from litestar import post
 
 from server import audit
 from server.api.deps import CallDep
+from server.api.openapi import raises
 from server.api.params import text_query
 from server.errors import NotFound, StorageUnavailable
 from server.jobs.validate import validate
@@ -26,7 +27,7 @@ from server.storage.base import StorageError
     guards=[require("admin")],
     sync_to_thread=True,
     status_code=200,
-    raises=[NotFound, StorageUnavailable],
+    opt=raises(NotFound, StorageUnavailable),
     tags=["admin"],
     summary="Run the validation job and return its report",
 )

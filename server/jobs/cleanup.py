@@ -271,8 +271,8 @@ def _remove_pending(call: Call, action: Action, now: datetime) -> None:
     cutoff = now - timedelta(hours=call.settings.stale_pending_hours)
 
     def still_stale(session: Any, group: MaskGroup) -> bool:
-        signed = last_activity(session, [group], "group.sign").get(group.id)
-        return max(utc(group.created_at), signed or utc(group.created_at)) < cutoff  # type: ignore[type-var]
+        signed = last_activity(session, [group.id], "group.sign").get(group.id)
+        return max(utc(group.created_at), signed or utc(group.created_at)) < cutoff
 
     if not _flip(call, group_id, "pending", still_stale):
         action.status, action.result = SKIPPED, "no longer a stale pending group"

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from server.context import AppParts
+    from server.settings import Settings
 
 
-def _settings():  # type: ignore[no-untyped-def]
-    from server.cli import _settings as load
+def _settings() -> Settings:
+    from server.settings import settings_or_exit
 
-    return load()
+    return settings_or_exit()
 
 
 def _print(result: Any, as_json: bool) -> None:
@@ -40,7 +41,7 @@ def _run_job(args: argparse.Namespace, job: Callable[[AppParts], Any]) -> int:
     """Open the database and storage, run ``job``, print its result; map failures to exit codes."""
     from sqlalchemy.exc import DBAPIError
 
-    from server.cli import prepare_database
+    from server.db.prepare import prepare_database
     from server.errors import ApiError
     from server.jobs.common import close_parts, open_parts
     from server.logs import configure_logging
@@ -117,7 +118,7 @@ def _days(value: str) -> int:
     return days
 
 
-def add_job_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the job subcommands on the server's parser."""
     validate = sub.add_parser(
         "validate",

@@ -11,8 +11,8 @@ from server.settings import Settings
 
 def open_parts(settings: Settings) -> AppParts:
     """Database and storage for a job run outside the server (the CLI); close with :func:`close_parts`."""
-    from server.app import DEFAULT_PUBLIC_URL, load_signing_key
     from server.storage import create_storage
+    from server.storage.signing_key import DEFAULT_PUBLIC_URL, load_signing_key
 
     db = Database(settings.resolved_database_url)
     try:

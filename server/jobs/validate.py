@@ -27,9 +27,7 @@ orphan scan of a large bucket does not hold every key in memory.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import struct
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,13 +37,13 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from sqlalchemy import func, select
 
 from server.db.models import AuditLog, Mask, MaskGroup
 from server.db.session import Database
 from server.errors import NotFound
 from server.naming import group_prefix, parse_mask_key
+from server.services.label_png import decode_label_array
 from server.services.serialize import utc
 from server.settings import Settings
 from server.storage.base import ObjectInfo, Storage
@@ -62,8 +60,6 @@ HASH_THREADS = 8
 HASH_CHUNK = 1024 * 1024
 #: Keys of the storage listing checked against the database per query.
 KEY_BATCH = 500
-#: Largest mask side decoded by the content check (the desktop's own limit is lower).
-MAX_MASK_SIDE = 65535
 #: At most this many missing indexes are listed in one ``index_gap`` finding.
 MAX_LISTED_GAPS = 50
 
@@ -250,9 +246,9 @@ def hash_object(storage: Storage, key: str, chunk_size: int = HASH_CHUNK) -> Obj
     return ObjectInfo(key=key, size=size, md5_hex=digest.hexdigest())
 
 
-def last_activity(session: Any, groups: Iterable[_Group], action: str) -> dict[uuid.UUID, datetime]:
-    """The latest audit time of ``action`` for each group (chunked IN queries)."""
-    ids = [g.id for g in groups]
+def last_activity(session: Any, group_ids: Iterable[uuid.UUID], action: str) -> dict[uuid.UUID, datetime]:
+    """The latest audit time of ``action`` for each group id (chunked IN queries)."""
+    ids = list(group_ids)
     latest: dict[uuid.UUID, datetime] = {}
     for start in range(0, len(ids), KEY_BATCH):
         chunk = ids[start : start + KEY_BATCH]
@@ -261,7 +257,7 @@ def last_activity(session: Any, groups: Iterable[_Group], action: str) -> dict[u
             .where(AuditLog.action == action, AuditLog.group_id.in_(chunk))
             .group_by(AuditLog.group_id)
         ).all()
-        latest.update({gid: utc(at) for gid, at in rows if gid is not None and at is not None})  # type: ignore[misc]
+        latest.update({gid: utc(at) for gid, at in rows if gid is not None and at is not None})
     return latest
 
 
@@ -303,13 +299,13 @@ def validate(
         groups = [
             _Group(r.id, r.annotation_id, r.status, r.expected_slices, utc(r.created_at))
             for r in session.execute(query)
-        ]  # type: ignore[arg-type]
+        ]
         if group_id is not None and not groups:
             raise NotFound(f"Mask group {group_id} does not exist.", code="group_not_found")
         pending = [g for g in groups if g.status == "pending"]
         deleting = [g for g in groups if g.status == "deleting"]
-        signed = last_activity(session, pending, "group.sign")
-        delete_started = last_activity(session, deleting, "group.delete_started")
+        signed = last_activity(session, [g.id for g in pending], "group.sign")
+        delete_started = last_activity(session, [g.id for g in deleting], "group.delete_started")
 
     _check_pending(report, pending, signed, settings, now)
     _check_deleting(report, deleting, delete_started, now)
@@ -518,35 +514,6 @@ def decode_mask(data: bytes) -> dict[str, Any] | str:
     values = np.unique(array)
     height, width = array.shape
     return {"width": width, "height": height, "labels": [int(v) for v in values if v != 0]}
-
-
-def decode_label_array(data: bytes) -> np.ndarray | str:
-    """A mask PNG as a 2-D array of its label values, or why it is not one.
-
-    The one decoder of stored masks (the validate job and the SEG export): the bit depth comes from
-    the IHDR chunk, since Pillow scales 2- and 4-bit greyscale to 0..255 and does not report the depth.
-    A 1-bit image decodes to 0/1; 16-bit keeps its values (the caller bounds them).
-    """
-    if not data.startswith(b"\x89PNG\r\n\x1a\n") or len(data) < 33 or data[12:16] != b"IHDR":
-        return "not a PNG file"
-    width, height, bit_depth, colour_type = struct.unpack(">IIBB", data[16:26])
-    if colour_type not in (0, 3):
-        return f"PNG colour type {colour_type} is not a single-channel label image"
-    if not (1 <= width <= MAX_MASK_SIDE and 1 <= height <= MAX_MASK_SIDE):
-        return f"absurd size {width}x{height}"
-    try:
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
-            image.load()
-            array = np.asarray(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return f"corrupt PNG data ({exc})"
-    if array.ndim != 2:
-        return f"decoded to shape {array.shape}, not a single-channel image"
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8)
-    if colour_type == 0 and bit_depth in (2, 4):
-        array = array // np.uint8(255 // (2**bit_depth - 1))  # undo Pillow's scaling to 0..255
-    return array
 
 
 def content_problem(item: _Slice, content: dict[str, Any] | str) -> str | None:

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 
 from server import audit
-from server.api import schemas
 from server.context import Call
+from server.contract import messages
+from server.contract.naming import parse_id
 from server.db.models import Annotation, MaskGroup
 from server.errors import NotFound, Unprocessable
 from server.geometry import validate_geometry
-from server.naming import parse_id
 from server.services.serialize import annotation_out
 from server.services.series import load_geometry, store_geometry
 
 
-def create_annotation(call: Call, data: schemas.AnnotationCreate) -> schemas.AnnotationOut:
+def create_annotation(call: Call, data: messages.AnnotationCreate) -> messages.AnnotationOut:
     """Register an annotation for a series, with its geometry when the client sent one; audited.
 
     A sent geometry is re-ordered and checked by :func:`server.geometry.validate_geometry`, and its
@@ -45,8 +45,8 @@ def create_annotation(call: Call, data: schemas.AnnotationCreate) -> schemas.Ann
 
 
 def create_annotation_with_geometry(
-    call: Call, geometry: schemas.SeriesGeometry, description: str | None
-) -> schemas.AnnotationOut:
+    call: Call, geometry: messages.SeriesGeometry, description: str | None
+) -> messages.AnnotationOut:
     """Register an annotation from a geometry the server built itself (``geometry_from_datasets``)."""
     return _create(
         call,
@@ -64,8 +64,8 @@ def _create(
     series_instance_uid: str,
     patient_id: str | None,
     description: str | None,
-    geometry: schemas.SeriesGeometry | None,
-) -> schemas.AnnotationOut:
+    geometry: messages.SeriesGeometry | None,
+) -> messages.AnnotationOut:
     with call.db.session() as session:
         row = Annotation(
             study_instance_uid=study_instance_uid,
@@ -84,7 +84,7 @@ def _create(
         return annotation_out(row)
 
 
-def get_series(call: Call, annotation_id: int) -> schemas.SeriesGeometry:
+def get_series(call: Call, annotation_id: int) -> messages.SeriesGeometry:
     """The annotation's series geometry; 404 ``series_geometry_unknown`` for one recorded without it."""
     with call.db.session() as session:
         geometry = load_geometry(session, annotation_id)
@@ -98,7 +98,7 @@ def get_series(call: Call, annotation_id: int) -> schemas.SeriesGeometry:
         return geometry
 
 
-def list_annotations(call: Call, search: str | None, limit: int = 200) -> schemas.AnnotationList:
+def list_annotations(call: Call, search: str | None, limit: int = 200) -> messages.AnnotationList:
     """Annotations whose UIDs, patient id or description contain ``search`` (newest first)."""
     counts = (
         select(MaskGroup.annotation_id, func.count().label("n")).group_by(MaskGroup.annotation_id).subquery()
@@ -111,7 +111,7 @@ def list_annotations(call: Call, search: str | None, limit: int = 200) -> schema
     )
     if search:
         pattern = f"%{search.strip()}%"
-        filters = [
+        filters: list[ColumnElement[bool]] = [
             Annotation.description.ilike(pattern),
             Annotation.patient_id.ilike(pattern),
             Annotation.study_instance_uid.ilike(pattern),
@@ -122,10 +122,10 @@ def list_annotations(call: Call, search: str | None, limit: int = 200) -> schema
         query = query.where(or_(*filters))
     with call.db.session() as session:
         rows = session.execute(query).all()
-        return schemas.AnnotationList(items=[annotation_out(a, n) for a, n in rows])
+        return messages.AnnotationList(items=[annotation_out(a, n) for a, n in rows])
 
 
-def get_annotation(call: Call, annotation_id: int) -> schemas.AnnotationOut:
+def get_annotation(call: Call, annotation_id: int) -> messages.AnnotationOut:
     """One annotation, or 404."""
     with call.db.session() as session:
         row = session.get(Annotation, annotation_id)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from server.api import schemas
 from server.context import Call
+from server.contract import messages
 from server.db.models import AuditLog
 from server.services.mask_groups import parse_group_id
 from server.services.serialize import audit_out
@@ -13,7 +13,7 @@ from server.services.serialize import audit_out
 
 def list_audit(
     call: Call, *, annotation_id: int | None, group_id: str | None, actor: str | None, limit: int
-) -> schemas.AuditList:
+) -> messages.AuditList:
     """Audit rows matching every given filter, newest first."""
     query = select(AuditLog).order_by(AuditLog.id.desc()).limit(limit)
     if annotation_id is not None:
@@ -23,4 +23,4 @@ def list_audit(
     if actor:
         query = query.where(AuditLog.actor == actor)
     with call.db.session() as session:
-        return schemas.AuditList(items=[audit_out(r) for r in session.scalars(query)])
+        return messages.AuditList(items=[audit_out(r) for r in session.scalars(query)])

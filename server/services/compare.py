@@ -35,12 +35,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server import audit
-from server.api import schemas
 from server.context import Call
+from server.contract import messages
 from server.db.models import Annotation, AnnotationInstance, Comparison, Mask, MaskGroup, utcnow
 from server.errors import ApiError, Conflict, StorageUnavailable
 from server.geometry import slice_normal
-from server.jobs.validate import MAX_MASK_SIDE
+from server.services.label_png import MAX_MASK_SIDE
 from server.services.mask_groups import load_group, parse_group_id
 from server.services.seg import decode_label_png
 from server.storage.base import StorageError
@@ -80,9 +80,10 @@ def _slice_spacing(session: Session, row: Annotation) -> float | None:
             .where(AnnotationInstance.annotation_id == row.id)
             .order_by(AnnotationInstance.slice_index)
         ).all()
-        if len(positions) >= 2 and all(None not in p for p in positions):
+        points = [(x, y, z) for x, y, z in positions if x is not None and y is not None and z is not None]
+        if len(points) >= 2 and len(points) == len(positions):
             normal = slice_normal(row.image_orientation_patient)
-            along = sorted(sum(c * n for c, n in zip(p, normal, strict=True)) for p in positions)
+            along = sorted(sum(c * n for c, n in zip(p, normal, strict=True)) for p in points)
             gaps = [b - a for a, b in itertools.pairwise(along)]
             spacing = statistics.median(gaps)
             if spacing > 0:
@@ -115,8 +116,8 @@ def slice_stats(a: np.ndarray | None, b: np.ndarray | None) -> SliceStats:
     boxes = [box for box in (box_a, box_b) if box is not None]
     top, bottom = min(x[0] for x in boxes), max(x[1] for x in boxes)
     left, right = min(x[2] for x in boxes), max(x[3] for x in boxes)
-    crop_a = a[top:bottom, left:right] if box_a is not None else None
-    crop_b = b[top:bottom, left:right] if box_b is not None else None
+    crop_a = a[top:bottom, left:right] if a is not None and box_a is not None else None
+    crop_b = b[top:bottom, left:right] if b is not None and box_b is not None else None
     zeros = np.zeros(256, dtype=np.int64)
     count_a = np.bincount(crop_a.ravel(), minlength=256) if crop_a is not None else zeros
     count_b = np.bincount(crop_b.ravel(), minlength=256) if crop_b is not None else zeros
@@ -315,7 +316,7 @@ def ensure_volumes(call: Call, group_ref: str) -> None:
 # --- compare -----------------------------------------------------------------------------------------
 
 
-def compare_groups(call: Call, a_ref: str, b_ref: str) -> schemas.Comparison:
+def compare_groups(call: Call, a_ref: str, b_ref: str) -> messages.Comparison:
     """Per label, in total and per slice: Dice, voxels and volumes of two complete groups of one annotation.
 
     Cached per pair (either order). 409 ``not_comparable`` says why two groups cannot be compared.
@@ -385,10 +386,16 @@ def _dice(a: int, b: int, both: int) -> float | None:
     return 2.0 * both / (a + b) if a + b else None
 
 
-def _label_comparison(a: int, b: int, both: int, ml: float | None) -> schemas.LabelComparison:
+def _three(counts: list[int]) -> tuple[int, int, int]:
+    """A label's running ``[a, b, both]`` counts as the tuple they are."""
+    a, b, both = counts
+    return a, b, both
+
+
+def _label_comparison(a: int, b: int, both: int, ml: float | None) -> messages.LabelComparison:
     volume_a = a * ml if ml is not None else None
     volume_b = b * ml if ml is not None else None
-    return schemas.LabelComparison(
+    return messages.LabelComparison(
         dice=_dice(a, b, both),
         voxels_a=a,
         voxels_b=b,
@@ -400,7 +407,7 @@ def _label_comparison(a: int, b: int, both: int, ml: float | None) -> schemas.La
 
 def comparison_out(
     a: str, b: str, per_slice: Mapping[int, SliceStats], ml: float | None
-) -> schemas.Comparison:
+) -> messages.Comparison:
     """The API answer from per-slice counts (``a`` first in each tuple)."""
     totals: dict[int, list[int]] = {}
     slices = []
@@ -412,11 +419,11 @@ def comparison_out(
                 acc[k] += counts[k]
         slice_a, slice_b, slice_both = (sum(c[k] for c in stats.values()) for k in range(3))
         slices.append(
-            schemas.SliceComparison(
+            messages.SliceComparison(
                 slice_index=index,
                 dice=_dice(slice_a, slice_b, slice_both),
                 labels={
-                    str(label): schemas.SliceLabelComparison(
+                    str(label): messages.SliceLabelComparison(
                         dice=_dice(*counts), voxels_a=counts[0], voxels_b=counts[1]
                     )
                     for label, counts in sorted(stats.items())
@@ -424,10 +431,10 @@ def comparison_out(
             )
         )
     all_a, all_b, all_both = (sum(c[k] for c in totals.values()) for k in range(3))
-    return schemas.Comparison(
+    return messages.Comparison(
         a=a,
         b=b,
-        labels={str(label): _label_comparison(*totals[label], ml) for label in sorted(totals)},
+        labels={str(label): _label_comparison(*_three(totals[label]), ml) for label in sorted(totals)},
         totals=_label_comparison(all_a, all_b, all_both, ml),
         slices=slices,
     )

@@ -30,9 +30,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server import audit
-from server.api import schemas
 from server.context import Call
-from server.db.models import Annotation, Mask, MaskGroup, SignedUpload, utcnow
+from server.contract import messages
+from server.contract.naming import INT32_MAX, content_type_problem, filename_problem, parse_id
+from server.db.models import Annotation, Mask, MaskGroup, SignedUpload, table_of, utcnow
+from server.db.session import rowcount
 from server.errors import (
     Conflict,
     Forbidden,
@@ -42,7 +44,7 @@ from server.errors import (
     TooLarge,
     Unprocessable,
 )
-from server.naming import INT32_MAX, content_type_problem, filename_problem, group_prefix, mask_key, parse_id
+from server.naming import group_prefix, mask_key
 from server.services.serialize import group_out, mask_out, review_history
 from server.services.series import index_problem, load_shape, raise_geometry_mismatch, slice_problems
 from server.storage.base import ObjectInfo, StorageError, md5_b64_to_hex
@@ -75,7 +77,7 @@ def slice_count(session: Session, group_id: uuid.UUID) -> int:
 # --- create ------------------------------------------------------------------------------------------
 
 
-def create_group(call: Call, data: schemas.GroupCreate) -> schemas.GroupOut:
+def create_group(call: Call, data: messages.GroupCreate) -> messages.GroupOut:
     """Create a pending group; 409 naming the existing group when (annotation, model, version) is taken."""
     with call.db.session() as session:
         if session.get(Annotation, data.annotation_id) is None:
@@ -116,7 +118,7 @@ def create_group(call: Call, data: schemas.GroupCreate) -> schemas.GroupOut:
         raise _duplicate(existing) from None
 
 
-def _find_existing(session: Session, data: schemas.GroupCreate) -> MaskGroup | None:
+def _find_existing(session: Session, data: messages.GroupCreate) -> MaskGroup | None:
     return session.scalar(
         select(MaskGroup).where(
             MaskGroup.annotation_id == data.annotation_id,
@@ -138,7 +140,7 @@ def _duplicate(existing: MaskGroup) -> Conflict:
 # --- sign --------------------------------------------------------------------------------------------
 
 
-def sign_urls(call: Call, group_ref: str, data: schemas.SignRequest) -> schemas.SignResponse:
+def sign_urls(call: Call, group_ref: str, data: messages.SignRequest) -> messages.SignResponse:
     """Signed PUT URLs for a batch of slices of a pending group, every problem listed at once."""
     started = time.perf_counter()
     group_id = parse_group_id(group_ref)
@@ -203,7 +205,7 @@ def sign_urls(call: Call, group_ref: str, data: schemas.SignRequest) -> schemas.
                 ttl_seconds=ttl,
             )
             urls.append(
-                schemas.SignedUrl(
+                messages.SignedUrl(
                     filename=item.filename,
                     key=key,
                     url=signed.url,
@@ -223,7 +225,7 @@ def sign_urls(call: Call, group_ref: str, data: schemas.SignRequest) -> schemas.
         )
     call.metrics.urls_signed.inc(len(urls))
     call.metrics.sign_seconds.observe(time.perf_counter() - started)
-    return schemas.SignResponse(urls=urls)
+    return messages.SignResponse(urls=urls)
 
 
 SIGNED_URL_GRACE_SECONDS = 300
@@ -257,11 +259,13 @@ def _lock_if_pending(session: Session, group_id: uuid.UUID) -> bool:
     write lock (on SQLite the database's), so a racing ``complete`` cannot slip in before this
     transaction ends."""
     return (
-        session.execute(
-            update(MaskGroup)
-            .where(MaskGroup.id == group_id, MaskGroup.status == "pending")
-            .values(status="pending")
-        ).rowcount
+        rowcount(
+            session.execute(
+                update(MaskGroup)
+                .where(MaskGroup.id == group_id, MaskGroup.status == "pending")
+                .values(status="pending")
+            )
+        )
         == 1
     )
 
@@ -283,7 +287,7 @@ def _bind_signed_bytes(
             code="group_not_pending",
         )
     now = utcnow()
-    table = SignedUpload.__table__
+    table = table_of(SignedUpload)
     names = [item.filename for item in slices]
     # Core rows and one statement per kind of change. Measured with benchmarks/sign_urls.py's server
     # time (1000 URLs re-signed, A/B in one process, busy 2-core machine): ORM objects and updates by
@@ -379,8 +383,7 @@ def _remove_unsigned_objects(call: Call, group_id: uuid.UUID, mismatched: Sequen
         removable = [
             (c, signed[c.item.filename])
             for c in mismatched
-            if c.info is not None
-            and c.item.filename in signed
+            if c.item.filename in signed
             and signed[c.item.filename].checksum == c.item.checksum.lower()
             and (c.item.size is None or c.item.size == signed[c.item.filename].size_bytes)
         ]
@@ -418,7 +421,7 @@ def _check_signed_bytes(session: Session, group_id: uuid.UUID, checked: Sequence
     this complete looked at it. Run in the completing transaction, after the conditional status update.
     """
     now = utcnow()
-    table = SignedUpload.__table__
+    table = table_of(SignedUpload)
     columns = (table.c.filename, table.c.size_bytes, table.c.checksum, table.c.expires_at, table.c.removals)
     signed = {
         row.filename: row for row in session.execute(select(*columns).where(table.c.group_id == group_id))
@@ -440,7 +443,6 @@ def _check_signed_bytes(session: Session, group_id: uuid.UUID, checked: Sequence
         row = signed.get(c.item.filename)
         if (
             row is not None
-            and c.info is not None
             and (row.size_bytes, row.checksum) != (c.info.size, c.info.md5_hex)
             and _may_be_valid(row.expires_at, now)
         ):
@@ -468,13 +470,13 @@ def _check_signed_bytes(session: Session, group_id: uuid.UUID, checked: Sequence
 
 @dataclass(frozen=True, slots=True)
 class _Checked:
-    item: schemas.SliceToComplete
+    item: messages.SliceToComplete
     key: str
-    info: ObjectInfo | None
+    info: ObjectInfo  # the stored object (a missing one refuses the complete before this is built)
     removals: int = 0  # the filename's SignedUpload.removals before its object was looked up
 
 
-def complete_group(call: Call, group_ref: str, data: schemas.CompleteRequest) -> schemas.GroupOut:
+def complete_group(call: Call, group_ref: str, data: messages.CompleteRequest) -> messages.GroupOut:
     """Verify every object, then register all slices and mark the group complete, atomically."""
     started = time.perf_counter()
     group_id = parse_group_id(group_ref)
@@ -511,7 +513,7 @@ def complete_group(call: Call, group_ref: str, data: schemas.CompleteRequest) ->
                 "height": c.item.height,
                 "label": c.item.label,
                 "checksum": c.item.checksum.lower(),
-                "size_bytes": c.info.size,  # type: ignore[union-attr]
+                "size_bytes": c.info.size,
                 "content_type": "image/png",
                 "created_at": now,
             }
@@ -519,20 +521,22 @@ def complete_group(call: Call, group_ref: str, data: schemas.CompleteRequest) ->
         ]
         try:
             # One Core executemany: flushing 1000 Mask objects took ~3x as long (measured).
-            session.execute(insert(Mask.__table__), rows)
+            session.execute(insert(table_of(Mask)), rows)
         except IntegrityError:
             session.rollback()
             return _repeat_complete(call, group_id, data)
-        flipped = session.execute(
-            update(MaskGroup)
-            .where(MaskGroup.id == group_id, MaskGroup.status == "pending")
-            .values(status="complete", completed_at=now)
-        ).rowcount
+        flipped = rowcount(
+            session.execute(
+                update(MaskGroup)
+                .where(MaskGroup.id == group_id, MaskGroup.status == "pending")
+                .values(status="complete", completed_at=now)
+            )
+        )
         if flipped != 1:
             session.rollback()
             return _repeat_complete(call, group_id, data)
         _check_signed_bytes(session, group_id, checked)  # under the group's lock: a racing sign is seen
-        total_bytes = sum(c.info.size for c in checked)  # type: ignore[union-attr]
+        total_bytes = sum(c.info.size for c in checked)
         audit.record(
             session,
             call,
@@ -562,7 +566,7 @@ def _check_against_series(call: Call, annotation_id: int, slices: Sequence[Any],
     raise_geometry_mismatch(slice_problems(shape, slices), shape, what)
 
 
-def _check_complete_body(data: schemas.CompleteRequest) -> None:
+def _check_complete_body(data: messages.CompleteRequest) -> None:
     problems = []
     names: set[str] = set()
     indexes: set[int] = set()
@@ -585,7 +589,7 @@ def _check_complete_body(data: schemas.CompleteRequest) -> None:
 
 
 def _verify_objects(
-    call: Call, annotation_id: int, group_id: uuid.UUID, data: schemas.CompleteRequest
+    call: Call, annotation_id: int, group_id: uuid.UUID, data: messages.CompleteRequest
 ) -> list[_Checked]:
     """Look up every object, compare it with the claims, then make the objects durable.
 
@@ -599,15 +603,20 @@ def _verify_objects(
         removals: dict[str, int] = {row.filename: row.removals for row in session.execute(query)}
     try:
         infos = call.storage.stat_many(group_prefix(annotation_id, group_id), keys)
-        checked = []
+        found: list[tuple[messages.SliceToComplete, str, ObjectInfo | None]] = []
         for item, key, info in zip(data.slices, keys, infos, strict=True):
             if not _matches(item, info):
                 info = call.storage.stat(key)
-            checked.append(_Checked(item, key, info, removals.get(item.filename, 0)))
+            found.append((item, key, info))
     except StorageError as exc:
         call.metrics.failure("storage")
         raise StorageUnavailable(f"Storage could not be checked: {exc}") from exc
-    missing = [c.item.filename for c in checked if c.info is None]
+    missing = [item.filename for item, _key, info in found if info is None]
+    checked = [
+        _Checked(item, key, info, removals.get(item.filename, 0))
+        for item, key, info in found
+        if info is not None
+    ]
     corrupt = [
         {
             "filename": c.item.filename,
@@ -617,7 +626,7 @@ def _verify_objects(
             "stored_size": c.info.size,
         }
         for c in checked
-        if c.info is not None and not _matches(c.item, c.info)
+        if not _matches(c.item, c.info)
     ]
     if missing:
         call.metrics.failure("missing_object", len(missing))
@@ -651,7 +660,7 @@ def _verify_objects(
     return checked
 
 
-def _matches(item: schemas.SliceToComplete, info: ObjectInfo | None) -> bool:
+def _matches(item: messages.SliceToComplete, info: ObjectInfo | None) -> bool:
     return (
         info is not None
         and info.md5_hex == item.checksum.lower()
@@ -659,7 +668,7 @@ def _matches(item: schemas.SliceToComplete, info: ObjectInfo | None) -> bool:
     )
 
 
-def _repeat_complete(call: Call, group_id: uuid.UUID, data: schemas.CompleteRequest) -> schemas.GroupOut:
+def _repeat_complete(call: Call, group_id: uuid.UUID, data: messages.CompleteRequest) -> messages.GroupOut:
     """A complete of an already complete group: the same answer for the same body, 409 otherwise."""
     with call.db.session() as session:
         group = load_group(session, group_id)
@@ -679,7 +688,7 @@ def _repeat_complete(call: Call, group_id: uuid.UUID, data: schemas.CompleteRequ
 # --- read --------------------------------------------------------------------------------------------
 
 
-def list_groups(call: Call, annotation_ref: str) -> schemas.GroupList:
+def list_groups(call: Call, annotation_ref: str) -> messages.GroupList:
     """Groups of one annotation, newest first, each with its slice count."""
     annotation_id = parse_id(annotation_ref)
     if annotation_id is None:
@@ -699,17 +708,19 @@ def list_groups(call: Call, annotation_ref: str) -> schemas.GroupList:
             .order_by(MaskGroup.created_at.desc())
         ).all()
         history = review_history(session, [g.id for g, _ in rows if g.review_status is not None])
-        return schemas.GroupList(items=[group_out(g, n, history.get(g.id)) for g, n in rows])
+        return messages.GroupList(items=[group_out(g, n, history.get(g.id)) for g, n in rows])
 
 
-def list_masks(call: Call, group_ref: str) -> schemas.MaskList:
+def list_masks(call: Call, group_ref: str) -> messages.MaskList:
     """The group and its slices ordered by slice index."""
     group_id = parse_group_id(group_ref)
     with call.db.session() as session:
         group = load_group(session, group_id)
         rows = session.scalars(select(Mask).where(Mask.group_id == group_id).order_by(Mask.slice_index)).all()
         history = review_history(session, [group_id]).get(group_id)
-        return schemas.MaskList(group=group_out(group, len(rows), history), items=[mask_out(m) for m in rows])
+        return messages.MaskList(
+            group=group_out(group, len(rows), history), items=[mask_out(m) for m in rows]
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -768,7 +779,7 @@ def view_slice(call: Call, group_ref: str, filename: str | None, slice_index: in
 # --- delete ------------------------------------------------------------------------------------------
 
 
-def delete_group(call: Call, group_ref: str) -> schemas.DeleteResult:
+def delete_group(call: Call, group_ref: str) -> messages.DeleteResult:
     """Remove a group's objects, then its rows; resumable after a storage failure (see module doc)."""
     group_id = parse_group_id(group_ref)
     with call.db.session() as session:
@@ -776,11 +787,13 @@ def delete_group(call: Call, group_ref: str) -> schemas.DeleteResult:
         annotation_id, previous = group.annotation_id, group.status
         # Conditional: of two racing deletes only the one that moves the group to 'deleting' records the
         # start (a repeat after a storage failure finds it 'deleting' already and just finishes).
-        started = session.execute(
-            update(MaskGroup)
-            .where(MaskGroup.id == group_id, MaskGroup.status != "deleting")
-            .values(status="deleting")
-        ).rowcount
+        started = rowcount(
+            session.execute(
+                update(MaskGroup)
+                .where(MaskGroup.id == group_id, MaskGroup.status != "deleting")
+                .values(status="deleting")
+            )
+        )
         if started == 1:
             audit.record(
                 session,
@@ -809,9 +822,9 @@ def delete_group(call: Call, group_ref: str) -> schemas.DeleteResult:
             details={"group_id": str(group_id)},
         ) from exc
     with call.db.session() as session:
-        deleted_slices = session.execute(Mask.__table__.delete().where(Mask.group_id == group_id)).rowcount
-        session.execute(SignedUpload.__table__.delete().where(SignedUpload.group_id == group_id))
-        gone = session.execute(MaskGroup.__table__.delete().where(MaskGroup.id == group_id)).rowcount
+        deleted_slices = rowcount(session.execute(table_of(Mask).delete().where(Mask.group_id == group_id)))
+        session.execute(table_of(SignedUpload).delete().where(SignedUpload.group_id == group_id))
+        gone = rowcount(session.execute(table_of(MaskGroup).delete().where(MaskGroup.id == group_id)))
         if gone != 1:  # a racing delete finished first (its rows and audit entry are the record)
             raise NotFound(f"Mask group {group_id} does not exist.", code="group_not_found")
         audit.record(
@@ -822,6 +835,6 @@ def delete_group(call: Call, group_ref: str) -> schemas.DeleteResult:
             group_id=group_id,
             detail={"objects": deleted_objects, "slices": deleted_slices},
         )
-    return schemas.DeleteResult(
+    return messages.DeleteResult(
         id=str(group_id), deleted_objects=deleted_objects, deleted_slices=deleted_slices
     )

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from server import __version__
-from server.api import schemas
 from server.context import Call
+from server.contract import messages
 from server.errors import PacsFailed
 from server.geometry import MalformedHeader, geometry_from_datasets
 from server.pacs import read_series, shown_url
 from server.services.annotations import create_annotation_with_geometry
 
 
-def create_from_pacs(call: Call, data: schemas.AnnotationFromPacs) -> schemas.AnnotationOut:
+def create_from_pacs(call: Call, data: messages.AnnotationFromPacs) -> messages.AnnotationOut:
     """Read the series' instance metadata (WADO-RS), build and check its geometry, store both; audited.
 
     The PACS is read before any database work, so a PACS that fails leaves nothing behind.
@@ -39,10 +39,10 @@ def create_from_pacs(call: Call, data: schemas.AnnotationFromPacs) -> schemas.An
     return create_annotation_with_geometry(call, geometry, data.description)
 
 
-def client_config(call: Call) -> schemas.ClientConfig:
+def client_config(call: Call) -> messages.ClientConfig:
     """Where this server's PACS is (URL without credentials), the server's version and who is asking."""
     url = call.settings.dicomweb_url
-    return schemas.ClientConfig(
+    return messages.ClientConfig(
         dicomweb_url=shown_url(url) if url else None,
         version=__version__,
         send_unreviewed=call.settings.send_unreviewed,

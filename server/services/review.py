@@ -25,8 +25,8 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from server import audit
-from server.api import schemas
 from server.context import Call
+from server.contract import messages
 from server.db.models import Annotation, Finding, Mask, MaskGroup, Review, utcnow
 from server.errors import Conflict, Forbidden, Unprocessable
 from server.services.mask_groups import load_group, parse_group_id, slice_count
@@ -39,7 +39,7 @@ QUEUE_MAX_LIMIT = 200
 # --- review ------------------------------------------------------------------------------------------
 
 
-def review_group(call: Call, group_ref: str, data: schemas.ReviewRequest) -> schemas.GroupOut:
+def review_group(call: Call, group_ref: str, data: messages.ReviewRequest) -> messages.GroupOut:
     """Record a QA decision (with findings) on a complete group; the masks stay untouched. Audited.
 
     Answers the group with its findings and its whole review history.
@@ -107,11 +107,11 @@ def review_group(call: Call, group_ref: str, data: schemas.ReviewRequest) -> sch
     return result
 
 
-def _group_detail(session: Session, group: MaskGroup) -> schemas.GroupOut:
+def _group_detail(session: Session, group: MaskGroup) -> messages.GroupOut:
     return group_out(group, slice_count(session, group.id), review_history(session, [group.id]).get(group.id))
 
 
-def _four_eyes(call: Call, group: MaskGroup, data: schemas.ReviewRequest) -> bool:
+def _four_eyes(call: Call, group: MaskGroup, data: messages.ReviewRequest) -> bool:
     """Whether this approval overrides four eyes; 403 ``four_eyes`` when it may not."""
     if data.decision != "approved" or group.created_by != call.actor.name:
         return False
@@ -130,7 +130,7 @@ def _four_eyes(call: Call, group: MaskGroup, data: schemas.ReviewRequest) -> boo
     )
 
 
-def _check_findings(session: Session, group: MaskGroup, findings: list[schemas.FindingIn]) -> None:
+def _check_findings(session: Session, group: MaskGroup, findings: list[messages.FindingIn]) -> None:
     """One 422 ``invalid_findings`` listing every finding outside the group's slices or labels."""
     if not findings:
         return
@@ -173,7 +173,7 @@ def review_queue(
     source: str | None = None,
     created_by: str | None = None,
     annotation_id: int | None = None,
-) -> schemas.ReviewQueue:
+) -> messages.ReviewQueue:
     """Complete groups with no decision yet, oldest first, one page of at most ``limit``."""
     limit = max(1, min(limit, QUEUE_MAX_LIMIT))
     query = (
@@ -216,7 +216,7 @@ def review_queue(
         for group, patient_id, patient_name, description in page:
             out = group_out(group, counts.get(group.id, 0))
             items.append(
-                schemas.QueueItem(
+                messages.QueueItem(
                     **{name: getattr(out, name) for name in out.__struct_fields__},
                     patient_id=patient_id,
                     patient_name=patient_name,
@@ -224,7 +224,7 @@ def review_queue(
                 )
             )
     next_cursor = _encode_cursor(page[-1][0]) if more else None
-    return schemas.ReviewQueue(items=items, next_cursor=next_cursor)
+    return messages.ReviewQueue(items=items, next_cursor=next_cursor)
 
 
 def _encode_cursor(group: MaskGroup) -> str:

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import io
 import logging
+import uuid
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import update
 
 from server import audit
-from server.api import schemas
 from server.context import Call
+from server.contract import messages
 from server.db.models import MaskGroup, utcnow
 from server.errors import ApiError, Conflict, PacsFailed
 from server.pacs import Pacs
@@ -32,15 +33,15 @@ from server.services.serialize import retraction_notice, utc
 log = logging.getLogger("pacs_mask.server.seg")
 
 
-def send_seg(call: Call, group_ref: str) -> schemas.SendOut:
+def send_seg(call: Call, group_ref: str) -> messages.SendOut:
     """STOW the group's SEG to the configured PACS (building it first if needed); idempotent."""
     group_id = parse_group_id(group_ref)
     with call.db.session() as session:
         group = load_group(session, group_id)
         if group.sent_at is not None and group.seg_sop_instance_uid is not None:
-            return schemas.SendOut(
+            return messages.SendOut(
                 sop_instance_uid=group.seg_sop_instance_uid,
-                sent_at=utc(group.sent_at),  # type: ignore[arg-type]
+                sent_at=utc(group.sent_at),
                 pacs_url=group.sent_to or "",
                 retract_from_pacs=retraction_notice(group),
             )
@@ -81,7 +82,7 @@ def send_seg(call: Call, group_ref: str) -> schemas.SendOut:
     log.info("sent SEG %s of group %s to %s", seg.sop_instance_uid, group_id, pacs.url)
     if retract:
         log.warning("group %s was rejected while its SEG was sent: %s", group_id, retract)
-    return schemas.SendOut(
+    return messages.SendOut(
         sop_instance_uid=seg.sop_instance_uid, sent_at=now, pacs_url=pacs.url, retract_from_pacs=retract
     )
 
@@ -127,7 +128,7 @@ def _pacs(call: Call) -> Pacs:
         ) from None
 
 
-def _record_failure(call: Call, group_id: object, annotation_id: int, exc: ApiError) -> None:
+def _record_failure(call: Call, group_id: uuid.UUID, annotation_id: int, exc: ApiError) -> None:
     message = f"{exc.code}: {exc}"[:1024]
     log.warning("sending the SEG of group %s failed: %s", group_id, message)
     with call.db.session() as session:
@@ -137,7 +138,7 @@ def _record_failure(call: Call, group_id: object, annotation_id: int, exc: ApiEr
             call,
             "group.send_failed",
             annotation_id=annotation_id,
-            group_id=group_id,  # type: ignore[arg-type]
+            group_id=group_id,
             detail={"error": exc.code, "message": str(exc)},
         )
 

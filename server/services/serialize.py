@@ -5,14 +5,22 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 import msgspec
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.api import schemas
+from server.contract import messages
 from server.db.models import Annotation, AuditLog, Finding, Mask, MaskGroup, Review
+
+
+@overload
+def utc(value: datetime) -> datetime: ...
+@overload
+def utc(value: None) -> None: ...
+@overload
+def utc(value: datetime | None) -> datetime | None: ...
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -22,15 +30,15 @@ def utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def annotation_out(row: Annotation, group_count: int = 0) -> schemas.AnnotationOut:
-    return schemas.AnnotationOut(
+def annotation_out(row: Annotation, group_count: int = 0) -> messages.AnnotationOut:
+    return messages.AnnotationOut(
         id=row.id,
         study_instance_uid=row.study_instance_uid,
         series_instance_uid=row.series_instance_uid,
         patient_id=row.patient_id,
         description=row.description,
         created_by=row.created_by,
-        created_at=utc(row.created_at),  # type: ignore[arg-type]
+        created_at=utc(row.created_at),
         group_count=group_count,
         has_geometry=row.has_geometry,
         rows=row.rows,
@@ -41,11 +49,11 @@ def annotation_out(row: Annotation, group_count: int = 0) -> schemas.AnnotationO
 
 
 def group_out(
-    row: MaskGroup, slice_count: int, reviews: list[schemas.ReviewOut] | None = None
-) -> schemas.GroupOut:
+    row: MaskGroup, slice_count: int, reviews: list[messages.ReviewOut] | None = None
+) -> messages.GroupOut:
     """The group as the API shows it; ``reviews`` is its history (:func:`review_history`), when loaded."""
     history = reviews or []
-    return schemas.GroupOut(
+    return messages.GroupOut(
         id=str(row.id),
         annotation_id=row.annotation_id,
         model_name=row.model_name,
@@ -56,7 +64,7 @@ def group_out(
         confidence=row.confidence,
         params=row.params,
         created_by=row.created_by,
-        created_at=utc(row.created_at),  # type: ignore[arg-type]
+        created_at=utc(row.created_at),
         completed_at=utc(row.completed_at),
         slice_count=slice_count,
         review_status=row.review_status,
@@ -69,7 +77,7 @@ def group_out(
         sent_to=row.sent_to,
         send_error=row.send_error,
         retract_from_pacs=retraction_notice(row),
-        volumes=msgspec.convert(row.volumes, dict[str, schemas.LabelVolume])
+        volumes=msgspec.convert(row.volumes, dict[str, messages.LabelVolume])
         if row.volumes is not None
         else None,
         findings=list(history[-1].findings) if history and row.review_status else [],
@@ -79,14 +87,14 @@ def group_out(
 
 def review_history(
     session: Session, group_ids: Collection[uuid.UUID]
-) -> dict[uuid.UUID, list[schemas.ReviewOut]]:
+) -> dict[uuid.UUID, list[messages.ReviewOut]]:
     """Every review of ``group_ids`` with its findings, oldest first, per group (two queries)."""
     if not group_ids:
         return {}
     reviews = session.scalars(
         select(Review).where(Review.group_id.in_(list(group_ids))).order_by(Review.reviewed_at, Review.id)
     ).all()
-    findings: dict[int, list[schemas.FindingOut]] = {}
+    findings: dict[int, list[messages.FindingOut]] = {}
     if reviews:
         for finding in session.scalars(
             select(Finding)
@@ -94,18 +102,18 @@ def review_history(
             .order_by(Finding.slice_index, Finding.id)
         ):
             findings.setdefault(finding.review_id, []).append(
-                schemas.FindingOut(
+                messages.FindingOut(
                     slice_index=finding.slice_index, label=finding.label, comment=finding.comment
                 )
             )
-    history: dict[uuid.UUID, list[schemas.ReviewOut]] = {}
+    history: dict[uuid.UUID, list[messages.ReviewOut]] = {}
     for review in reviews:
         history.setdefault(review.group_id, []).append(
-            schemas.ReviewOut(
+            messages.ReviewOut(
                 decision=review.decision,
                 comment=review.comment,
                 reviewed_by=review.reviewed_by,
-                reviewed_at=utc(review.reviewed_at),  # type: ignore[arg-type]
+                reviewed_at=utc(review.reviewed_at),
                 override_four_eyes=review.override_four_eyes,
                 findings=findings.get(review.id, []),
             )
@@ -127,32 +135,32 @@ def retraction_notice(row: MaskGroup) -> str | None:
     )
 
 
-def _labels_out(labels: dict[str, Any]) -> dict[str, schemas.LabelInfo]:
+def _labels_out(labels: dict[str, Any]) -> dict[str, messages.LabelInfo]:
     """The stored label table; one stored before backslashes were refused reads with ``/`` instead."""
     try:
-        return msgspec.convert(labels, dict[str, schemas.LabelInfo])
+        return msgspec.convert(labels, dict[str, messages.LabelInfo])
     except msgspec.ValidationError:
         cleaned = msgspec.json.decode(msgspec.json.encode(labels).replace(b"\\\\", b"/"))
-        return msgspec.convert(cleaned, dict[str, schemas.LabelInfo])
+        return msgspec.convert(cleaned, dict[str, messages.LabelInfo])
 
 
-def seg_out(row: MaskGroup) -> schemas.SegOut | None:
-    """The group's DICOM SEG metadata, or ``None`` until it is built."""
-    if row.seg_sop_instance_uid is None:
+def seg_out(row: MaskGroup) -> messages.SegOut | None:
+    """The group's DICOM SEG metadata, or ``None`` until it is built (its UID and time are written together)."""
+    if row.seg_sop_instance_uid is None or row.seg_created_at is None:
         return None
-    return schemas.SegOut(
+    return messages.SegOut(
         sop_instance_uid=row.seg_sop_instance_uid,
         series_instance_uid=row.seg_series_instance_uid or "",
         size=row.seg_size or 0,
         checksum=row.seg_checksum or "",
-        created_at=utc(row.seg_created_at),  # type: ignore[arg-type]
+        created_at=utc(row.seg_created_at),
         segments=row.seg_segments or 0,
         frames=row.seg_frames or 0,
     )
 
 
-def mask_out(row: Mask) -> schemas.MaskOut:
-    return schemas.MaskOut(
+def mask_out(row: Mask) -> messages.MaskOut:
+    return messages.MaskOut(
         id=row.id,
         filename=row.filename,
         storage_key=row.storage_key,
@@ -164,14 +172,14 @@ def mask_out(row: Mask) -> schemas.MaskOut:
         checksum=row.checksum,
         size_bytes=row.size_bytes,
         content_type=row.content_type,
-        created_at=utc(row.created_at),  # type: ignore[arg-type]
+        created_at=utc(row.created_at),
     )
 
 
-def audit_out(row: AuditLog) -> schemas.AuditOut:
-    return schemas.AuditOut(
+def audit_out(row: AuditLog) -> messages.AuditOut:
+    return messages.AuditOut(
         id=row.id,
-        at=utc(row.at),  # type: ignore[arg-type]
+        at=utc(row.at),
         actor=row.actor,
         action=row.action,
         annotation_id=row.annotation_id,

@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from server.api import schemas
-from server.db.models import Annotation, AnnotationInstance
+from server.contract import messages
+from server.db.models import Annotation, AnnotationInstance, table_of
 from server.errors import NotFound, Unprocessable
 
 _SERIES_FIELDS = (
@@ -37,7 +37,7 @@ _SERIES_FIELDS = (
 )
 
 
-def store_geometry(session: Session, row: Annotation, geometry: schemas.SeriesGeometry) -> None:
+def store_geometry(session: Session, row: Annotation, geometry: messages.SeriesGeometry) -> None:
     """Write ``geometry`` (validated, in slice order) onto the flushed annotation ``row``."""
     for name in _SERIES_FIELDS:
         setattr(row, name, getattr(geometry, name))
@@ -46,7 +46,7 @@ def store_geometry(session: Session, row: Annotation, geometry: schemas.SeriesGe
     if row.patient_id is None:
         row.patient_id = geometry.patient_id
     session.execute(
-        insert(AnnotationInstance.__table__),
+        insert(table_of(AnnotationInstance)),
         [
             {
                 "annotation_id": row.id,
@@ -64,7 +64,7 @@ def store_geometry(session: Session, row: Annotation, geometry: schemas.SeriesGe
     )
 
 
-def load_geometry(session: Session, annotation_id: int) -> schemas.SeriesGeometry | None:
+def load_geometry(session: Session, annotation_id: int) -> messages.SeriesGeometry | None:
     """The stored geometry of an annotation, ``None`` for one recorded without it; 404 if it is absent."""
     row = session.get(Annotation, annotation_id)
     if row is None:
@@ -76,21 +76,21 @@ def load_geometry(session: Session, annotation_id: int) -> schemas.SeriesGeometr
         .where(AnnotationInstance.annotation_id == annotation_id)
         .order_by(AnnotationInstance.slice_index)
     ).all()
-    return schemas.SeriesGeometry(
+    return messages.SeriesGeometry(
         series_instance_uid=row.series_instance_uid,
         study_instance_uid=row.study_instance_uid,
         patient_id=row.patient_id,
-        source=row.geometry_source or "folder",  # type: ignore[arg-type]
+        source="pacs" if row.geometry_source == "pacs" else "folder",  # None: recorded before the column
         instances=[_instance_out(i) for i in instances],
         **{name: getattr(row, name) for name in _SERIES_FIELDS},
     )
 
 
-def _instance_out(row: AnnotationInstance) -> schemas.SeriesInstance:
+def _instance_out(row: AnnotationInstance) -> messages.SeriesInstance:
     position = None
     if row.position_x is not None and row.position_y is not None and row.position_z is not None:
         position = [row.position_x, row.position_y, row.position_z]
-    return schemas.SeriesInstance(
+    return messages.SeriesInstance(
         slice_index=row.slice_index,
         sop_instance_uid=row.sop_instance_uid,
         sop_class_uid=row.sop_class_uid,

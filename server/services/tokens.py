@@ -9,8 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from server import audit
-from server.api import schemas
 from server.context import Call
+from server.contract import messages
 from server.db.models import ApiToken, utcnow
 from server.db.session import Database
 from server.errors import Conflict, NotFound
@@ -32,40 +32,40 @@ def issue_token(db: Database, name: str, role: str) -> str:
     return token
 
 
-def create_token(call: Call, data: schemas.TokenCreate) -> schemas.TokenOut:
+def create_token(call: Call, data: messages.TokenCreate) -> messages.TokenOut:
     """API: create a token; audited (the token itself is never logged)."""
     token = issue_token(call.db, data.name, data.role)
     with call.db.session() as session:
         row = session.scalar(select(ApiToken).where(ApiToken.name == data.name))
         assert row is not None
         audit.record(session, call, "token.create", detail={"name": data.name, "role": data.role})
-        return schemas.TokenOut(
+        return messages.TokenOut(
             name=row.name,
             role=row.role,
             created_at=utc(row.created_at),
             revoked_at=None,
-            token=token,  # type: ignore[arg-type]
+            token=token,
         )
 
 
-def list_tokens(call: Call) -> schemas.TokenList:
+def list_tokens(call: Call) -> messages.TokenList:
     """API: every token's name, role and state (never the token)."""
     with call.db.session() as session:
         rows = session.scalars(select(ApiToken).order_by(ApiToken.name)).all()
-        return schemas.TokenList(
+        return messages.TokenList(
             items=[
-                schemas.TokenOut(
+                messages.TokenOut(
                     name=r.name,
                     role=r.role,
                     created_at=utc(r.created_at),
-                    revoked_at=utc(r.revoked_at),  # type: ignore[arg-type]
+                    revoked_at=utc(r.revoked_at),
                 )
                 for r in rows
             ]
         )
 
 
-def revoke_token(call: Call, name: str) -> schemas.TokenOut:
+def revoke_token(call: Call, name: str) -> messages.TokenOut:
     """API: revoke a token by name; audited."""
     with call.db.session() as session:
         row = session.scalar(select(ApiToken).where(ApiToken.name == name))
@@ -75,11 +75,11 @@ def revoke_token(call: Call, name: str) -> schemas.TokenOut:
             row.revoked_at = utcnow()
         audit.record(session, call, "token.revoke", detail={"name": name})
         session.flush()
-        out = schemas.TokenOut(
+        out = messages.TokenOut(
             name=row.name,
             role=row.role,
             created_at=utc(row.created_at),
-            revoked_at=utc(row.revoked_at),  # type: ignore[arg-type]
+            revoked_at=utc(row.revoked_at),
         )
     # After the commit, so no request can cache the token again from the old row: here at once, on
     # other worker processes within auth_cache_seconds (server/security.py).

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import quote
 
 from server.storage.base import ObjectExists, ObjectInfo, PresignedRequest, Storage, StorageError
@@ -322,7 +323,7 @@ class LocalStorage(Storage):
             raise StorageError(f"local storage root is missing or not writable: {self.root}")
 
 
-def _read_chunks(handle, chunk_size: int) -> Iterator[bytes]:  # type: ignore[no-untyped-def]
+def _read_chunks(handle: BinaryIO, chunk_size: int) -> Iterator[bytes]:
     with handle:
         while chunk := handle.read(chunk_size):
             yield chunk

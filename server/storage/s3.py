@@ -12,6 +12,7 @@ instance roles); they are never logged and never appear in error messages.
 from __future__ import annotations
 
 import base64
+import builtins
 import datetime as dt
 import hashlib
 import io
@@ -372,7 +373,7 @@ class S3Storage(Storage):
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, "LIST", prefix) from None
 
-    def stat_many(self, prefix: str, keys: Sequence[str]) -> list[ObjectInfo | None]:
+    def stat_many(self, prefix: str, keys: Sequence[str]) -> builtins.list[ObjectInfo | None]:
         """One ListObjectsV2 walk of ``prefix`` instead of a HEAD per key.
 
         Measured against rclone serve s3 for 1000 objects: 1000 HEADs (16 threads) 1.2 s, one listing
@@ -446,7 +447,7 @@ class S3Storage(Storage):
             raise self._error(exc, "PUT", key) from None
         return ObjectInfo(key=key, size=len(data), md5_hex=digest.hexdigest())
 
-    def _delete_keys(self, keys: Sequence[str], what: str | None = None) -> tuple[int, list[str]]:
+    def _delete_keys(self, keys: Sequence[str], what: str | None = None) -> tuple[int, builtins.list[str]]:
         """DeleteObjects over ``keys``, 1000 a call: how many went, and ``'key': Code`` for each the
         server refused (every batch is tried). A failed call raises, naming ``what`` (or its first key)."""
         deleted = 0

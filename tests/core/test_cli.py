@@ -67,15 +67,15 @@ def start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
 def _check_1000(server: LiveServer, volume: Volume, group_id: str) -> None:
     found = assert_group_matches(server, group_id, volume.mask_paths(), view_sample=20)
     series = load_series(volume.series)
-    items = sorted(found["items"], key=lambda m: m["slice_index"])
-    assert [m["slice_index"] for m in items] == list(range(1000))
+    items = sorted(found.items, key=lambda m: m.slice_index)
+    assert [m.slice_index for m in items] == list(range(1000))
     for m in items[::97]:  # bound to the right DICOM slice, with the right geometry and labels
-        assert m["sop_instance_uid"] == series[m["slice_index"]].sop_instance_uid
-        assert m["filename"] == f"mask_{m['slice_index']:04d}.png"
-        assert (m["width"], m["height"]) == (512, 512)
-    labelled = [m for m in items if m["label"]]
+        assert m.sop_instance_uid == series[m.slice_index].sop_instance_uid
+        assert m.filename == f"mask_{m.slice_index:04d}.png"
+        assert (m.width, m.height) == (512, 512)
+    labelled = [m for m in items if m.label]
     assert 0 < len(labelled) < 1000  # realistic: liver on some slices, empty elsewhere
-    assert {m["label"] for m in labelled} <= {"1", "1,2"}
+    assert {m.label for m in labelled} <= {"1", "1,2"}
 
 
 def test_1000_slices_upload_to_the_embedded_server_with_a_readable_progress_bar(
@@ -168,7 +168,7 @@ def _interrupt_and_resume(
     assert landed <= first_names  # the journal never claims a slice storage did not get
     assert len(first_names - landed) <= 8  # at most one in flight per worker was not yet journaled
     with server.api() as api:
-        assert [g["status"] for g in api.list_groups(annotation)] == ["pending"]
+        assert [g.status for g in api.list_groups(annotation)] == ["pending"]
 
     server.proxy.configure()  # fast again, counters at zero
     rerun = run_cli([*args, "--json"], env)
@@ -218,7 +218,7 @@ def test_ctrl_c_cancels_cleanly_with_exit_130_and_a_rerun_resumes(
 def _no_group(server: LiveServer, annotation: int) -> None:
     with server.api() as api:
         assert api.list_groups(annotation) == []
-        assert not [r for r in api.audit(annotation_id=annotation) if r["action"].startswith("group.")]
+        assert not [r for r in api.audit(annotation_id=annotation) if r.action.startswith("group.")]
     assert server.stored_keys(f"mask/{annotation}/") == []
 
 
@@ -378,7 +378,7 @@ def test_reusing_a_version_for_other_masks_exits_3_with_the_reason(
     assert json.loads(capsys.readouterr().out)["error"] == "duplicate_group"
     with live_server.api() as api:
         (group,) = api.list_groups(annotation)
-    assert (group["id"], group["slice_count"]) == (group_id, 4)
+    assert (group.id, group.slice_count) == (group_id, 4)
 
 
 def test_no_token_is_a_clear_error(
@@ -566,7 +566,7 @@ def test_annotations_create_prints_the_id_alone_on_stdout(
     assert f"created annotation {captured.out.strip()}" in captured.err
     with live_server.api() as api:
         row = api.get_annotation(int(captured.out))
-    assert row["series_instance_uid"] == load_series(tmp_path / "series").series_instance_uid
+    assert row.series_instance_uid == load_series(tmp_path / "series").series_instance_uid
 
 
 def test_a_mask_path_that_does_not_exist_is_reported_as_missing(

@@ -14,10 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import msgspec
 import numpy as np
 import pytest
 
 from pacs_mask_desktop.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_SERVER
+from server.contract.messages import SeriesGeometry
 from tests.live_server import LiveServer, Ran
 from tests.server.conftest import png
 from tests.server.review_data import geometry
@@ -34,7 +36,7 @@ def upload(server: LiveServer, annotation_id: int, volume: np.ndarray, version: 
         )
         files = {i: png(volume[i]) for i in range(volume.shape[0])}
         signed = api.sign(
-            group["id"],
+            group.id,
             [
                 {
                     "filename": f"m_{i}.png",
@@ -48,11 +50,9 @@ def upload(server: LiveServer, annotation_id: int, volume: np.ndarray, version: 
         )
         with httpx.Client() as http:
             for url, data in zip(signed, files.values(), strict=True):
-                http.request(
-                    url["method"], url["url"], content=data, headers=url["headers"]
-                ).raise_for_status()
+                http.request(url.method, url.url, content=data, headers=url.headers).raise_for_status()
         api.complete(
-            group["id"],
+            group.id,
             [
                 {
                     "filename": f"m_{i}.png",
@@ -64,7 +64,7 @@ def upload(server: LiveServer, annotation_id: int, volume: np.ndarray, version: 
                 for i, data in files.items()
             ],
         )
-    return str(group["id"])
+    return str(group.id)
 
 
 def pair(server: LiveServer) -> tuple[int, str, str]:
@@ -73,9 +73,11 @@ def pair(server: LiveServer) -> tuple[int, str, str]:
     series["series_instance_uid"] = series["study_instance_uid"] + f".{uuid.uuid4().int % 10**12}"
     with server.api() as api:
         annotation_id = int(
-            api.create_annotation(series["study_instance_uid"], series["series_instance_uid"], series=series)[
-                "id"
-            ]
+            api.create_annotation(
+                series["study_instance_uid"],
+                series["series_instance_uid"],
+                series=msgspec.convert(series, SeriesGeometry),
+            ).id
         )
     version = uuid.uuid4().hex[:8]
     return (
@@ -117,7 +119,9 @@ def test_compare_prints_labels_totals_and_worst_slices_and_the_json_document(
     assert machine.returncode == EXIT_OK, machine.stderr
     document = json.loads(machine.stdout)
     with live_server.api() as api:
-        assert document == api.compare(a, b)
+        assert document == msgspec.to_builtins(
+            api.compare(a, b)
+        )  # the server's JSON, as decoded and re-encoded
     assert document["totals"]["voxels_a"] == 8
 
     groups = run_cli(["groups", "--annotation", str(annotation_id)], env)

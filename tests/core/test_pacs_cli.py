@@ -79,8 +79,8 @@ def test_the_ct_is_found_annotated_from_the_pacs_and_takes_its_masks(
     annotation = int(created.stdout.strip())  # the id alone on stdout
     with pacs_server.api() as api:
         geometry = api.annotation_series(annotation)
-    assert tuple(i["sop_instance_uid"] for i in geometry["instances"]) == pacs_ct.sop_uids_in_order
-    assert geometry["instances"][0]["instance_number"] == 200  # slice 0 = lowest z = last in scanner order
+    assert tuple(i.sop_instance_uid for i in geometry.instances) == pacs_ct.sop_uids_in_order
+    assert geometry.instances[0].instance_number == 200  # slice 0 = lowest z = last in scanner order
 
     masks = tmp_path / "masks"
     write_masks_for_series(pacs_ct.folder, masks)  # ground truth, mask_0000 = lowest z
@@ -99,12 +99,10 @@ def test_the_ct_is_found_annotated_from_the_pacs_and_takes_its_masks(
     assert done.returncode == EXIT_OK, done.stderr
     with pacs_server.api() as api:
         (group,) = api.list_groups(annotation)
-        items = api.group_with_slices(group["id"])["items"]
-    assert group["status"] == "complete"
+        items = api.group_with_slices(group.id).items
+    assert group.status == "complete"
     assert len(items) == 200
-    assert {m["slice_index"]: m["sop_instance_uid"] for m in items} == dict(
-        enumerate(pacs_ct.sop_uids_in_order)
-    )
+    assert {m.slice_index: m.sop_instance_uid for m in items} == dict(enumerate(pacs_ct.sop_uids_in_order))
 
     # Refused before anything is sent: a mask of another size, a mask past the last slice.
     for name, size in (("mask_0003.png", 32), ("mask_0200.png", 64)):
@@ -145,9 +143,9 @@ def test_the_multiframe_mr_is_annotated_from_the_pacs_and_takes_one_mask_per_fra
     assert done.returncode == EXIT_OK, done.stderr
     with pacs_server.api() as api:
         (group,) = api.list_groups(annotation)
-        items = api.group_with_slices(group["id"])["items"]
-    assert sorted(m["slice_index"] for m in items) == list(range(10))
-    assert {m["sop_instance_uid"] for m in items} == {pacs_mr.sop_uids_in_order[0]}
+        items = api.group_with_slices(group.id).items
+    assert sorted(m.slice_index for m in items) == list(range(10))
+    assert {m.sop_instance_uid for m in items} == {pacs_mr.sop_uids_in_order[0]}
 
 
 def test_upload_series_pacs_needs_an_annotation_with_geometry(

@@ -19,6 +19,7 @@ import pytest
 from pacs_mask_desktop.core.dicom_cache import CacheError, DicomCache
 from pacs_mask_desktop.core.dicom_series import load_series
 from pacs_mask_desktop.core.pacs import PacsCancelled, PacsClient, PacsError
+from server.contract.messages import ClientConfig
 from tests.orthanc import Orthanc, StoredSeries
 
 
@@ -212,7 +213,8 @@ def test_from_env_needs_a_url_and_reads_the_credentials(
     with PacsClient.from_env() as pacs:
         assert pacs.search_studies(patient_id=pacs_ct.patient_id)
     monkeypatch.delenv("PACS_MASK_DICOMWEB_URL")
-    with PacsClient.from_env({"dicomweb_url": orthanc.dicomweb_url}) as pacs:  # the server's config
+    config = ClientConfig(dicomweb_url=orthanc.dicomweb_url, version="test")
+    with PacsClient.from_env(config) as pacs:  # the server's config
         assert pacs.search_studies(patient_id=pacs_ct.patient_id)
 
 

@@ -22,6 +22,7 @@ from pacs_mask_desktop.core.pacs_open import (
     desktop_pacs_client,
     pacs_url,
 )
+from server.contract.messages import ClientConfig
 
 
 def read_header(path: Path) -> pydicom.Dataset:
@@ -42,14 +43,14 @@ def test_study_query_filters() -> None:
 
 def test_pacs_url_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PACS_MASK_DICOMWEB_URL", raising=False)
-    server = {"dicomweb_url": "http://server-pacs/dicom-web"}
+    server = ClientConfig(dicomweb_url="http://server-pacs/dicom-web", version="1")
     assert pacs_url(PacsSettings(), server) == "http://server-pacs/dicom-web"
     monkeypatch.setenv("PACS_MASK_DICOMWEB_URL", "http://env-pacs/dicom-web")
     assert pacs_url(PacsSettings(), server) == "http://env-pacs/dicom-web"
     assert pacs_url(PacsSettings(url="http://mine/dicom-web"), server) == "http://mine/dicom-web"
     monkeypatch.delenv("PACS_MASK_DICOMWEB_URL")
     with pytest.raises(PacsError, match="No PACS is configured") as raised:
-        desktop_pacs_client(PacsSettings(), {"dicomweb_url": None})
+        desktop_pacs_client(PacsSettings(), ClientConfig(dicomweb_url=None, version="1"))
     assert raised.value.kind == "not_configured"
 
 

@@ -15,11 +15,9 @@ import numpy as np
 from PIL import Image
 
 from pacs_mask_desktop.core.demo import write_bad_masks
-from pacs_mask_desktop.core.journal import Journal
 from pacs_mask_desktop.core.masks import encode_label_png, read_mask
-from pacs_mask_desktop.core.paths import journal_path
 from pacs_mask_desktop.core.plan import _fast_labels, prepare
-from pacs_mask_desktop.core.upload import UploadEngine
+from pacs_mask_desktop.core.upload_run import upload_with_journal
 from tests.live_server import LiveServer, Volume, assert_group_matches, copy_masks
 
 
@@ -113,14 +111,8 @@ def test_with_a_cheap_problem_the_pixel_problems_are_listed_at_once_too(tmp_path
 def _run(server: LiveServer, folder: Path, annotation: int) -> Any:
     prepared = prepare(folder, annotation_id=annotation, model_name="m", version="1", defer_decode=True)
     assert prepared.plan is not None, prepared.problems
-    journal = Journal(journal_path())
     with server.api() as api:
-        engine = UploadEngine(api, journal)
-        try:
-            return engine.run(prepared.plan, source_path=str(folder))
-        finally:
-            engine.close()
-            journal.close()
+        return upload_with_journal(api, prepared.plan, source_path=str(folder))
 
 
 def test_a_mask_that_fails_to_decode_while_sending_completes_nothing_and_a_fixed_rerun_resumes(
@@ -141,8 +133,8 @@ def test_a_mask_that_fails_to_decode_while_sending_completes_nothing_and_a_fixed
     assert first.group_id is not None
     with live_server.api() as api:
         group = api.group_with_slices(first.group_id)
-    assert group["group"]["status"] == "pending"
-    assert group["items"] == []
+    assert group.group.status == "pending"
+    assert group.items == []
     stored = live_server.stored_keys(f"mask/{annotation}/{first.group_id}/")
     assert sorted(k.rsplit("/", 1)[-1] for k in stored) == sorted(f.name for f in files if f not in broken)
 
@@ -153,7 +145,7 @@ def test_a_mask_that_fails_to_decode_while_sending_completes_nothing_and_a_fixed
     assert again.group_id == first.group_id
     assert again.skipped == len(files) - len(broken)  # only the two fixed files were sent again
     stored = assert_group_matches(live_server, again.group_id, files)
-    by_name = {m["filename"]: m["label"] for m in stored["items"]}
+    by_name = {m.filename: m.label for m in stored.items}
     for path in files:
         labels = read_mask(path).labels
         assert by_name[path.name] == (",".join(map(str, labels)) or None)
@@ -178,4 +170,4 @@ def test_the_cli_lists_pixel_problems_found_while_sending_with_exit_2_and_a_resu
     assert [(p["filename"], p["code"]) for p in summary["problems"]] == [(files[20].name, "unreadable")]
     assert summary["resume_command"].startswith("pacs-mask upload")
     with live_server.api() as api:
-        assert [g["status"] for g in api.list_groups(annotation)] == ["pending"]
+        assert [g.status for g in api.list_groups(annotation)] == ["pending"]

@@ -42,7 +42,7 @@ def test_export_seg_saves_the_file_and_send_stores_it_once(
     pacs_ct = pacs_ct_for_seg  # its SEGs are deleted from the PACS afterwards
     env = client_env(sending_server)
     with sending_server.api() as api:
-        annotation = api.create_annotation_from_pacs(pacs_ct.series_instance_uid)["id"]
+        annotation = api.create_annotation_from_pacs(pacs_ct.series_instance_uid).id
     masks = tmp_path / "masks"
     masks.mkdir()
     for index in (10, 11, 120):
@@ -67,7 +67,7 @@ def test_export_seg_saves_the_file_and_send_stores_it_once(
 
     out = tmp_path / "export" / "seg.dcm"
     out.parent.mkdir()
-    exported = run_cli(["export-seg", group["id"], str(out), "--json"], env)
+    exported = run_cli(["export-seg", group.id, str(out), "--json"], env)
     assert exported.returncode == EXIT_OK, exported.stderr
     meta = json.loads(exported.stdout)
     assert (meta["segments"], meta["frames"], meta["path"]) == (2, 3, str(out))
@@ -78,17 +78,17 @@ def test_export_seg_saves_the_file_and_send_stores_it_once(
         meta["sop_instance_uid"],
         pacs_ct.study_instance_uid,
     )
-    again = run_cli(["export-seg", group["id"], str(out)], env)
+    again = run_cli(["export-seg", group.id, str(out)], env)
     assert again.returncode == EXIT_BAD_INPUT
     assert "--overwrite" in again.stderr
 
-    sent = run_cli(["send", group["id"], "--json"], env)
+    sent = run_cli(["send", group.id, "--json"], env)
     assert sent.returncode == EXIT_OK, sent.stderr
     first = json.loads(sent.stdout)
     assert (first["sop_instance_uid"], first["pacs_url"]) == (meta["sop_instance_uid"], orthanc.dicomweb_url)
-    repeat = run_cli(["send", group["id"], "--json"], env)
+    repeat = run_cli(["send", group.id, "--json"], env)
     assert json.loads(repeat.stdout) == first  # recorded, not sent again
-    human = run_cli(["send", group["id"]], env)
+    human = run_cli(["send", group.id], env)
     assert orthanc.dicomweb_url in human.stdout
 
     unknown = run_cli(["send", "00000000-0000-0000-0000-000000000000"], env)

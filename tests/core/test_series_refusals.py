@@ -59,7 +59,7 @@ def ct_annotation(
     annotation = int(capsys.readouterr().out)
     with live_server.api() as api:
         row = api.get_annotation(annotation)
-    assert (row["has_geometry"], row["rows"], row["columns"], row["slice_count"]) == (True, 32, 32, 4)
+    assert (row.has_geometry, row.rows, row.columns, row.slice_count) == (True, 32, 32, 4)
     return annotation
 
 
@@ -67,7 +67,7 @@ def no_group(server: LiveServer, annotation: int) -> None:
     """Nothing was sent: no group, no group audit row, no object."""
     with server.api() as api:
         assert api.list_groups(annotation) == []
-        assert not [r for r in api.audit(annotation_id=annotation) if r["action"].startswith("group.")]
+        assert not [r for r in api.audit(annotation_id=annotation) if r.action.startswith("group.")]
     assert server.stored_keys(f"mask/{annotation}/") == []
 
 
@@ -138,8 +138,8 @@ def test_fitting_masks_upload_with_the_recorded_sop_uids(
     series = load_series(tmp_path / "ct")
     with live_server.api() as api:
         (group,) = api.list_groups(ct_annotation)
-        items = api.group_with_slices(group["id"])["items"]
-    assert [m["sop_instance_uid"] for m in sorted(items, key=lambda m: m["slice_index"])] == [
+        items = api.group_with_slices(group.id).items
+    assert [m.sop_instance_uid for m in sorted(items, key=lambda m: m.slice_index)] == [
         ref.sop_instance_uid for ref in series
     ]
 
@@ -201,8 +201,8 @@ def bare_annotation(live_server: LiveServer, tmp_path: Path, client_env: Any) ->
     own = load_series(tmp_path / "ct")
     with live_server.api() as api:
         row = api.create_annotation(own.study_instance_uid, own.series_instance_uid, "TEST", "no geometry")
-    assert row["has_geometry"] is False
-    return int(row["id"]), tmp_path / "ct", tmp_path / "other"
+    assert row.has_geometry is False
+    return int(row.id), tmp_path / "ct", tmp_path / "other"
 
 
 def nifti_on(folder: Path, path: Path) -> Path:
@@ -210,11 +210,11 @@ def nifti_on(folder: Path, path: Path) -> Path:
     import nibabel as nib
 
     geometry = geometry_from_series(load_series(folder))
-    iop = np.asarray(geometry["image_orientation_patient"], dtype=float)
-    positions = np.asarray([i["image_position_patient"] for i in geometry["instances"]], dtype=float)
+    iop = np.asarray(geometry.image_orientation_patient, dtype=float)
+    positions = np.asarray([i.image_position_patient for i in geometry.instances], dtype=float)
     affine = np.eye(4)
-    affine[:3, 0] = iop[:3] * geometry["pixel_spacing"][1]
-    affine[:3, 1] = iop[3:] * geometry["pixel_spacing"][0]
+    affine[:3, 0] = iop[:3] * geometry.pixel_spacing[1]
+    affine[:3, 1] = iop[3:] * geometry.pixel_spacing[0]
     affine[:3, 2] = (positions[-1] - positions[0]) / (len(positions) - 1)
     affine[:3, 3] = positions[0]
     data = np.zeros((CT_SIZE, CT_SIZE, CT_SLICES), dtype=np.uint8)
@@ -294,11 +294,11 @@ def test_the_worker_refuses_a_series_folder_of_another_series_for_an_annotation_
 def test_geometry_from_a_folder_puts_slice_0_lowest_along_the_normal(tmp_path: Path) -> None:
     write_synthetic_ct(tmp_path / "ct", slices=5, size=16, seed=3)  # InstanceNumber 1 = highest z
     geometry = geometry_from_series(load_series(tmp_path / "ct"))
-    z = [i["image_position_patient"][2] for i in geometry["instances"]]
+    z = [i.image_position_patient[2] for i in geometry.instances]
     assert z == sorted(z)
-    assert [i["instance_number"] for i in geometry["instances"]] == [5, 4, 3, 2, 1]
-    assert geometry["patient_name"]
-    assert geometry["source"] == "folder"
+    assert [i.instance_number for i in geometry.instances] == [5, 4, 3, 2, 1]
+    assert geometry.patient_name
+    assert geometry.source == "folder"
 
 
 def test_a_folder_mixing_planes_or_repeating_positions_is_not_one_volume(tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ from pacs_mask_desktop.core.events import GroupEvent, SliceEvent, SliceState, Up
 from pacs_mask_desktop.core.journal import Journal
 from pacs_mask_desktop.core.paths import journal_path
 from pacs_mask_desktop.core.plan import prepare
-from pacs_mask_desktop.core.upload import UploadEngine, is_expired_answer
+from pacs_mask_desktop.core.storage_answers import is_expired_answer
+from pacs_mask_desktop.core.upload import UploadEngine
 from server.storage.local import LocalStorage
 from server.storage.s3 import S3Storage
 from tests.live_server import LiveServer, Volume, assert_group_matches, copy_masks, md5_hex, s3_environ
@@ -301,7 +302,7 @@ def test_a_failed_slice_leaves_the_group_pending_and_a_rerun_sends_only_it(
     assert all("503" in reason and "SlowDown" in reason for reason in result.failed.values())
     assert states(events)[SliceState.FAILED] == len(files)
     with server.api() as api:
-        assert api.group_with_slices(result.group_id)["group"]["status"] == "pending"
+        assert api.group_with_slices(result.group_id).group.status == "pending"
     server.proxy.configure()  # the link is healthy again
     again, _ = run_engine(server, tmp_path / "masks", annotation)
     assert again.ok
@@ -326,7 +327,7 @@ def test_upload_resumes_after_an_objects_missing_answer(
             {"annotation_id": annotation, "model_name": "fault-test", "version": "1", "source": "manual"}
         )
         journal.start(
-            group["id"],
+            group.id,
             server=api.base_url,
             annotation_id=annotation,
             model_name="fault-test",
@@ -336,7 +337,7 @@ def test_upload_resumes_after_an_objects_missing_answer(
         )
         # A previous run "landed" the first five... but storage never got them.
         for s in prepared.plan.slices[:5]:
-            journal.mark_landed(group["id"], s.filename, s.md5_hex)
+            journal.mark_landed(group.id, s.filename, s.md5_hex)
         engine = UploadEngine(api, journal)
         try:
             result = engine.run(prepared.plan)
@@ -344,12 +345,12 @@ def test_upload_resumes_after_an_objects_missing_answer(
             engine.close()
     try:
         assert result.ok, result.message
-        assert result.group_id == group["id"]
+        assert result.group_id == group.id
         assert result.uploaded == len(files)  # 25 at first, then the 5 storage did not have
         assert journal.find(api.base_url, annotation, "fault-test", "1").status == "complete"  # type: ignore[union-attr]
     finally:
         journal.close()
-    assert_group_matches(live_server, group["id"], files)
+    assert_group_matches(live_server, group.id, files)
 
 
 def test_a_slice_damaged_in_storage_before_complete_is_sent_again(
@@ -413,9 +414,9 @@ def test_same_identity_with_different_slices_is_refused_not_reported_done(
     assert (changed.status, changed.error_code) == ("incomplete", "duplicate_group")
     assert "differ" in changed.message
     with live_server.api() as api:
-        items = api.group_with_slices(first.group_id)["items"]  # type: ignore[arg-type]
+        items = api.group_with_slices(first.group_id).items  # type: ignore[arg-type]
         assert len(api.list_groups(annotation)) == 1
-    assert {m["checksum"] for m in items} != {md5_hex(f.read_bytes()) for f in files}
+    assert {m.checksum for m in items} != {md5_hex(f.read_bytes()) for f in files}
 
 
 # --- the PUT transport ----------------------------------------------------------------------------------

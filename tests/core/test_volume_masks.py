@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import highdicom as hd
+import msgspec
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -48,6 +49,7 @@ from pacs_mask_desktop.core.volume_masks import (
     masks_from_seg,
 )
 from pacs_mask_desktop.core.watch import Watcher
+from server.contract.messages import SeriesGeometry
 from tests.enhanced_mr import MR_FIRST_POSITION, MR_ORIENTATION, MR_PIXEL_SPACING_MM, MR_SLICE_STEP_MM
 from tests.live_server import LiveServer
 
@@ -74,12 +76,12 @@ class Ct:
     def affine_lps(self) -> np.ndarray:
         """Series index (slice, row, column) -> LPS mm."""
         g = self.geometry
-        iop = np.asarray(g["image_orientation_patient"], dtype=float)
-        positions = np.asarray([i["image_position_patient"] for i in g["instances"]], dtype=float)
+        iop = np.asarray(g.image_orientation_patient, dtype=float)
+        positions = np.asarray([i.image_position_patient for i in g.instances], dtype=float)
         affine = np.eye(4)
         affine[:3, 0] = (positions[-1] - positions[0]) / (len(positions) - 1)
-        affine[:3, 1] = iop[3:] * g["pixel_spacing"][0]
-        affine[:3, 2] = iop[:3] * g["pixel_spacing"][1]
+        affine[:3, 1] = iop[3:] * g.pixel_spacing[0]
+        affine[:3, 2] = iop[:3] * g.pixel_spacing[1]
         affine[:3, 3] = positions[0]
         return affine
 
@@ -187,7 +189,7 @@ def test_a_wrong_spacing_is_refused_with_the_difference(volume_series: Ct, tmp_p
             save(nib.Nifti1Image(image.get_fdata().astype(np.uint8), affine), tmp_path / "w.nii.gz"),
             ct.geometry,
         )
-    spacing = ct.geometry["pixel_spacing"][1]
+    spacing = ct.geometry.pixel_spacing[1]
     assert refused.value.code == "geometry_mismatch"
     assert (
         f"spacing between columns differs: {spacing * 1.02:.4f} mm in the file, {spacing:.4f} mm"
@@ -419,14 +421,14 @@ def test_cli_uploads_a_nifti_end_to_end(
     group_id = capsys.readouterr().out.strip()
     with live_server.api() as api:
         found = api.group_with_slices(group_id)
-    assert found["group"]["status"] == "complete"
-    items = sorted(found["items"], key=lambda m: m["slice_index"])
-    assert [m["slice_index"] for m in items] == list(range(SLICES))
-    assert [m["sop_instance_uid"] for m in items] == [ref.sop_instance_uid for ref in ct.series]
+    assert found.group.status == "complete"
+    items = sorted(found.items, key=lambda m: m.slice_index)
+    assert [m.slice_index for m in items] == list(range(SLICES))
+    assert [m.sop_instance_uid for m in items] == [ref.sop_instance_uid for ref in ct.series]
     for m in items:
-        stored = live_server.object_bytes(m["storage_key"])
+        stored = live_server.object_bytes(m.storage_key)
         (tmp_path / "got.png").write_bytes(stored)
-        np.testing.assert_array_equal(load_mask_array(tmp_path / "got.png"), ct.truth[m["slice_index"]])
+        np.testing.assert_array_equal(load_mask_array(tmp_path / "got.png"), ct.truth[m.slice_index])
     assert not list((tmp_path / "client-data" / "staging").iterdir())  # the staged PNGs are gone
 
     shifted = nifti_of(ct, (2, 1, 0), (False, False, False))
@@ -473,9 +475,9 @@ def test_the_watch_worker_uploads_the_manifests_nifti_with_its_label_names(
     assert result.ok, result.message
     with live_server.api() as api:
         found = api.group_with_slices(result.group_id)
-    assert found["group"]["slice_count"] == SLICES
-    assert {k: v["name"] for k, v in found["group"]["labels"].items()} == {"1": "liver", "2": "lesion"}
-    labelled = {m["slice_index"] for m in found["items"] if m["label"]}
+    assert found.group.slice_count == SLICES
+    assert {k: v.name for k, v in found.group.labels.items()} == {"1": "liver", "2": "lesion"}
+    labelled = {m.slice_index for m in found.items if m.label}
     assert labelled == {k for k in range(SLICES) if ct.truth[k].any()}
 
     bad = tmp_path / "inbox" / "result-2"
@@ -508,11 +510,11 @@ def test_upload_inference_result_takes_a_3d_array_with_its_affine(
     assert result.ok, result.message
     with live_server.api() as api:
         found = api.group_with_slices(result.group_id)
-    assert found["group"]["labels"]["1"]["name"] == "liver"
-    assert len(found["items"]) == SLICES
-    for m in found["items"]:
-        stored = np.asarray(Image.open(io.BytesIO(live_server.object_bytes(m["storage_key"]))))
-        np.testing.assert_array_equal(stored, ct.truth[m["slice_index"]])
+    assert found.group.labels["1"].name == "liver"
+    assert len(found.items) == SLICES
+    for m in found.items:
+        stored = np.asarray(Image.open(io.BytesIO(live_server.object_bytes(m.storage_key))))
+        np.testing.assert_array_equal(stored, ct.truth[m.slice_index])
     shifted = ras.affine.copy()
     shifted[1, 3] += 0.5
     with pytest.raises(InvalidResult, match=r"origin differs: slice 0's first voxel is 0\.500 mm away"):
@@ -525,7 +527,7 @@ def test_upload_inference_result_takes_a_3d_array_with_its_affine(
             version="a2",
         )
     with live_server.api() as api:
-        assert [g["version"] for g in api.list_groups(annotation)] == ["a1"]  # nothing sent for a2
+        assert [g.version for g in api.list_groups(annotation)] == ["a1"]  # nothing sent for a2
 
 
 def test_a_multiframe_enhanced_ct_takes_a_nifti_and_a_seg_by_frame(tmp_path: Path) -> None:
@@ -533,13 +535,13 @@ def test_a_multiframe_enhanced_ct_takes_a_nifti_and_a_seg_by_frame(tmp_path: Pat
     write_synthetic_enhanced_ct(tmp_path / "enh" / "ct.dcm", frames=12, size=SIZE, reverse_frames=True)
     series = load_series(tmp_path / "enh")
     geometry = geometry_from_series(series)
-    assert [i["frame_number"] for i in geometry["instances"]][:3] == [12, 11, 10]
+    assert [i.frame_number for i in geometry.instances][:3] == [12, 11, 10]
     truth = truth_volume(3)[:12]
-    positions = np.asarray([i["image_position_patient"] for i in geometry["instances"]], dtype=float)
+    positions = np.asarray([i.image_position_patient for i in geometry.instances], dtype=float)
     lps = np.eye(4)
     lps[:3, 0] = (positions[-1] - positions[0]) / 11
-    lps[:3, 1] = [0, geometry["pixel_spacing"][0], 0]
-    lps[:3, 2] = [geometry["pixel_spacing"][1], 0, 0]
+    lps[:3, 1] = [0, geometry.pixel_spacing[0], 0]
+    lps[:3, 2] = [geometry.pixel_spacing[1], 0, 0]
     lps[:3, 3] = positions[0]
     with masks_from_array(truth, LPS_TO_RAS @ lps, geometry, affine_space="RAS") as result:
         np.testing.assert_array_equal(result.volume, truth)
@@ -556,13 +558,13 @@ def test_the_real_mr_with_scanner_geometry_is_read_from_its_functional_groups(
     series = load_series(emri_with_geometry)
     assert (series.ordered_by, series.is_multiframe, tuple(series.warnings)) == ("geometry", True, ())
     geometry = geometry_from_series(series)
-    assert geometry["image_orientation_patient"] == MR_ORIENTATION
-    assert geometry["pixel_spacing"] == [MR_PIXEL_SPACING_MM, MR_PIXEL_SPACING_MM]
-    assert (geometry["slice_thickness"], geometry["spacing_between_slices"]) == (1.2, MR_SLICE_STEP_MM)
+    assert geometry.image_orientation_patient == MR_ORIENTATION
+    assert geometry.pixel_spacing == [MR_PIXEL_SPACING_MM, MR_PIXEL_SPACING_MM]
+    assert (geometry.slice_thickness, geometry.spacing_between_slices) == (1.2, MR_SLICE_STEP_MM)
     # the sagittal normal (rows x columns) points to the patient's right (-x) and frame 1 lies furthest
     # right: slice index 0 (first along the normal) is frame 10
-    assert [i["frame_number"] for i in geometry["instances"]] == list(range(10, 0, -1))
-    positions = np.asarray([i["image_position_patient"] for i in geometry["instances"]])
+    assert [i.frame_number for i in geometry.instances] == list(range(10, 0, -1))
+    positions = np.asarray([i.image_position_patient for i in geometry.instances])
     np.testing.assert_allclose(
         positions[:, 0], MR_FIRST_POSITION[0] + MR_SLICE_STEP_MM * np.arange(9, -1, -1)
     )
@@ -612,15 +614,15 @@ def test_a_nifti_without_a_stated_position_or_with_two_is_refused(ct: Ct, tmp_pa
 # --- review: the affine's space, sform/qform corners, per-frame SEG geometry ----------------------------------
 
 
-def centred_grid() -> dict[str, Any]:
+def centred_grid() -> SeriesGeometry:
     """4x4 pixels of 1 mm, 3 slices, centred in x and y like a CT around the isocentre."""
-    return {
+    return msgspec.convert({
         "rows": 4, "columns": 4, "pixel_spacing": [1.0, 1.0], "image_orientation_patient": [1, 0, 0, 0, 1, 0],
-        "series_instance_uid": "1.2.3", "instances": [
+        "series_instance_uid": "1.2.3", "study_instance_uid": "1.2", "instances": [
             {"slice_index": k, "sop_instance_uid": f"1.2.3.{k}", "image_position_patient": [-1.5, -1.5, 2.0 * k]}
             for k in range(3)
         ],
-    }  # fmt: skip
+    }, SeriesGeometry)  # fmt: skip
 
 
 def test_an_array_affine_must_say_whether_it_is_ras_or_lps(tmp_path: Path) -> None:
@@ -654,16 +656,15 @@ def test_a_nifti_with_lps_numbers_in_its_sform_is_refused_on_a_grid_off_centre(
 ) -> None:
     """NIfTI is RAS by the standard; an LPS sform lands (2 x the offset from the centre) off the grid."""
     shift = np.array([40.0, -25.0, 0.0])
-    geometry = {
-        **ct.geometry,
-        "instances": [
-            {
-                **item,
-                "image_position_patient": list(np.asarray(item["image_position_patient"], float) + shift),
-            }
-            for item in ct.geometry["instances"]
+    geometry = msgspec.structs.replace(
+        ct.geometry,
+        instances=[
+            msgspec.structs.replace(
+                item, image_position_patient=list(np.asarray(item.image_position_patient, float) + shift)
+            )
+            for item in ct.geometry.instances
         ],
-    }
+    )
     lps = ct.affine_lps()[:, [2, 1, 0, 3]]  # ITK storage: i = column, j = row, k = slice
     lps[:3, 3] += shift
     data = np.ascontiguousarray(np.transpose(ct.truth, (2, 1, 0)))

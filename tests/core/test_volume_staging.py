@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
-from typing import Any
 
+import msgspec
 import nibabel as nib
 import numpy as np
 import pytest
@@ -19,14 +19,15 @@ from pacs_mask_desktop.core.masks import encode_label_png, load_mask_array, read
 from pacs_mask_desktop.core.plan import prepare
 from pacs_mask_desktop.core.series_geometry import series_from_geometry
 from pacs_mask_desktop.core.volume_masks import VolumeMaskError, masks_from_nifti
+from server.contract.messages import SeriesGeometry
 
 SLICES, ROWS, COLUMNS = 37, 24, 20  # more slices than one slab, a partial last slab
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def geometry() -> dict[str, Any]:
+def geometry() -> SeriesGeometry:
     """An axial series: column spacing 0.7, row spacing 0.8, slices 1.5 mm apart."""
-    return {
+    return msgspec.convert({
         "series_instance_uid": "1.2.3.4", "study_instance_uid": "1.2.3", "rows": ROWS, "columns": COLUMNS,
         "pixel_spacing": [0.8, 0.7], "image_orientation_patient": [1, 0, 0, 0, 1, 0],
         "instances": [
@@ -34,7 +35,7 @@ def geometry() -> dict[str, Any]:
              "image_position_patient": [-7.0, -9.0, 20.0 + 1.5 * k], "frame_number": None}
             for k in range(SLICES)
         ],
-    }  # fmt: skip
+    }, SeriesGeometry)  # fmt: skip
 
 
 def truth() -> np.ndarray:

@@ -27,6 +27,7 @@ from pacs_mask_desktop.core.inference import (
     write_result_folder,
 )
 from pacs_mask_desktop.core.watch import FAILED_MARKER, UPLOADED_MARKER, Watcher
+from server.contract.messages import GroupOut
 from tests.live_server import LiveServer, Volume, assert_group_matches, copy_masks, journal_state
 
 
@@ -78,7 +79,7 @@ def watcher(server: LiveServer, inbox: Path, **kwargs: Any) -> tuple[Watcher, Lo
     return Watcher(inbox, server=server.url, token=server.token, log=lines, **kwargs), lines
 
 
-def groups(server: LiveServer, annotation: int) -> list[dict[str, Any]]:
+def groups(server: LiveServer, annotation: int) -> list[GroupOut]:
     with server.api() as api:
         return api.list_groups(annotation)
 
@@ -104,15 +105,15 @@ def test_two_result_folders_make_two_groups_and_restarts_make_no_duplicate(
     assert [r.status for r in results] == ["complete", "complete"]
     assert (a / UPLOADED_MARKER).is_file()
     assert (b / UPLOADED_MARKER).is_file()
-    found = {g["version"]: g for g in groups(live_server, annotation)}
+    found = {g.version: g for g in groups(live_server, annotation)}
     assert set(found) == {"1.0", "1.1"}
-    assert {g["status"] for g in found.values()} == {"complete"}
-    assert (found["1.0"]["slice_count"], found["1.1"]["slice_count"]) == (12, 9)
-    assert (marker_group(a), marker_group(b)) == (found["1.0"]["id"], found["1.1"]["id"])
+    assert {g.status for g in found.values()} == {"complete"}
+    assert (found["1.0"].slice_count, found["1.1"].slice_count) == (12, 9)
+    assert (marker_group(a), marker_group(b)) == (found["1.0"].id, found["1.1"].id)
     for g in found.values():  # inference metadata travels with the group
-        assert (g["source"], g["model_name"], g["confidence"]) == ("ai", "unet-liver", 0.87)
-        assert g["params"] == {"threshold": 0.5, "tta": True}
-    assert_group_matches(live_server, found["1.0"]["id"], sorted(a.glob("*.png")))
+        assert (g.source, g.model_name, g.confidence) == ("ai", "unet-liver", 0.87)
+        assert g.params == {"threshold": 0.5, "tta": True}
+    assert_group_matches(live_server, found["1.0"].id, sorted(a.glob("*.png")))
     assert lines.events().count("upload.complete") == 2
     assert lines.events().count("group.opened") == 2
 
@@ -127,15 +128,15 @@ def test_two_result_folders_make_two_groups_and_restarts_make_no_duplicate(
     (a / UPLOADED_MARKER).unlink()
     third, lines = watcher(live_server, inbox)
     (result,) = third.scan_once()
-    assert (result.status, result.group_id, result.uploaded) == ("complete", found["1.0"]["id"], 0)
-    assert marker_group(a) == found["1.0"]["id"]
+    assert (result.status, result.group_id, result.uploaded) == ("complete", found["1.0"].id, 0)
+    assert marker_group(a) == found["1.0"].id
 
     # The same on another machine (no journal at all): the server's 409 leads to the same group.
     client_env()  # a fresh, empty client data dir
     (b / UPLOADED_MARKER).unlink()
     fourth, lines = watcher(live_server, inbox)
     (result,) = fourth.scan_once()
-    assert (result.status, result.group_id, result.uploaded) == ("complete", found["1.1"]["id"], 0)
+    assert (result.status, result.group_id, result.uploaded) == ("complete", found["1.1"].id, 0)
     assert len(groups(live_server, annotation)) == 2
 
 
@@ -157,7 +158,7 @@ def test_a_folder_without_done_is_left_alone_until_it_is_finished(
     (result,) = w.scan_once()
     assert result.ok
     assert marker_group(folder) == result.group_id
-    assert [g["slice_count"] for g in groups(live_server, annotation)] == [6]
+    assert [g.slice_count for g in groups(live_server, annotation)] == [6]
 
 
 def test_an_invalid_manifest_is_marked_failed_with_the_reason(
@@ -210,7 +211,7 @@ def test_a_result_reusing_a_version_with_other_masks_is_marked_failed_not_retrie
     assert problem["code"] == "duplicate_group"
     assert marker_group(first) in problem["message"]
     assert w.scan_once() == []  # not retried on every scan
-    assert [g["slice_count"] for g in groups(live_server, annotation)] == [5]
+    assert [g.slice_count for g in groups(live_server, annotation)] == [5]
 
 
 def test_archive_moves_uploaded_folders(live_server: LiveServer, tmp_path: Path, client_env: Any) -> None:
@@ -256,9 +257,9 @@ def test_watch_killed_mid_upload_then_restarted_completes_the_same_group(
     assert not (folder / UPLOADED_MARKER).exists()
     assert not (folder / FAILED_MARKER).exists()
     (pending,) = groups(server, annotation)
-    assert pending["status"] == "pending"
+    assert pending.status == "pending"
     journaled_group, landed = journal_state(Path(env["PACS_MASK_DATA_DIR"]))
-    assert journaled_group == pending["id"]
+    assert journaled_group == pending.id
     assert landed <= {p.rsplit("/", 1)[-1] for p in first}
 
     server.proxy.configure()
@@ -269,14 +270,14 @@ def test_watch_killed_mid_upload_then_restarted_completes_the_same_group(
     assert events[:3] == ["result.found", "upload.started", "group.resumed"]
     assert events[-1] == "upload.complete"
     complete = records[-1]
-    assert complete["group_id"] == pending["id"]
+    assert complete["group_id"] == pending.id
     assert complete["sent"] + complete["skipped"] == 240
     assert complete["skipped"] == len(landed)  # what landed and was journaled is not sent again
     second = server.proxy.stats.ok_puts
     assert set(second.values()) == {1}
     assert {p.rsplit("/", 1)[-1] for p in second} == {f.name for f in files} - landed
-    assert marker_group(folder) == pending["id"]
-    assert_group_matches(server, pending["id"], files)
+    assert marker_group(folder) == pending.id
+    assert_group_matches(server, pending.id, files)
 
 
 # --- the in-process API and the demo model --------------------------------------------------------------
@@ -293,22 +294,22 @@ def test_upload_inference_result_with_numpy_arrays(live_server: LiveServer, clie
     )  # fmt: skip
     assert result.ok, result.message
     (group,) = groups(live_server, annotation)
-    assert (group["id"], group["source"], group["model_name"], group["version"]) == (
+    assert (group.id, group.source, group.model_name, group.version) == (
         result.group_id, "ai", "nnunet", "2024.1"
     )  # fmt: skip
-    assert (group["confidence"], group["params"], group["slice_count"]) == (
+    assert (group.confidence, group.params, group.slice_count) == (
         0.93,
         {"fold": 3, "checkpoint": "best"},
         15,
     )
     with live_server.api() as api:
-        items = sorted(api.group_with_slices(result.group_id)["items"], key=lambda m: m["slice_index"])
-        assert [m["slice_index"] for m in items] == list(range(15))
+        items = sorted(api.group_with_slices(result.group_id).items, key=lambda m: m.slice_index)
+        assert [m.slice_index for m in items] == list(range(15))
         for m, array in zip(items, arrays, strict=True):
-            stored = np.asarray(Image.open(io.BytesIO(api.view(result.group_id, filename=m["filename"]))))
-            assert np.array_equal(stored, array), m["filename"]
+            stored = np.asarray(Image.open(io.BytesIO(api.view(result.group_id, filename=m.filename))))
+            assert np.array_equal(stored, array), m.filename
             labels = sorted({int(v) for v in np.unique(array) if v})
-            assert (m["label"] or "") == ",".join(map(str, labels))
+            assert (m.label or "") == ",".join(map(str, labels))
     # Running it again is a no-op on the same group, never a second one.
     again = upload_inference_result(
         arrays, annotation_id=annotation, model_name="nnunet", version="2024.1", confidence=0.93,
@@ -359,9 +360,9 @@ def test_infer_demo_end_to_end_and_groups_shows_the_inference_metadata(
     assert group["confidence"] == pytest.approx(model.confidence, abs=1e-4)
     found = assert_group_matches(live_server, summary["group_id"], sorted(keep.glob("*.png")))
     series = load_series(tmp_path / "series")
-    for m in found["items"]:
-        assert m["sop_instance_uid"] == series[m["slice_index"]].sop_instance_uid
-    assert 0 < sum(1 for m in found["items"] if m["label"]) < 40
+    for m in found.items:
+        assert m.sop_instance_uid == series[m.slice_index].sop_instance_uid
+    assert 0 < sum(1 for m in found.items if m.label) < 40
     assert json.loads((keep / MANIFEST).read_text(encoding="utf-8"))["model_name"] == "demo-threshold"
 
     table = subprocess.run(

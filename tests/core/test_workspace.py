@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pacs_mask_desktop.core.workspace import Cleared, SeriesSource, Workspace
+from server.contract.messages import AnnotationOut
 
 CT = SeriesSource("folder", "1.2.3.1", "1.2.3", Path("ct"))
 MR = SeriesSource("pacs", "1.2.9.1", "1.2.9")
 
 
-def test_first_series_keeps_masks_dropped_before_it() -> None:
-    ws = Workspace(
-        mask_paths=[Path("masks")], annotation={"id": 1, "series_instance_uid": CT.series_instance_uid}
+def annotation(annotation_id: int, series: SeriesSource) -> AnnotationOut:
+    """An annotation of ``series`` as the server returns it."""
+    return AnnotationOut(
+        id=annotation_id,
+        study_instance_uid=series.study_instance_uid or "1.2",
+        series_instance_uid=series.series_instance_uid,
+        patient_id=None,
+        description=None,
+        created_by="test",
+        created_at=datetime.now(UTC),
     )
+
+
+def test_first_series_keeps_masks_dropped_before_it() -> None:
+    ws = Workspace(mask_paths=[Path("masks")], annotation=annotation(1, CT))
     assert ws.open_series(CT) == Cleared()
     assert ws.mask_paths == [Path("masks")]
     assert ws.annotation_matches()
@@ -23,7 +36,7 @@ def test_another_series_clears_masks_and_a_foreign_annotation() -> None:
     ws = Workspace()
     ws.open_series(CT)
     ws.mask_paths = [Path("masks")]
-    ws.annotation = {"id": 1, "series_instance_uid": CT.series_instance_uid}
+    ws.annotation = annotation(1, CT)
     cleared = ws.open_series(MR)
     assert cleared == Cleared(series=True, masks=True, annotation=True)
     assert ws.mask_paths == []
@@ -37,7 +50,7 @@ def test_annotation_of_the_new_series_is_kept() -> None:
     """The demo and resume choose the annotation first, then open its series."""
     ws = Workspace()
     ws.open_series(CT)
-    ws.annotation = {"id": 2, "series_instance_uid": MR.series_instance_uid}
+    ws.annotation = annotation(2, MR)
     assert ws.open_series(MR) == Cleared(series=True)
     assert ws.annotation_matches()
 
@@ -52,7 +65,7 @@ def test_reopening_the_same_series_keeps_everything() -> None:
 
 def test_needs_series_for() -> None:
     ws = Workspace()
-    annotation = {"id": 3, "series_instance_uid": MR.series_instance_uid}
-    assert ws.needs_series_for(annotation)
+    chosen = annotation(3, MR)
+    assert ws.needs_series_for(chosen)
     ws.open_series(MR)
-    assert not ws.needs_series_for(annotation)
+    assert not ws.needs_series_for(chosen)

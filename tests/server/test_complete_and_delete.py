@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from server.contract.messages import SLICE_LABEL_MAX
 from server.db.models import AuditLog, Mask
 from server.storage import Storage
 from tests.server.conftest import (
@@ -79,6 +80,27 @@ class StatBarrier:
         if self.barrier is not None and key == self.barrier_key:
             self.barrier.wait(timeout=20)
         return super().stat(key)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("db_kind", ALL_DBS)
+def test_a_slice_listing_every_label_value_completes_and_one_longer_is_a_422(server_factory) -> None:
+    """All 255 label values on one slice (911 characters) are stored as sent, on SQLite and PostgreSQL."""
+    server: Server = server_factory()
+    _annotation_id, group, slices = uploaded_group(server, 2)
+    every_label = ",".join(str(value) for value in range(1, 256))
+    body = [s.to_complete() for s in slices]
+    body[0]["label"] = every_label
+    too_long = [dict(item) for item in body]
+    too_long[0]["label"] = every_label + "," + "9" * (SLICE_LABEL_MAX - len(every_label))
+    path = f"/api/mask-group/{group['id']}/complete"
+
+    refused = server.api("POST", path, role="uploader", json={"slices": too_long})
+    assert_error(refused, 422)
+    answer = server.api("POST", path, role="uploader", json={"slices": body})
+    assert answer.status_code == 200, answer.text
+    with server.db.session() as session:
+        stored = session.scalar(select(Mask.label).where(Mask.filename == slices[0].filename))
+    assert stored == every_label
 
 
 @pytest.mark.parametrize("db_kind", ALL_DBS)

@@ -29,7 +29,8 @@ from sqlalchemy import func, select, update
 
 from pacs_mask_desktop.core.api_client import ApiClient
 from pacs_mask_desktop.core.plan import prepare
-from pacs_mask_desktop.core.upload import UploadEngine, is_already_stored_answer
+from pacs_mask_desktop.core.storage_answers import is_already_stored_answer
+from pacs_mask_desktop.core.upload import UploadEngine
 from server.db.models import AuditLog, SignedUpload
 from server.db.session import Database
 from server.services.tokens import issue_token
@@ -281,7 +282,7 @@ def test_another_uploader_cannot_adopt_a_pending_group(
     assert result.uploaded == 0
     assert len(result.failed) == 6
     assert all("alice" in reason and "creator" in reason for reason in result.failed.values())
-    assert live_server.sign_calls(group["id"]) == 0  # refused calls are not audited as signatures
+    assert live_server.sign_calls(group.id) == 0  # refused calls are not audited as signatures
     assert live_server.stored_keys(f"mask/{annotation}/") == []
 
 

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from server.naming import INT32_MAX
+from server.contract.naming import INT32_MAX
 from server.request import MAX_JSON_DEPTH, json_depth_exceeds
 from tests.server.conftest import (
     ALL_DBS,

@@ -19,7 +19,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from pacs_mask_desktop.core.demo import write_synthetic_ct, write_synthetic_enhanced_ct
-from server.api import schemas
+from server.contract import messages
 from server.geometry import GeometryError, geometry_from_datasets, validate_geometry
 from server.jobs.validate import validate
 from tests.server.conftest import (
@@ -226,7 +226,7 @@ def test_over_long_study_id_and_accession_number_are_kept_whole_up_to_64(app_cli
 def test_validate_reorders_a_client_geometry_along_the_normal() -> None:
     sent = geometry_dict(4)
     sent["instances"] = [dict(item, slice_index=3 - item["slice_index"]) for item in sent["instances"]]
-    geometry = validate_geometry(msgspec.convert(sent, schemas.SeriesGeometry))
+    geometry = validate_geometry(msgspec.convert(sent, messages.SeriesGeometry))
     assert [i.sop_instance_uid for i in geometry.instances] == [f"{SOP_ROOT}{n}" for n in (1, 2, 3, 4)]
     assert [i.slice_index for i in geometry.instances] == [0, 1, 2, 3]
 
@@ -235,7 +235,7 @@ def test_validate_refuses_indexes_that_are_not_0_to_n() -> None:
     sent = geometry_dict(3)
     sent["instances"][2]["slice_index"] = 5
     with pytest.raises(GeometryError, match=r"0\.\.2"):
-        validate_geometry(msgspec.convert(sent, schemas.SeriesGeometry))
+        validate_geometry(msgspec.convert(sent, messages.SeriesGeometry))
 
 
 # --- the API -------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from pacs_mask_desktop.core.upload import UploadEngine
 from pacs_mask_desktop.ui.main_window import MainWindow
 from pacs_mask_desktop.ui.settings import ServerConfig
 from pacs_mask_desktop.ui.workers import active_work
+from server.contract.messages import AnnotationOut
 
 SLICES = 24
 SIZE = 128
@@ -61,7 +62,7 @@ class UiData:
     series_dir: Path
     masks_dir: Path
     bad_masks_dir: Path
-    annotation: dict[str, Any]
+    annotation: AnnotationOut
     series_uid: str
 
 

@@ -18,11 +18,13 @@ from pacs_mask_desktop.core.api_client import ApiClient
 from pacs_mask_desktop.core.demo import write_masks_for_series, write_synthetic_ct
 from pacs_mask_desktop.core.dicom_series import load_series
 from pacs_mask_desktop.core.series_geometry import geometry_from_series
-from pacs_mask_desktop.ui.compare_view import OUTLINE_COLOUR, disagreements
+from pacs_mask_desktop.core.session import disagreements
+from pacs_mask_desktop.ui.compare_view import OUTLINE_COLOUR
 from pacs_mask_desktop.ui.group_browser import GroupModel, volume_text
 from pacs_mask_desktop.ui.main_window import TAB_COMPARE, MainWindow
 from pacs_mask_desktop.ui.render import label_colour, mask_outline
 from pacs_mask_desktop.ui.slice_marks import dice_colour
+from server.contract.messages import AnnotationOut
 from tests.ui.conftest import upload_folder
 
 SLICES = 20
@@ -34,7 +36,7 @@ CHANGED = range(6, 11)
 class Case:
     series_dir: Path
     masks_dir: Path
-    annotation: dict[str, Any]
+    annotation: AnnotationOut
 
 
 def make_case(api: ApiClient, root: Path) -> Case:
@@ -57,7 +59,7 @@ def upload(api: ApiClient, case: Case, masks: Path, model_name: str, version: st
     return upload_folder(
         api,
         masks,
-        case.annotation["id"],
+        case.annotation.id,
         model_name=model_name,
         version=version,
         source="manual",
@@ -93,7 +95,7 @@ def test_compare_two_groups(qtbot: Any, window: MainWindow, ui_api: ApiClient, t
     qtbot.waitUntil(lambda: browser.groups.row_of(second) is not None, timeout=10_000)
     assert browser.select_group(first)
     assert browser.compare_button.isEnabled()
-    assert second in [g["id"] for g in browser.compare_candidates()]
+    assert second in [g.id for g in browser.compare_candidates()]
     browser._fill_compare_menu()  # what opening the button's menu does
     assert any("corrected" in action.text() for action in browser.compare_menu.actions())
 
@@ -109,22 +111,22 @@ def test_compare_two_groups(qtbot: Any, window: MainWindow, ui_api: ApiClient, t
         [panel.model.data(panel.model.index(r, c)) for c in range(panel.model.columnCount())]
         for r in range(panel.model.rowCount())
     ]
-    expected = [answer["labels"][k] for k in sorted(answer["labels"], key=int)] + [answer["totals"]]
+    expected = [answer.labels[k] for k in sorted(answer.labels, key=int)] + [answer.totals]
     assert len(rows) == len(expected) == 3
     for row, values in zip(rows, expected, strict=True):
-        assert row[1] == f"{values['dice']:.3f}"
-        assert row[2:4] == [values["voxels_a"], values["voxels_b"]]
-        assert row[4] == f"{values['volume_a_ml']:.2f}"
-        assert row[6] == f"{values['volume_diff_ml']:.2f}"
+        assert row[1] == f"{values.dice:.3f}"
+        assert row[2:4] == [values.voxels_a, values.voxels_b]
+        assert row[4] == f"{values.volume_a_ml:.2f}"
+        assert row[6] == f"{values.volume_diff_ml:.2f}"
     assert rows[-1][0] == "All labels"
-    assert answer["labels"]["1"]["dice"] < 1.0
-    assert answer["labels"]["2"]["dice"] == 1.0
+    assert answer.labels["1"].dice < 1.0
+    assert answer.labels["2"].dice == 1.0
 
     # The Dice band: one cell per slice of the answer, coloured by its Dice.
     band = window.viewer.dice_strip
     assert band.isVisible()
     assert [(m.slice_index, m.colour) for m in band.marks] == [
-        (s["slice_index"], dice_colour(s["dice"])) for s in answer["slices"]
+        (s.slice_index, dice_colour(s.dice)) for s in answer.slices
     ]
 
     # F9: the next slice whose Dice is below the threshold (0.8), wrapping.
@@ -137,9 +139,9 @@ def test_compare_two_groups(qtbot: Any, window: MainWindow, ui_api: ApiClient, t
     assert view.index == below[0]
     window.actions["next_disagreement"].trigger()
     assert view.index == (below[1] if len(below) > 1 else below[0])
-    row = next(i for i, s in enumerate(panel.slice_model.items) if s["slice_index"] == below[-1])
-    assert panel.slice_model.rowCount() == len(answer["slices"])
-    assert panel.slice_model.data(panel.slice_model.index(row, 1)) == f"{answer['slices'][row]['dice']:.3f}"
+    row = next(i for i, s in enumerate(panel.slice_model.items) if s.slice_index == below[-1])
+    assert panel.slice_model.rowCount() == len(answer.slices)
+    assert panel.slice_model.data(panel.slice_model.index(row, 1)) == f"{answer.slices[row].dice:.3f}"
     panel.slice_table.scrollTo(panel.slice_model.index(row, 0))
     rect = panel.slice_table.visualRect(panel.slice_model.index(row, 0))
     qtbot.mouseClick(panel.slice_table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
@@ -180,11 +182,11 @@ def test_compare_two_groups(qtbot: Any, window: MainWindow, ui_api: ApiClient, t
     # The group list shows each label's volume once the server computed it (comparing does).
     with qtbot.waitSignal(browser.groupsLoaded, timeout=10_000):
         browser.refresh()
-    listed = next(g for g in ui_api.list_groups(case.annotation["id"]) if g["id"] == first)
-    assert listed["volumes"]
+    listed = next(g for g in ui_api.list_groups(case.annotation.id) if g.id == first)
+    assert listed.volumes
     row = browser.groups.row_of(first)
     shown = browser.groups.data(browser.groups.index(row, GroupModel.VOLUME_COLUMN))
     assert shown == volume_text(listed)
-    ml = listed["volumes"]["1"]["volume_ml"]
-    assert ml == answer["labels"]["1"]["volume_a_ml"]
+    ml = listed.volumes["1"].volume_ml
+    assert ml == answer.labels["1"].volume_a_ml
     assert f"{ml:.1f} mL" in shown

@@ -20,9 +20,9 @@ def test_demo_is_created_once_and_reused(ui_api: ApiClient, tmp_path: Path) -> N
     matching = [
         a
         for a in ui_api.list_annotations(first.series_instance_uid)
-        if a["series_instance_uid"] == first.series_instance_uid
+        if a.series_instance_uid == first.series_instance_uid
     ]
-    assert [a["id"] for a in matching] == [first.annotation_id]
+    assert [a.id for a in matching] == [first.annotation_id]
 
 
 def test_window_opens_the_demo(qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_window_opens_the_demo(qtbot: Any, window: MainWindow, tmp_path: Path) -
     assert len(window.series) == 8
     assert window.series.series_instance_uid == demo.series_instance_uid
     assert window.annotation is not None
-    assert window.annotation["id"] == demo.annotation_id
+    assert window.annotation.id == demo.annotation_id
     assert window.prepared is not None
     assert window.prepared.ok
     assert window.viewer.view.overlay is window.file_overlay

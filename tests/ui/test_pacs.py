@@ -91,7 +91,7 @@ def test_browse_stream_annotate_and_upload(
 ) -> None:
     window = pacs_window
     assert window.server_config is not None
-    assert window.server_config["dicomweb_url"] == orthanc.dicomweb_url
+    assert window.server_config.dicomweb_url == orthanc.dicomweb_url
     assert window.pacs_client().url == orthanc.dicomweb_url  # found through the server
     SlowPacs.gate.clear()
     window.use_pacs_client(
@@ -144,29 +144,27 @@ def test_browse_stream_annotate_and_upload(
     with qtbot.waitSignal(window.picker.annotationChosen, timeout=20_000) as chosen:
         qtbot.mouseClick(window.picker.create_button, Qt.MouseButton.LeftButton)
     annotation = chosen.args[0]
-    assert annotation["series_instance_uid"] == pacs_ct.series_instance_uid
-    assert annotation["has_geometry"] is True
-    assert annotation["slice_count"] == pacs_ct.count
+    assert annotation.series_instance_uid == pacs_ct.series_instance_uid
+    assert annotation.has_geometry is True
+    assert annotation.slice_count == pacs_ct.count
     api = window.api
     assert isinstance(api, ApiClient)
-    geometry = api.annotation_series(annotation["id"])
-    assert [i["sop_instance_uid"] for i in geometry["instances"]] == list(pacs_ct.sop_uids_in_order)
+    geometry = api.annotation_series(annotation.id)
+    assert [i.sop_instance_uid for i in geometry.instances] == list(pacs_ct.sop_uids_in_order)
 
     # Masks for the series, dropped on the window and uploaded.
     masks = tmp_path / "masks"
     write_masks_for_series(series, masks)
     with qtbot.waitSignal(window.masksPrepared, timeout=20_000):
         drop_paths(window, [masks])
-    qtbot.waitUntil(lambda: window.annotation is not None and window.annotation["id"] == annotation["id"])
+    qtbot.waitUntil(lambda: window.annotation is not None and window.annotation.id == annotation.id)
     window.upload.set_fields("pacs-ui", f"v-{uuid.uuid4().hex[:8]}", "manual")
     with qtbot.waitSignal(window.upload.uploadFinished, timeout=60_000) as finished:
         window.start_upload()
     result = finished.args[0]
     assert result.ok, result.message
-    stored = api.group_with_slices(result.group_id)["items"]
-    assert {(m["slice_index"], m["sop_instance_uid"]) for m in stored} == set(
-        enumerate(pacs_ct.sop_uids_in_order)
-    )
+    stored = api.group_with_slices(result.group_id).items
+    assert {(m.slice_index, m.sop_instance_uid) for m in stored} == set(enumerate(pacs_ct.sop_uids_in_order))
 
     # The multi-frame MR streams in too (one instance, ten slices), then the CT opens again from the cache.
     with qtbot.waitSignal(window.seriesComplete, timeout=60_000):
@@ -185,8 +183,8 @@ def test_browse_stream_annotate_and_upload(
     asked: list[str] = []
     monkeypatch.setattr(dialogs, "confirm", lambda _parent, title, _text, **_kw: asked.append(title) or True)
     window.picker.search.setText(pacs_ct.series_instance_uid)
-    qtbot.waitUntil(lambda: window.picker.model.row_of(annotation["id"]) is not None, timeout=10_000)
-    row = window.picker.model.row_of(annotation["id"])
+    qtbot.waitUntil(lambda: window.picker.model.row_of(annotation.id) is not None, timeout=10_000)
+    row = window.picker.model.row_of(annotation.id)
     assert row is not None
     index = window.picker.model.index(row, 0)
     with qtbot.waitSignal(window.seriesComplete, timeout=20_000):
@@ -194,7 +192,7 @@ def test_browse_stream_annotate_and_upload(
     assert asked == ["Open the annotation's series?"]
     assert window.series.series_instance_uid == pacs_ct.series_instance_uid
     assert window.annotation is not None
-    assert window.annotation["id"] == annotation["id"]
+    assert window.annotation.id == annotation.id
 
 
 def test_pacs_down_is_a_clear_message_and_local_folders_still_open(

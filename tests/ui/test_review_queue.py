@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtWidgets import QMessageBox
@@ -23,7 +24,7 @@ from pacs_mask_desktop.core.plan import prepare
 from pacs_mask_desktop.core.upload import UploadEngine
 from pacs_mask_desktop.ui.main_window import TAB_REVIEW, MainWindow
 from pacs_mask_desktop.ui.render import label_colour
-from pacs_mask_desktop.ui.review_queue import series_route
+from server.contract.messages import FindingIn
 from tests.orthanc import Orthanc, StoredSeries
 from tests.ui.conftest import SLICES, UiData, bundled_server, open_window, upload_folder
 
@@ -51,7 +52,7 @@ def upload_group(api: ApiClient, data: UiData, model_name: str, version: str) ->
     return upload_folder(
         api,
         data.masks_dir,
-        data.annotation["id"],
+        data.annotation.id,
         model_name=model_name,
         version=version,
         series=data.series_dir,
@@ -63,15 +64,6 @@ def open_other_series(qtbot: Any, window: MainWindow, folder: Path) -> None:
     write_synthetic_ct(folder, slices=4, size=32, seed=11)
     with qtbot.waitSignal(window.seriesLoaded, timeout=10_000):
         window.open_series(folder)
-
-
-def test_series_route(tmp_path: Path) -> None:
-    """Open series first, then the remembered folder (if it still exists), then the PACS, else ask."""
-    gone = str(tmp_path / "moved-away")
-    assert series_route("1.2", open_uid="1.2", folder=None, has_pacs=True) == "open"
-    assert series_route("1.2", open_uid="9.9", folder=str(tmp_path), has_pacs=True) == "folder"
-    assert series_route("1.2", open_uid=None, folder=gone, has_pacs=True) == "pacs"
-    assert series_route("1.2", open_uid=None, folder=gone, has_pacs=False) == "ask"
 
 
 def test_queue_open_review_with_a_finding_then_next(
@@ -102,14 +94,14 @@ def test_queue_open_review_with_a_finding_then_next(
     with qtbot.waitSignal(panel.loaded, timeout=10_000):
         window.actions["review_queue"].trigger()
     assert queue.dock.isVisible()
-    assert [item["id"] for item in panel.model.items] == [first]
+    assert [item.id for item in panel.model.items] == [first]
     assert panel.more_button.isEnabled()
     with qtbot.waitSignal(panel.loaded, timeout=10_000):
         qtbot.mouseClick(panel.more_button, Qt.MouseButton.LeftButton)
-    assert [item["id"] for item in panel.model.items] == [first, second]  # oldest first
+    assert [item.id for item in panel.model.items] == [first, second]  # oldest first
     row = [panel.model.data(panel.model.index(0, c)) for c in range(panel.model.columnCount())]
     assert row[1:6] == ["UI test phantom", model, "1", "ai", name]
-    assert ui_data.annotation["patient_id"] in row[0]
+    assert ui_data.annotation.patient_id in row[0]
     assert row[7] == SLICES
 
     # The source and uploader filters go to the server too.
@@ -123,7 +115,7 @@ def test_queue_open_review_with_a_finding_then_next(
     panel.uploader_filter.setText(name)
     with qtbot.waitSignal(panel.loaded, timeout=10_000):
         qtbot.mouseClick(panel.refresh_button, Qt.MouseButton.LeftButton)
-    assert [item["id"] for item in panel.model.items] == [first, second]
+    assert [item.id for item in panel.model.items] == [first, second]
     assert not panel.more_button.isEnabled()
 
     # Opening the first item reopens the phantom from its folder, selects the group, starts the review.
@@ -132,14 +124,16 @@ def test_queue_open_review_with_a_finding_then_next(
         qtbot.mouseClick(panel.open_button, Qt.MouseButton.LeftButton)
     assert window.series.series_instance_uid == ui_data.series_uid
     assert window.annotation is not None
-    assert window.annotation["id"] == ui_data.annotation["id"]
+    assert window.annotation.id == ui_data.annotation.id
     assert window.tabs.currentIndex() == TAB_REVIEW
     review = window.review
     assert review.group is not None
-    assert review.group["id"] == first
+    assert review.group.id == first
     view = window.viewer.view
     assert view.index == FIRST_LABELLED
-    qtbot.waitUntil(lambda: (window.groups.selected or {}).get("id") == first, timeout=10_000)
+    qtbot.waitUntil(
+        lambda: window.groups.selected is not None and window.groups.selected.id == first, timeout=10_000
+    )
 
     # A finding on slice 8, label 2: listed, and a tick on the slider that jumps there when clicked.
     view.set_index(8)
@@ -147,7 +141,7 @@ def test_queue_open_review_with_a_finding_then_next(
     review.finding_label.setCurrentIndex(review.finding_label.findData(2))
     review.finding_comment.setText("Lesion edge missed on the left")
     qtbot.mouseClick(review.add_finding_button, Qt.MouseButton.LeftButton)
-    assert review.findings == [{"slice_index": 8, "label": 2, "comment": "Lesion edge missed on the left"}]
+    assert review.findings == [FindingIn(slice_index=8, label=2, comment="Lesion edge missed on the left")]
     assert review.findings_list.count() == 1
     marks = window.viewer.finding_marks
     assert marks.isVisible()
@@ -165,27 +159,29 @@ def test_queue_open_review_with_a_finding_then_next(
     review.comment.setPlainText("Lesion incomplete.")
     with qtbot.waitSignal(review.reviewRecorded, timeout=10_000):
         qtbot.mouseClick(review.reject_button, Qt.MouseButton.LeftButton)
-    stored = ui_api.group_with_slices(first)["group"]
-    assert stored["review_status"] == "rejected"
-    assert stored["findings"] == [{"slice_index": 8, "label": 2, "comment": "Lesion edge missed on the left"}]
-    assert [r["decision"] for r in stored["reviews"]] == ["rejected"]
+    stored = ui_api.group_with_slices(first).group
+    assert stored.review_status == "rejected"
+    assert msgspec.to_builtins(stored.findings) == [
+        {"slice_index": 8, "label": 2, "comment": "Lesion edge missed on the left"}
+    ]
+    assert [r.decision for r in stored.reviews] == ["rejected"]
     assert review.history.count() == 1
     assert "rejected" in review.history.item(0).text()
     assert review.findings == []  # sent: now the current review's finding, still a tick
     assert [m.slice_index for m in marks.marks] == [8]
     assert review.next_queue_button.isVisible()
-    assert [item["id"] for item in panel.model.items] == [second]
+    assert [item.id for item in panel.model.items] == [second]
 
     with qtbot.waitSignal(queue.opened, timeout=20_000):
         qtbot.mouseClick(review.next_queue_button, Qt.MouseButton.LeftButton)
-    assert review.group["id"] == second
+    assert review.group.id == second
     assert view.index == FIRST_LABELLED
     assert not review.next_queue_button.isVisible()
     assert marks.marks == []
     assert not marks.isVisible()
     with qtbot.waitSignal(review.reviewRecorded, timeout=10_000):
         qtbot.mouseClick(review.approve_button, Qt.MouseButton.LeftButton)  # another person's: allowed
-    assert ui_api.group_with_slices(second)["group"]["review_status"] == "approved"
+    assert ui_api.group_with_slices(second).group.review_status == "approved"
     assert panel.model.items == []
     assert not review.next_queue_button.isVisible()
     assert "empty" in window.statusBar().currentMessage()
@@ -196,7 +192,7 @@ def test_four_eyes_refusal_and_admin_override(
 ) -> None:
     model = f"own-{uuid.uuid4().hex[:8]}"
     group_id = upload_group(ui_api, ui_data, model, "1")  # uploaded with the window's own (admin) token
-    item = next(i for i in ui_api.review_queue(model_name=model)["items"] if i["id"] == group_id)
+    item = next(i for i in ui_api.review_queue(model_name=model).items if i.id == group_id)
     with qtbot.waitSignal(window.seriesLoaded, timeout=10_000):
         window.open_series(ui_data.series_dir)
     with qtbot.waitSignal(window.queue.opened, timeout=20_000):
@@ -222,7 +218,7 @@ def test_four_eyes_refusal_and_admin_override(
     assert any("themselves" in b.text() for b in boxes)
     for box in boxes:
         box.close()
-    assert ui_api.group_with_slices(group_id)["group"]["review_status"] is None
+    assert ui_api.group_with_slices(group_id).group.review_status is None
 
     # The explicit admin override is offered and recorded.
     assert review.override_box.isVisible()
@@ -230,9 +226,9 @@ def test_four_eyes_refusal_and_admin_override(
     review.override_box.setChecked(True)
     with qtbot.waitSignal(review.reviewRecorded, timeout=10_000):
         qtbot.mouseClick(review.approve_button, Qt.MouseButton.LeftButton)
-    stored = ui_api.group_with_slices(group_id)["group"]
-    assert stored["review_status"] == "approved"
-    assert stored["reviews"][-1]["override_four_eyes"] is True
+    stored = ui_api.group_with_slices(group_id).group
+    assert stored.review_status == "approved"
+    assert stored.reviews[-1].override_four_eyes is True
     assert not review.override_box.isVisible()
     assert not review.notice.isVisible()
     assert "override" in review.history.item(0).text()
@@ -257,7 +253,7 @@ def test_queue_item_whose_series_is_only_in_the_pacs(
             write_masks_for_series(load_series(pacs_ct.folder), masks)
             prepared = prepare(
                 masks,
-                annotation_id=annotation["id"],
+                annotation_id=annotation.id,
                 model_name="queue-pacs",
                 version="1",
                 source="ai",
@@ -269,7 +265,7 @@ def test_queue_item_whose_series_is_only_in_the_pacs(
                 group_id = engine.run(prepared.plan).group_id
             finally:
                 engine.close()
-            [item] = api.review_queue(model_name="queue-pacs")["items"]
+            [item] = api.review_queue(model_name="queue-pacs").items
         first_labelled = min(r.slice_index for r in prepared.rows if r.labels)
 
         window = open_window(qtbot, server, wait_for_config=True)
@@ -284,6 +280,6 @@ def test_queue_item_whose_series_is_only_in_the_pacs(
         assert window.workspace.opened_from_pacs
         assert window.series.series_instance_uid == pacs_ct.series_instance_uid
         assert len(window.series) == pacs_ct.count
-        assert window.review.group["id"] == group_id
+        assert window.review.group.id == group_id
         assert window.viewer.view.index == first_labelled
         window.close()

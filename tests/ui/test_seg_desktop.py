@@ -40,6 +40,7 @@ from pacs_mask_desktop.core.volume_masks import SEG_SOP_CLASS_UID, VolumeMasks
 from pacs_mask_desktop.ui.main_window import MainWindow
 from pacs_mask_desktop.ui.render import label_colour
 from pacs_mask_desktop.ui.volume_stage import VolumeStage, stage_volume
+from server.contract.messages import AnnotationOut
 from tests.orthanc import Orthanc
 from tests.ui.conftest import bundled_server, drop_paths, open_window, upload_folder
 
@@ -56,7 +57,7 @@ class SegCase:
     reviewer: ApiClient
     series_dir: Path
     series: Series
-    annotation: dict[str, Any]
+    annotation: AnnotationOut
     volume: np.ndarray  # [slice, row, column] on the series grid
 
 
@@ -97,9 +98,9 @@ def seg_case(
 def write_nifti(case: SegCase, path: Path, *, spacing_scale: float = 1.0) -> Path:
     """The volume as a RAS NIfTI whose affine puts every voxel on its series voxel (x/y of LPS negated)."""
     geometry = geometry_from_series(case.series)
-    iop = np.array(geometry["image_orientation_patient"], dtype=float)
-    row_mm, col_mm = geometry["pixel_spacing"]
-    positions = [np.array(i["image_position_patient"], dtype=float) for i in geometry["instances"]]
+    iop = np.array(geometry.image_orientation_patient, dtype=float)
+    row_mm, col_mm = geometry.pixel_spacing
+    positions = [np.array(i.image_position_patient, dtype=float) for i in geometry.instances]
     lps = np.eye(4)
     lps[:3, 0] = iop[:3] * col_mm * spacing_scale  # NIfTI i = column
     lps[:3, 1] = iop[3:] * row_mm * spacing_scale  # NIfTI j = row
@@ -158,17 +159,17 @@ def test_drop_nifti_upload_approve_export_and_send_to_pacs(
     result = finished.args[0]
     assert result.ok, result.message
     stored = case.api.group_with_slices(result.group_id)
-    group = stored["group"]
-    assert {k: v["name"] for k, v in group["labels"].items()} == {"1": "liver", "2": "spleen"}
+    group = stored.group
+    assert {k: v.name for k, v in group.labels.items()} == {"1": "liver", "2": "spleen"}
     sop_by_index = {i: ref.sop_instance_uid for i, ref in enumerate(case.series.slices)}
-    assert all(item["sop_instance_uid"] == sop_by_index[item["slice_index"]] for item in stored["items"])
-    labelled = {item["slice_index"] for item in stored["items"] if item.get("label")}
+    assert all(item.sop_instance_uid == sop_by_index[item.slice_index] for item in stored.items)
+    labelled = {item.slice_index for item in stored.items if item.label}
     assert labelled == {*range(5, 10), *range(12, 15)}
 
     # Not approved yet: Send is disabled and says why; export works on a complete group.
     browser = window.groups
     qtbot.waitUntil(
-        lambda: browser.selected is not None and browser.selected["id"] == result.group_id, timeout=10_000
+        lambda: browser.selected is not None and browser.selected.id == result.group_id, timeout=10_000
     )
     assert browser.export_button.isEnabled()
     assert not browser.send_button.isEnabled()
@@ -181,10 +182,10 @@ def test_drop_nifti_upload_approve_export_and_send_to_pacs(
     meta = exported.args[1]
     seg = pydicom.dcmread(out)
     assert seg.SOPClassUID == SEG_SOP_CLASS_UID
-    assert seg.SOPInstanceUID == meta["sop_instance_uid"]
+    assert seg.SOPInstanceUID == meta.sop_instance_uid
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == case.series.series_instance_uid
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "spleen"]
-    assert int(seg.NumberOfFrames) == meta["frames"] == 5 + 3
+    assert int(seg.NumberOfFrames) == meta.frames == 5 + 3
     assert (out.stat().st_mode & 0o777) == 0o600
     assert str(out) in window.statusBar().currentMessage()
 
@@ -195,11 +196,11 @@ def test_drop_nifti_upload_approve_export_and_send_to_pacs(
     with qtbot.waitSignal(browser.segSent, timeout=60_000) as sent:
         qtbot.mouseClick(browser.send_button, Qt.MouseButton.LeftButton)
     answer = sent.args[0]
-    assert answer["sop_instance_uid"] == meta["sop_instance_uid"]
-    assert answer["pacs_url"].startswith(orthanc.url)
+    assert answer.sop_instance_uid == meta.sop_instance_uid
+    assert answer.pacs_url.startswith(orthanc.url)
     message = window.statusBar().currentMessage()
-    assert answer["sop_instance_uid"] in message
-    assert answer["pacs_url"] in message
+    assert answer.sop_instance_uid in message
+    assert answer.pacs_url in message
     qtbot.waitUntil(lambda: "sent to" in browser.seg_label.text(), timeout=10_000)
 
     with PacsClient(orthanc.dicomweb_url, auth=(orthanc.user, orthanc.password)) as pacs:
@@ -233,7 +234,7 @@ def test_volume_refusals_are_shown_with_the_measured_difference(
     with qtbot.waitSignal(window.masksPrepared, timeout=20_000) as missing:
         window.add_masks([write_nifti(case, tmp_path / "good.nii.gz")])
     assert [p.code for p in missing.args[0].problems] == ["no_geometry"]
-    assert f"Annotation {bare['id']} has no stored series geometry" in window.masks.summary.text()
+    assert f"Annotation {bare.id} has no stored series geometry" in window.masks.summary.text()
 
     # Another voxel spacing than the series: refused with the measured difference, nothing shown.
     with qtbot.waitSignal(window.seriesLoaded, timeout=10_000):
@@ -268,14 +269,14 @@ def dead_pacs_server(
 
 
 def upload_png_group(
-    api: ApiClient, annotation: dict[str, Any], series: Series, masks_dir: Path, *, check: bool
+    api: ApiClient, annotation: AnnotationOut, series: Series, masks_dir: Path, *, check: bool
 ) -> str:
     """A complete group of PNG masks through the core engine (checked against ``series`` when ``check``)."""
     write_masks_for_series(series, masks_dir)
     return upload_folder(
         api,
         masks_dir,
-        annotation["id"],
+        annotation.id,
         model_name="png",
         version=uuid.uuid4().hex[:8],
         source="manual",

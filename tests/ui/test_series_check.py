@@ -23,6 +23,7 @@ from pacs_mask_desktop.core.demo import write_synthetic_ct
 from pacs_mask_desktop.core.dicom_series import load_series
 from pacs_mask_desktop.core.series_geometry import geometry_from_series
 from pacs_mask_desktop.ui.main_window import MainWindow
+from server.contract.messages import AnnotationOut
 
 
 def write_masks(folder: Path, sizes: dict[int, int]) -> Path:
@@ -34,7 +35,7 @@ def write_masks(folder: Path, sizes: dict[int, int]) -> Path:
     return folder
 
 
-def ct_annotation(api: ApiClient, folder: Path, seed: int) -> dict[str, Any]:
+def ct_annotation(api: ApiClient, folder: Path, seed: int) -> AnnotationOut:
     write_synthetic_ct(folder, slices=4, size=32, seed=seed)
     series = load_series(folder)
     return api.create_annotation(
@@ -61,14 +62,14 @@ def test_create_from_open_series_records_the_folder_geometry(
     with qtbot.waitSignal(window.picker.annotationChosen, timeout=15_000) as chosen:
         qtbot.mouseClick(window.picker.create_button, Qt.MouseButton.LeftButton)
     created = chosen.args[0]
-    assert (created["has_geometry"], created["rows"], created["columns"], created["slice_count"]) == (
+    assert (created.has_geometry, created.rows, created.columns, created.slice_count) == (
         True,
         32,
         32,
         5,
     )
-    stored = ui_api.annotation_series(created["id"])
-    assert [i["sop_instance_uid"] for i in stored["instances"]] == [r.sop_instance_uid for r in window.series]
+    stored = ui_api.annotation_series(created.id)
+    assert [i.sop_instance_uid for i in stored.instances] == [r.sop_instance_uid for r in window.series]
 
 
 def test_masks_of_another_size_or_beyond_the_series_are_refused_before_sending(
@@ -93,7 +94,7 @@ def test_masks_of_another_size_or_beyond_the_series_are_refused_before_sending(
     assert [b.windowTitle() for b in visible_boxes(window)] == ["Masks need attention"]
     close_boxes(window)
     assert not window.upload.running
-    assert ui_api.list_groups(annotation["id"]) == []
+    assert ui_api.list_groups(annotation.id) == []
 
 
 def test_another_open_series_is_refused_before_sending(
@@ -116,7 +117,7 @@ def test_another_open_series_is_refused_before_sending(
 
     assert [b.windowTitle() for b in visible_boxes(window)] == ["Cannot upload yet"]
     close_boxes(window)
-    assert ui_api.list_groups(annotation["id"]) == []
+    assert ui_api.list_groups(annotation.id) == []
 
 
 def test_a_folder_mixing_planes_is_refused_with_a_clear_message_not_shown_as_a_stack(

@@ -50,24 +50,20 @@ def test_upload_runs_to_100_percent_with_per_slice_signals(
     assert panel.stats.text().startswith("Complete")
 
     group = ui_api.group_with_slices(result.group_id)
-    assert group["group"]["status"] == "complete"
-    assert len(group["items"]) == SLICES
-    assert {m["sop_instance_uid"] for m in group["items"]} == {
-        ref.sop_instance_uid for ref in window.series.slices
-    }
+    assert group.group.status == "complete"
+    assert len(group.items) == SLICES
+    assert {m.sop_instance_uid for m in group.items} == {ref.sop_instance_uid for ref in window.series.slices}
 
     # The group browser lists the new group and selects it.
     qtbot.waitUntil(lambda: window.groups.groups.row_of(result.group_id) is not None, timeout=10_000)
     qtbot.waitUntil(
-        lambda: window.groups.selected is not None and window.groups.selected["id"] == result.group_id
+        lambda: window.groups.selected is not None and window.groups.selected.id == result.group_id
     )
     qtbot.waitUntil(lambda: window.groups.slice_model.rowCount() == SLICES, timeout=10_000)
 
 
-def test_cancel_leaves_a_resumable_upload_and_resume_completes_it(
-    qtbot: Any, window: MainWindow, ui_data: UiData, ui_api: ApiClient
-) -> None:
-    ready_to_upload(qtbot, window, ui_data, f"v-{uuid.uuid4().hex[:8]}")
+def upload_then_cancel_after_six(qtbot: Any, window: MainWindow) -> Any:
+    """Start the window's upload, let six slices land, cancel; the result of the cancelled run."""
     panel = window.upload
     gate = threading.Event()
     passed = {"done": 0}
@@ -93,12 +89,23 @@ def test_cancel_leaves_a_resumable_upload_and_resume_completes_it(
     finally:
         gate.set()
         panel.event_tap = None
-    result = blocker.args[0]
+    return blocker.args[0]
+
+
+def test_cancel_leaves_a_resumable_upload_and_resume_completes_it(
+    qtbot: Any, window: MainWindow, ui_data: UiData, ui_api: ApiClient
+) -> None:
+    ready_to_upload(qtbot, window, ui_data, f"v-{uuid.uuid4().hex[:8]}")
+    panel = window.upload
+    result = upload_then_cancel_after_six(qtbot, window)
     assert result.status == "cancelled", result.message
     assert panel.retry_button.isEnabled()
     assert panel.retry_button.text() == "Resume"
     group_id = panel.group_id
     assert group_id
+    assert result.group_id == group_id  # the cancelled run names its group and counts what landed
+    assert result.uploaded >= 6
+    assert f"{result.uploaded} of {SLICES} slice(s) have landed" in result.message
 
     # Resumable: the journal knows the pending group and the slices that landed; the server agrees.
     journal = Journal(window.journal_path)
@@ -109,7 +116,7 @@ def test_cancel_leaves_a_resumable_upload_and_resume_completes_it(
         journal.close()
     assert 6 <= entry.landed == landed < SLICES
     assert entry.total == SLICES
-    assert ui_api.group_with_slices(group_id)["group"]["status"] == "pending"
+    assert ui_api.group_with_slices(group_id).group.status == "pending"
 
     # "After a crash the app offers to resume": the offer lists it; Resume sends only the rest.
     with qtbot.waitSignal(window.resumeOffered, timeout=10_000) as offered:
@@ -124,7 +131,7 @@ def test_cancel_leaves_a_resumable_upload_and_resume_completes_it(
     assert again.group_id == group_id
     assert again.skipped == landed
     assert again.uploaded == SLICES - landed
-    assert ui_api.group_with_slices(group_id)["group"]["status"] == "complete"
+    assert ui_api.group_with_slices(group_id).group.status == "complete"
     journal = Journal(window.journal_path)
     try:
         assert all(e.group_id != group_id for e in journal.unfinished())
@@ -146,7 +153,7 @@ def test_a_refused_upload_is_explained_in_a_dialog(
     version = f"v-{uuid.uuid4().hex[:8]}"
     first = prepare(
         ui_data.masks_dir,
-        annotation_id=ui_data.annotation["id"],
+        annotation_id=ui_data.annotation.id,
         model_name="ui-test",
         version=version,
         series=ui_data.series_dir,
@@ -172,3 +179,68 @@ def test_a_refused_upload_is_explained_in_a_dialog(
     assert [b.windowTitle() for b in boxes] == ["Upload failed"]
     assert "Traceback" not in boxes[0].text()
     assert window.upload.upload_button.isEnabled()
+
+
+def test_a_mask_that_fails_to_decode_while_uploading_is_named_and_an_upload_after_fixing_it_resumes(
+    qtbot: Any, window: MainWindow, ui_data: UiData, ui_api: ApiClient, tmp_path: Any
+) -> None:
+    """The desktop upload checks headers first and decodes pixels alongside the PUTs (as the CLI does):
+    a file whose pixels do not decode is never sent, nothing is completed, the dialog names it, and
+    Upload after fixing it continues the pending group with only that slice."""
+    import shutil
+
+    from PySide6.QtWidgets import QMessageBox
+
+    from tests.core.test_pixel_check import corrupt_pixels
+
+    masks = tmp_path / "masks"
+    shutil.copytree(ui_data.masks_dir, masks)
+    broken = masks / "mask_0005.png"
+    good = broken.read_bytes()
+    with qtbot.waitSignal(window.seriesLoaded, timeout=10_000):
+        window.open_series(ui_data.series_dir)
+    with qtbot.waitSignal(window.masksPrepared, timeout=10_000):
+        window.add_masks([masks])
+    window.picker.choose(ui_data.annotation)
+    window.upload.set_fields("ui-test", f"v-{uuid.uuid4().hex[:8]}", "manual")
+    broken.write_bytes(corrupt_pixels(good))  # changed after the first check: found while uploading
+
+    with qtbot.waitSignal(window.upload.uploadFinished, timeout=30_000) as blocker:
+        window.start_upload()
+    result = blocker.args[0]
+    assert (result.status, result.error_code) == ("incomplete", "invalid_masks")
+    assert [(p["filename"], p["code"]) for p in result.problems] == [(broken.name, "unreadable")]
+    assert result.uploaded == SLICES - 1
+    assert ui_api.group_with_slices(result.group_id).group.status == "pending"
+    boxes = [w for w in window.findChildren(QMessageBox) if w.isVisible()]
+    assert [b.windowTitle() for b in boxes] == ["Masks need attention"]
+    assert broken.name in boxes[0].text()
+    for box in boxes:
+        box.close()
+
+    broken.write_bytes(good)
+    with qtbot.waitSignal(window.upload.uploadFinished, timeout=30_000) as again_blocker:
+        window.start_upload()
+    again = again_blocker.args[0]
+    assert again.ok, again.message
+    assert (again.group_id, again.skipped, again.uploaded) == (result.group_id, SLICES - 1, 1)
+
+
+def test_resume_after_the_masks_were_cleared_sends_the_rest_of_the_same_plan(
+    qtbot: Any, window: MainWindow, ui_data: UiData, ui_api: ApiClient
+) -> None:
+    ready_to_upload(qtbot, window, ui_data, f"v-{uuid.uuid4().hex[:8]}")
+    panel = window.upload
+    cancelled = upload_then_cancel_after_six(qtbot, window)
+    assert cancelled.status == "cancelled", cancelled.message
+    window.clear_masks()
+    assert not window.session.mask_paths
+
+    with qtbot.waitSignal(panel.uploadFinished, timeout=30_000) as resumed:
+        qtbot.mouseClick(panel.retry_button, Qt.MouseButton.LeftButton)
+    again = resumed.args[0]
+    assert again.ok, again.message
+    assert again.group_id == cancelled.group_id
+    assert again.skipped == cancelled.uploaded  # what landed before the cancel is not sent again
+    assert again.skipped + again.uploaded == SLICES
+    assert ui_api.group_with_slices(again.group_id).group.status == "complete"

@@ -139,7 +139,7 @@ def test_opening_another_series_clears_masks_overlay_and_annotation(
     window.picker.choose(ui_data.annotation)
     open_series(qtbot, window, ui_data.series_dir)
     assert window.annotation is not None
-    assert window.annotation["id"] == ui_data.annotation["id"]
+    assert window.annotation.id == ui_data.annotation.id
 
 
 def test_slice_numbers_are_the_0_based_index_everywhere(

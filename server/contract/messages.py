@@ -1,8 +1,14 @@
-"""Request and response shapes of the API (msgspec structs, kept apart from the ORM models).
+"""Request and response bodies of the API (msgspec structs, kept apart from the ORM models).
+
+The one definition of the JSON on the wire: the server's routes (``server/api/``) read and answer
+these structs, its services build them, and the desktop client's ``pacs_mask_desktop.core.api_client``
+decodes the answers into them and builds its requests from them.
+Request structs forbid unknown fields (a typo is a 400, not silently dropped); response structs accept
+them, so an older client keeps working against a newer server that added a field.
 
 Every bound here matches the database column the value lands in, so a value the database could not
 hold is refused with a 422 before any query runs: integers of ``Integer`` columns are 0..2**31-1
-(:data:`server.naming.INT32_MAX`), text fits its ``String(n)`` and is :func:`safe_text` (no control
+(:data:`server.contract.naming.INT32_MAX`), text fits its ``String(n)`` and is :func:`safe_text` (no control
 characters: PostgreSQL cannot store NUL at all). Query and path parameters use the same definitions
 (``server/api/params.py``).
 """
@@ -14,7 +20,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from server.naming import INT32_MAX
+from server.contract.groups import MAX_SLICES, MODEL_NAME_MAX, VERSION_MAX, Source
+from server.contract.naming import INT32_MAX, PNG_CONTENT_TYPE
 
 INT64_MAX = 2**63 - 1
 """The largest value of a ``BigInteger`` column (sizes in bytes)."""
@@ -48,6 +55,11 @@ def safe_text(max_length: int, *, min_length: int = 0, multiline: bool = False) 
         pattern=SAFE_MULTILINE_PATTERN if multiline else SAFE_TEXT_PATTERN,
     )
 
+
+SLICE_LABEL_MAX = 1024
+"""Longest ``label`` of a slice at complete. Clients write the label values present, comma-separated: all
+255 of them take 911 characters ("1,2,…,255"); a whole-body model (TotalSegmentator has 117 classes) can
+put dozens on one slice. 256 refused a slice with about 70 three-digit labels after every byte had landed."""
 
 Uid = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[0-9.]+$")]
 Md5Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{32}$")]
@@ -124,10 +136,10 @@ Labels = Annotated[dict[LabelNumber, LabelInfo], msgspec.Meta(min_length=1, max_
 
 class GroupCreate(msgspec.Struct, forbid_unknown_fields=True):
     annotation_id: Id
-    model_name: Annotated[str, safe_text(128, min_length=1)]
-    version: Annotated[str, safe_text(64, min_length=1)]
-    source: Literal["manual", "ai"]
-    expected_slices: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
+    model_name: Annotated[str, safe_text(MODEL_NAME_MAX, min_length=1)]
+    version: Annotated[str, safe_text(VERSION_MAX, min_length=1)]
+    source: Source
+    expected_slices: Annotated[int, msgspec.Meta(ge=1, le=MAX_SLICES)] | None = None
     confidence: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
     params: dict[str, Any] | None = None
     labels: Labels | None = None
@@ -275,11 +287,11 @@ class Comparison(msgspec.Struct):
 
 class SliceToSign(msgspec.Struct, forbid_unknown_fields=True):
     # filename, content_md5 and content_type are checked by the service (every bad slice listed at once,
-    # before anything else happens): server/naming.py's rules are stricter than safe_text.
+    # before anything else happens): server.contract.naming's rules are stricter than safe_text.
     filename: str
     size: ByteCount
     content_md5: str
-    content_type: str = "image/png"
+    content_type: str = PNG_CONTENT_TYPE
     slice_index: NonNegative | None = None
     """Optional: the slice this file is for; refused before signing when outside the series."""
 
@@ -302,18 +314,18 @@ class SignResponse(msgspec.Struct):
 
 
 class SliceToComplete(msgspec.Struct, forbid_unknown_fields=True):
-    filename: str  # checked by server/naming.py's rules before anything else (invalid_slices)
+    filename: str  # checked by server.contract.naming's rules before anything else (invalid_slices)
     slice_index: NonNegative
     width: Positive
     height: Positive
     checksum: Md5Hex
-    label: Annotated[str, safe_text(256)] | None = None
+    label: Annotated[str, safe_text(SLICE_LABEL_MAX)] | None = None
     sop_instance_uid: Uid | None = None
     size: ByteCount | None = None
 
 
 class CompleteRequest(msgspec.Struct, forbid_unknown_fields=True):
-    slices: Annotated[list[SliceToComplete], msgspec.Meta(min_length=1, max_length=100_000)]
+    slices: Annotated[list[SliceToComplete], msgspec.Meta(min_length=1, max_length=MAX_SLICES)]
 
 
 class MaskOut(msgspec.Struct):
@@ -349,8 +361,12 @@ class FindingIn(msgspec.Struct, forbid_unknown_fields=True):
     comment: Annotated[str, safe_text(2000, multiline=True)] = ""
 
 
+Decision = Literal["approved", "rejected"]
+"""A reviewer's decision on a complete group."""
+
+
 class ReviewRequest(msgspec.Struct, forbid_unknown_fields=True):
-    decision: Literal["approved", "rejected"]
+    decision: Decision
     comment: Annotated[str, safe_text(4000, multiline=True)] = ""
     findings: Annotated[list[FindingIn], msgspec.Meta(max_length=MAX_FINDINGS)] = msgspec.field(
         default_factory=list
