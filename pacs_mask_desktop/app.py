@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import logging.handlers
+import os
 import sys
 import threading
 import traceback
@@ -66,6 +67,8 @@ def configure_logging() -> Path:
     """Log to a rotating file in the user log dir (and warnings to stderr when there is one)."""
     folder = private_dir(log_dir())  # log lines can name patients and series
     path = folder / LOG_FILE
+    if path.exists():
+        path.chmod(0o600)  # an older version's log may have been created readable by others
     handler = logging.handlers.RotatingFileHandler(
         path, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
     )
@@ -128,6 +131,9 @@ def _install_error_hooks(log_path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pacs-mask-desktop``."""
     args = build_parser().parse_args(list(argv) if argv is not None else sys.argv[1:])
+    # Everything the app and its bundled server write (database, logs, DICOM cache, journal, exported
+    # SEGs) holds patient data: readable by this user only, whatever the session's umask.
+    os.umask(0o077)
     if args.run_server:
         return run_server(args.host, args.port)
     if args.self_test:

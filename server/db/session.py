@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,17 +15,20 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
+log = logging.getLogger(__name__)
+
 
 def make_engine(url: str) -> Engine:
     """Create the engine for ``url`` with the settings each backend needs to be safe under concurrency.
 
     SQLite gets WAL (readers never block the writer), enforced foreign keys and a busy timeout so
-    concurrent writers wait instead of failing; its parent folder is created if missing.
+    concurrent writers wait instead of failing; its file is readable by this user only
+    (:func:`private_sqlite_file`).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            private_sqlite_file(Path(parsed.database))
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -37,6 +42,29 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def private_sqlite_file(database: Path) -> None:
+    """Create ``database`` (and a missing parent folder) readable by this user only: 0600 and 0700.
+
+    The embedded database holds patient data (IDs, names, study details), so it must not be readable by
+    other users whatever the umask. SQLite gives its ``-wal``/``-shm`` files the database file's mode, so
+    creating the file first with 0600 covers them; a file an older version left 0644 is narrowed (with
+    its companions). A file owned by someone else (a service account's) is left as it is, with a warning.
+    """
+    if not database.parent.exists():
+        database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        database.parent.chmod(0o700)  # mkdir's mode is filtered by the umask
+    os.close(os.open(database, os.O_CREAT | os.O_WRONLY, 0o600))
+    for path in (
+        database,
+        *(database.with_name(database.name + end) for end in ("-wal", "-shm", "-journal")),
+    ):
+        try:
+            if path.exists() and path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+        except PermissionError as exc:
+            log.warning("cannot make %s readable by its owner only: %s", path, exc)
 
 
 class Database:
