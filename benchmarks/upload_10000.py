@@ -16,7 +16,7 @@ every contender alike:
 The 10,000 files are the 1000 demo-phantom masks of ``upload_1000.py`` repeated ten times under new
 slice numbers (liver and lesion on about half, many empty). After every upload the group is checked
 (slice count); the copies are checked by object count. The size of the ``complete`` request body is
-printed against the server's request limit (Litestar's default ``request_max_body_size``, 10 MB).
+printed against the ``complete`` route's request limit (``server.contract.groups.LARGE_BODY_MAX_BYTES``).
 
 Usage: ``python benchmarks/upload_10000.py [--rounds 3] [--count 10000]``. Needs ``rclone`` and
 ``s5cmd`` like ``upload_1000.py``. The machine is shared: read medians, and the load average printed.
@@ -34,6 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import msgspec
 from _processes import find_binary, tear_down
 from upload_1000 import (
     BUCKET,
@@ -50,9 +51,8 @@ from upload_1000 import (
 )
 
 from pacs_mask_desktop.core.api_client import ApiClient
-
-SERVER_LIMIT = 10_000_000
-"""Litestar's default ``request_max_body_size`` (bytes), which ``complete`` is under."""
+from server.contract import messages
+from server.contract.groups import LARGE_BODY_MAX_BYTES
 
 
 def repeat_masks(source: Path, target: Path, count: int) -> Path:
@@ -65,17 +65,26 @@ def repeat_masks(source: Path, target: Path, count: int) -> Path:
 
 
 def complete_body_bytes(server: Server, group_id: str) -> int:
-    """The size of the ``complete`` request the client sent for this group (rebuilt from its rows)."""
+    """The size of the ``complete`` request the client sent for this group (rebuilt from its rows with
+    the contract's structs, encoded as the client encodes them)."""
     with ApiClient(server.url, server.token) as api:
         items = api.group_with_slices(group_id).items
-    body = [
-        {k: getattr(m, k) for k in ("filename", "slice_index", "width", "height", "checksum")}
-        | {"size": m.size_bytes}
-        | ({"label": m.label} if m.label else {})
-        | ({"sop_instance_uid": m.sop_instance_uid} if m.sop_instance_uid else {})
-        for m in items
-    ]
-    return len(json.dumps({"slices": body}).encode())
+    body = messages.CompleteRequest(
+        slices=[
+            messages.SliceToComplete(
+                filename=m.filename,
+                slice_index=m.slice_index,
+                width=m.width,
+                height=m.height,
+                checksum=m.checksum,
+                label=m.label,
+                sop_instance_uid=m.sop_instance_uid,
+                size=m.size_bytes,
+            )
+            for m in items
+        ]
+    )
+    return len(msgspec.json.encode(body))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, size in body_bytes.items():
             print(
                 f"complete request body, {label}: {size / 1e6:.2f} MB for {args.count} slices "
-                f"({size / SERVER_LIMIT:.0%} of the server's {SERVER_LIMIT / 1e6:.0f} MB request limit)"
+                f"({size / LARGE_BODY_MAX_BYTES:.0%} of the route's {LARGE_BODY_MAX_BYTES / 2**20:.0f} MiB limit)"
             )
         return 0
     finally:

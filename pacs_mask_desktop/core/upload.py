@@ -77,6 +77,10 @@ def complete_request(s: PlannedSlice) -> messages.SliceToComplete:
     )
 
 
+PUT_WORKERS = 8
+"""Parallel PUTs when the caller does not say."""
+
+
 class UploadEngine:
     """Runs one plan to a complete group. ``on_event`` is called from worker threads."""
 
@@ -85,7 +89,7 @@ class UploadEngine:
         api: ApiClient,
         journal: Journal | None = None,
         *,
-        workers: int = 8,
+        workers: int = PUT_WORKERS,
         max_attempts: int = 6,
         sign_batch: int = 500,
         put_timeout: float = 120.0,

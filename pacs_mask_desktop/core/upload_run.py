@@ -24,10 +24,7 @@ from pacs_mask_desktop.core.events import EventSink, UploadResult
 from pacs_mask_desktop.core.journal import Journal
 from pacs_mask_desktop.core.paths import journal_path as default_journal_path
 from pacs_mask_desktop.core.plan import PixelCheck, UploadPlan
-from pacs_mask_desktop.core.upload import UploadEngine
-
-DEFAULT_WORKERS = 8
-"""Parallel PUTs when the caller does not say (the engine's own default)."""
+from pacs_mask_desktop.core.upload import PUT_WORKERS, UploadEngine
 
 
 def upload_with_journal(
@@ -36,7 +33,7 @@ def upload_with_journal(
     *,
     journal_path: Path | None = None,
     source_path: str | None = None,
-    workers: int = DEFAULT_WORKERS,
+    workers: int = PUT_WORKERS,
     on_event: EventSink | None = None,
     cancel: threading.Event | None = None,
 ) -> UploadResult:
@@ -52,12 +49,9 @@ def upload_with_journal(
     if plan.pixel_check is not None:  # each run its own check (see the module docstring)
         used = plan.pixel_check
         plan = replace(plan, pixel_check=PixelCheck(used.slices, used.workers))
-    journal = Journal(journal_path if journal_path is not None else default_journal_path())
-    try:
+    with Journal(journal_path if journal_path is not None else default_journal_path()) as journal:
         engine = UploadEngine(api, journal, workers=workers, on_event=on_event, cancel=cancel)
         try:
             return engine.run(plan, source_path=source_path)
         finally:
             engine.close()
-    finally:
-        journal.close()

@@ -15,7 +15,6 @@ upgrade (``pacs-mask-server migrate``, after their own backup), see ``server.db.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from alembic.util import CommandError
 from sqlalchemy.engine import make_url
 
 from server.db.migrate import alembic_config, current_revision, head_revision, upgrade
+from server.db.session import private_sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,10 @@ def is_known_revision(revision: str) -> bool:
 def copy_database(source: Path, target: Path) -> None:
     """Copy the SQLite database ``source`` onto ``target`` with the online backup API.
 
-    A new ``target`` is created readable by this user only (0600); an existing one is overwritten in
-    place (the backup API replaces every page of it, and its WAL is reset).
+    ``target`` is readable by this user only (:func:`~server.db.session.private_sqlite_file`); an
+    existing one is overwritten in place (the backup API replaces every page of it, and its WAL is reset).
     """
-    if not target.exists():
-        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))
-    if os.name != "nt":
-        target.chmod(0o600)
+    private_sqlite_file(target)
     with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
         src.backup(dst)
     src.close()

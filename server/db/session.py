@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,12 +57,14 @@ def private_sqlite_file(database: Path) -> None:
         database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         database.parent.chmod(0o700)  # mkdir's mode is filtered by the umask
     os.close(os.open(database, os.O_CREAT | os.O_WRONLY, 0o600))
+    if os.name == "nt":
+        return  # no such modes on Windows: the user's profile folder keeps the data private
     for path in (
         database,
         *(database.with_name(database.name + end) for end in ("-wal", "-shm", "-journal")),
     ):
         try:
-            if path.exists() and path.stat().st_mode & 0o077:
+            if path.exists() and stat.S_IMODE(path.stat().st_mode) != 0o600:
                 path.chmod(0o600)
         except PermissionError as exc:
             log.warning("cannot make %s readable by its owner only: %s", path, exc)
