@@ -106,7 +106,7 @@ def read_mask(path: Path | str) -> MaskInfo:
     """
     path = Path(path)
     data = _read_bytes(path)
-    array, mode, bit_depth = _decode(path.name, data)
+    array, mode, bit_depth = decode_mask(path.name, data)
     labels = present_labels(array)
     return MaskInfo(
         filename=path.name,
@@ -153,7 +153,7 @@ def load_mask_array(path: Path | str) -> np.ndarray:
     For drawing overlays: the same validation as :func:`read_mask`, so what is shown is what uploads.
     """
     path = Path(path)
-    array, _, _ = _decode(path.name, _read_bytes(path))
+    array, _, _ = decode_mask(path.name, _read_bytes(path))
     return array
 
 
@@ -206,9 +206,21 @@ def check_png_header(filename: str, data: bytes) -> tuple[int, int, int, int]:
     return width, height, bit_depth, colour_type
 
 
-def _decode(filename: str, data: bytes) -> tuple[np.ndarray, str, int]:
-    """Validate PNG bytes from the header first, then decode to a label array."""
+def decode_mask(filename: str, data: bytes) -> tuple[np.ndarray, str, int]:
+    """``(label array, Pillow mode, bit depth)`` of a mask's PNG bytes; raise :class:`MaskError` if unusable.
+
+    The one decoder behind :func:`read_mask` and :func:`load_mask_array`, for callers that already hold
+    the bytes (the pixel check while uploading): the header is validated first, then the pixels.
+    The common mask, 8-bit greyscale and not interlaced, is decoded by libpng through imagecodecs (as
+    the server does, ``server/services/compare.py``); everything else, and any file libpng refuses, by
+    Pillow, whose errors are the ones reported. 1000 phantom slices on the 2-core machine, per
+    non-empty slice: Pillow 0.89 ms (0.55 decoding, 0.34 copying into numpy), libpng 0.51 ms.
+    """
     _width, _height, bit_depth, colour_type = check_png_header(filename, data)
+    if bit_depth == 8 and colour_type == 0 and data[28] == 0:
+        grey = _decode_grey8(data)
+        if grey is not None:
+            return grey, "L", 8
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -233,6 +245,19 @@ def _decode(filename: str, data: bytes) -> tuple[np.ndarray, str, int]:
     elif array.dtype.byteorder == ">":
         array = array.astype(np.uint16)
     return np.ascontiguousarray(array), mode, int(bit_depth)
+
+
+def _decode_grey8(data: bytes) -> np.ndarray | None:
+    """The pixels of an 8-bit greyscale, non-interlaced PNG by libpng, or ``None`` if libpng refuses it."""
+    import imagecodecs  # loaded when pixels are first decoded, not at CLI start-up
+
+    try:
+        array = imagecodecs.png_decode(data)
+    except (imagecodecs.PngError, ValueError):
+        return None
+    if array.ndim != 2 or array.dtype != np.uint8:
+        return None
+    return np.ascontiguousarray(array)
 
 
 def _not_png(filename: str, data: bytes) -> MaskError:

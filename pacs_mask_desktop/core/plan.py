@@ -65,6 +65,7 @@ from pacs_mask_desktop.core.masks import (
     CONTENT_TYPE,
     MaskError,
     MaskInfo,
+    decode_mask,
     present_labels,
     read_mask,
     read_mask_header,
@@ -87,6 +88,8 @@ DEFAULT_WORKERS = min(8, (os.cpu_count() or 1) + 2)
 CHECK_WORKERS = max(1, min(2, os.cpu_count() or 1))
 """Threads of a :class:`PixelCheck`: Pillow's decoder, zlib and numpy release the GIL, so on two cores
 two decoders run beside the PUT threads (libcurl waits outside the GIL too)."""
+_HEADER_CHUNK = 64
+_DECODE_CHUNK = 8
 
 try:  # zlib-ng inflates these highly compressible rows ~3.7x faster than the stdlib (1000 slices here)
     from zlib_ng.zlib_ng import decompress as _inflate
@@ -522,22 +525,29 @@ def _read_all(
             on_progress(done, total)
         todo = unknown
 
-    def work(entry: _Entry) -> MaskInfo | MaskError | None:
-        if cancel is not None and cancel.is_set():
-            return None
-        try:
-            return reader(entry.path)
-        except MaskError as exc:
-            return exc
+    def work(chunk: list[_Entry]) -> list[MaskInfo | MaskError | None]:
+        found: list[MaskInfo | MaskError | None] = []
+        for entry in chunk:
+            if cancel is not None and cancel.is_set():
+                return found
+            try:
+                found.append(reader(entry.path))
+            except MaskError as exc:
+                found.append(exc)
+        return found
 
+    # Files go to the pool in chunks: a future per file cost more than checking a header (1000 small
+    # PNGs: 0.12 s in futures of one, 0.03 s in futures of 64); decoding pixels takes longer per file,
+    # so its chunks are smaller and keep both cores busy to the end.
+    size = _HEADER_CHUNK if defer_decode else _DECODE_CHUNK
+    chunks = iter([todo[i : i + size] for i in range(0, len(todo), size)])
     workers = max(1, max_workers or DEFAULT_WORKERS)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mask-read") as pool:
-        pending: dict[Future[MaskInfo | MaskError | None], _Entry] = {}
-        queue = iter(todo)
-        # Keep a bounded window of futures in flight so cancel takes effect quickly on 1000s of files.
-        for entry in queue:
-            pending[pool.submit(work, entry)] = entry
-            if len(pending) >= workers * 4:
+        pending: dict[Future[list[MaskInfo | MaskError | None]], list[_Entry]] = {}
+        # Keep a bounded window of chunks in flight so cancel takes effect quickly on 1000s of files.
+        for chunk in chunks:
+            pending[pool.submit(work, chunk)] = chunk
+            if len(pending) >= workers * 2:
                 break
         while pending:
             finished, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
@@ -546,19 +556,19 @@ def _read_all(
                     future.cancel()
                 raise PrepareCancelled("mask reading was cancelled")
             for future in finished:
-                entry = pending.pop(future)
-                result = future.result()
-                if isinstance(result, MaskError):
-                    entry.add(result.code, result.code, result.reason)
-                elif isinstance(result, MaskInfo):
-                    entry.info = result
-                    entry.deferred = defer_decode
-                done += 1
-                if on_progress is not None:
-                    on_progress(done, total)
-                next_entry = next(queue, None)
-                if next_entry is not None:
-                    pending[pool.submit(work, next_entry)] = next_entry
+                chunk = pending.pop(future)
+                for entry, result in zip(chunk, future.result(), strict=False):
+                    if isinstance(result, MaskError):
+                        entry.add(result.code, result.code, result.reason)
+                    elif isinstance(result, MaskInfo):
+                        entry.info = result
+                        entry.deferred = defer_decode
+                    done += 1
+                    if on_progress is not None:
+                        on_progress(done, total)
+                next_chunk = next(chunks, None)
+                if next_chunk is not None:
+                    pending[pool.submit(work, next_chunk)] = next_chunk
 
 
 def _decode_deferred(entries: list[_Entry], cancel: threading.Event | None, max_workers: int | None) -> None:
@@ -711,12 +721,9 @@ def _pixel_facts(s: PlannedSlice) -> _Facts:
     if len(data) != s.size or hashlib.md5(data, usedforsecurity=False).hexdigest() != s.md5_hex:
         raise MaskError(s.filename, _CHANGED, "changed")
     labels = _fast_labels(data, s.width, s.height)
-    if labels is not None:
-        return _Facts(labels, not labels)
-    info = read_mask(s.path)
-    if info.md5_hex != s.md5_hex:
-        raise MaskError(s.filename, _CHANGED, "changed")
-    return _Facts(info.labels, info.empty)
+    if labels is None:
+        labels = present_labels(decode_mask(s.filename, data)[0])
+    return _Facts(labels, not labels)
 
 
 def _fast_labels(data: bytes, width: int, height: int) -> tuple[int, ...] | None:
@@ -752,12 +759,9 @@ def _fast_labels(data: bytes, width: int, height: int) -> tuple[int, ...] | None
         pos = end + 4
     if colour_type == 3 and b"PLTE" not in kinds:
         return None
-    try:
-        raw = _inflate(b"".join(parts))
-    except (zlib.error, _InflateError):
-        return None
     stride = (width * bit_depth + 7) // 8 + 1
-    if len(raw) != height * stride:
+    raw = _inflate_exactly(b"".join(parts), height * stride)
+    if raw is None:
         return None
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride)
     filters = rows[:, 0]
@@ -768,6 +772,29 @@ def _fast_labels(data: bytes, width: int, height: int) -> tuple[int, ...] | None
     if bit_depth == 8 and not filters.any():
         return present_labels(rows[:, 1:])
     return None
+
+
+def _inflate_exactly(stream: bytes, size: int) -> bytes | bytearray | None:
+    """The zlib ``stream`` inflated, if it is exactly ``size`` bytes long; else ``None``.
+
+    zlib-ng through imagecodecs where it is built in, because it lets go of the GIL (the PUT threads
+    and the other decoder go on meanwhile): 1000 phantom slices, 2-core machine, two threads, 0.11 ms
+    a slice against 0.22 ms for the ``zlib_ng`` module, which holds the GIL (the server's compare
+    inflates the same way).
+    """
+    import imagecodecs  # with the pixels, not at CLI start-up
+
+    if imagecodecs.ZLIBNG.available:
+        try:
+            raw = imagecodecs.zlibng_decode(stream, out=size)  # more than ``size`` bytes: an error
+        except imagecodecs.ZlibngError:
+            return None
+    else:
+        try:
+            raw = _inflate(stream)
+        except (zlib.error, _InflateError):
+            return None
+    return raw if len(raw) == size else None
 
 
 def _size_on_disk(path: Path) -> int | None:

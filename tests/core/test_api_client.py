@@ -8,6 +8,7 @@ answer of the wrong shape can be checked (the real app's answers are checked in
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable
 
 import httpx
@@ -16,7 +17,7 @@ import pytest
 from pydicom.uid import UID
 from pydicom.valuerep import IS, DSfloat
 
-from pacs_mask_desktop.core.api_client import ApiClient, ApiError
+from pacs_mask_desktop.core.api_client import ApiClient, ApiError, _tls_context
 from server.contract import messages
 from server.contract.errors import ErrorCode
 
@@ -100,3 +101,13 @@ def test_a_value_with_no_json_form_is_refused_before_anything_is_sent() -> None:
         pytest.raises(TypeError, match="cannot send a object to the server"),
     ):
         api.create_group({"params": object()})  # type: ignore[arg-type]
+
+
+def test_a_plain_http_server_gets_a_tls_context_that_trusts_nobody_and_https_the_default() -> None:
+    """No CA bundle is loaded for a plain-http server (start-up time), and nothing is trusted instead:
+    should TLS ever happen through that client, it fails closed. https keeps httpx's verification."""
+    plain = _tls_context("http://127.0.0.1:8000")
+    assert isinstance(plain, ssl.SSLContext)
+    assert (plain.verify_mode, plain.check_hostname) == (ssl.CERT_REQUIRED, True)
+    assert plain.cert_store_stats()["x509_ca"] == 0
+    assert _tls_context("HTTPS://masks.clinic.example") is True

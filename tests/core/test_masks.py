@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -12,8 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pacs_mask_desktop.core import masks
 from pacs_mask_desktop.core.masks import (
     MaskError,
+    decode_mask,
+    encode_label_png,
     load_mask_array,
     read_mask,
     slice_index_from_filename,
@@ -158,6 +162,59 @@ def test_unreadable_files(tmp_path, content, reason):
         read_mask(path)
     assert caught.value.code == "unreadable"
     assert caught.value.filename == "mask_0002.png"
+
+
+def _png_bytes(array: np.ndarray, **save: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", **save)
+    return buffer.getvalue()
+
+
+def _average_filtered_png(array: np.ndarray) -> bytes:
+    """An 8-bit greyscale PNG whose every row uses filter 3 (Average), which Pillow never picks."""
+    height, width = array.shape
+    pixels = array.astype(np.int32)
+    rows = []
+    for y in range(height):
+        up = pixels[y - 1] if y else np.zeros(width, dtype=np.int32)
+        left = np.concatenate(([0], pixels[y, :-1]))
+        rows.append(b"\x03" + ((pixels[y] - (left + up) // 2) % 256).astype(np.uint8).tobytes())
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = zlib.compress(b"".join(rows))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def test_eight_bit_greyscale_is_decoded_by_libpng_to_exactly_what_pillow_reads(monkeypatch):
+    """The common mask (8-bit greyscale) skips Pillow: libpng's array must be Pillow's, for every row
+    filter an encoder may choose: none, Sub, Up and Paeth (Pillow picks them for blobs, a ramp, noise),
+    Average (built by hand), stored without compression."""
+    rng = np.random.default_rng(5)
+    blobs = _labels_image((300, 257))
+    noise = rng.integers(0, 256, size=(64, 80), dtype=np.uint8)
+    ramp = (np.add.outer(np.arange(90), np.arange(70)) % 251).astype(np.uint8)
+    cases = [
+        _png_bytes(blobs),
+        _png_bytes(blobs, compress_level=9, optimize=True),
+        _png_bytes(noise),
+        _png_bytes(ramp, compress_level=0),
+        encode_label_png(ramp),
+        _average_filtered_png(noise),
+    ]
+    expected = [np.asarray(Image.open(io.BytesIO(data))) for data in cases]
+
+    def no_pillow(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("Pillow was asked to decode an 8-bit greyscale PNG")
+
+    monkeypatch.setattr(masks.Image, "open", no_pillow)
+    for data, want in zip(cases, expected, strict=True):
+        array, mode, bit_depth = decode_mask("mask_0001.png", data)
+        assert (mode, bit_depth, array.dtype) == ("L", 8, np.dtype(np.uint8))
+        assert array.flags.c_contiguous
+        np.testing.assert_array_equal(array, want)
 
 
 def test_corrupt_png_body_is_unreadable(tmp_path):

@@ -74,6 +74,14 @@ def test_fast_labels_find_empty_slices_and_unfiltered_labels_or_defer_to_the_dec
     interlaced = _assemble([(k, p[:12] + b"\x01" if k == b"IHDR" else p) for k, p in _chunks(good)])
     assert _fast_labels(interlaced, 50, 40) is None  # another row layout: decoded in full instead
     assert _fast_labels(corrupt_pixels(good), 50, 40) is None
+    taller = _assemble(
+        [(k, p[:4] + struct.pack(">I", 41) + p[8:] if k == b"IHDR" else p) for k, p in _chunks(good)]
+    )
+    assert _fast_labels(taller, 50, 41) is None  # the rows inflate to less than the header says
+    shorter = _assemble(
+        [(k, p[:4] + struct.pack(">I", 39) + p[8:] if k == b"IHDR" else p) for k, p in _chunks(good)]
+    )
+    assert _fast_labels(shorter, 50, 39) is None  # ... or to more
 
 
 def test_deferred_plan_gets_the_labels_a_full_prepare_finds(ct_1000: Volume, tmp_path: Path) -> None:
