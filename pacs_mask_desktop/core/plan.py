@@ -88,6 +88,10 @@ DEFAULT_WORKERS = min(8, (os.cpu_count() or 1) + 2)
 CHECK_WORKERS = max(1, min(2, os.cpu_count() or 1))
 """Threads of a :class:`PixelCheck`: Pillow's decoder, zlib and numpy release the GIL, so on two cores
 two decoders run beside the PUT threads (libcurl waits outside the GIL too)."""
+HEADER_WORKERS = 2
+"""Threads reading headers only (``defer_decode``): a header check is ~25 us of CPU, so more threads
+only take turns at the GIL (with the desktop app's GUI thread among them); two still overlap the
+waits of a slow disk or network share."""
 _HEADER_CHUNK = 64
 _DECODE_CHUNK = 8
 
@@ -541,7 +545,7 @@ def _read_all(
     # so its chunks are smaller and keep both cores busy to the end.
     size = _HEADER_CHUNK if defer_decode else _DECODE_CHUNK
     chunks = iter([todo[i : i + size] for i in range(0, len(todo), size)])
-    workers = max(1, max_workers or DEFAULT_WORKERS)
+    workers = HEADER_WORKERS if defer_decode else max(1, max_workers or DEFAULT_WORKERS)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mask-read") as pool:
         pending: dict[Future[list[MaskInfo | MaskError | None]], list[_Entry]] = {}
         # Keep a bounded window of chunks in flight so cancel takes effect quickly on 1000s of files.

@@ -34,6 +34,7 @@ def upload_with_journal(
     journal_path: Path | None = None,
     source_path: str | None = None,
     workers: int = PUT_WORKERS,
+    check_workers: int | None = None,
     on_event: EventSink | None = None,
     cancel: threading.Event | None = None,
 ) -> UploadResult:
@@ -41,14 +42,15 @@ def upload_with_journal(
 
     ``journal_path`` defaults to the journal shared by the CLI, the watch worker, the Python API and
     the desktop app (:func:`~pacs_mask_desktop.core.paths.journal_path`). ``source_path`` is recorded
-    so the desktop app can offer to resume from the same files. ``on_event`` is called from the
+    so the desktop app can offer to resume from the same files. ``check_workers`` is how many threads
+    decode the pixels beside the PUTs (default: the plan's). ``on_event`` is called from the
     engine's worker threads; setting ``cancel`` stops the run (it ends ``cancelled``, resumable).
     Like :meth:`UploadEngine.run` this never raises for upload failures; an exception raised by
     ``on_event`` propagates, with the journal and connections closed.
     """
     if plan.pixel_check is not None:  # each run its own check (see the module docstring)
         used = plan.pixel_check
-        plan = replace(plan, pixel_check=PixelCheck(used.slices, used.workers))
+        plan = replace(plan, pixel_check=PixelCheck(used.slices, check_workers or used.workers))
     with Journal(journal_path if journal_path is not None else default_journal_path()) as journal:
         engine = UploadEngine(api, journal, workers=workers, on_event=on_event, cancel=cancel)
         try:

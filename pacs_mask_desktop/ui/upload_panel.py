@@ -44,6 +44,11 @@ REFRESH_MS = 66
 UPLOAD_WORKERS = 4
 """Parallel PUTs. Measured on the 2-CPU dev machine: 4 threads upload 1000 slices as fast as 8 or 16
 (the client's per-request CPU, not the network, is the limit) and leave the GUI thread more of the GIL."""
+DESKTOP_CHECK_WORKERS = 1
+"""Threads decoding the pixels beside the PUTs (the CLI uses two). Their decoding runs outside the GIL,
+so two of them kept both cores busy next to the bundled server: the longest GUI stall of a 1000-slice
+upload (benchmarks/gui_responsiveness.py, 9 uploads each, same quiet machine) was 57 ms with two and
+44 ms with one, for the same upload time."""
 
 EventTap = Callable[[SliceEvent | GroupEvent], None]
 
@@ -71,6 +76,7 @@ def run_upload(
         journal_path=journal_path,
         source_path=source_path,
         workers=workers,
+        check_workers=DESKTOP_CHECK_WORKERS,
         on_event=sink,
         cancel=context.cancel,
     )

@@ -244,3 +244,62 @@ def test_resume_after_the_masks_were_cleared_sends_the_rest_of_the_same_plan(
     assert again.skipped == cancelled.uploaded  # what landed before the cancel is not sent again
     assert again.skipped + again.uploaded == SLICES
     assert ui_api.group_with_slices(again.group_id).group.status == "complete"
+
+
+def _plan_of(count: int) -> Any:
+    """An upload plan of ``count`` slices (the table reads names, indexes and sizes only)."""
+    from pathlib import Path
+
+    from pacs_mask_desktop.core.plan import PlannedSlice, UploadPlan
+
+    slices = tuple(
+        PlannedSlice(
+            f"mask_{i:05d}.png", Path(f"mask_{i:05d}.png"), 700 + i, "0" * 32, "", "image/png", i, None,
+            512, 512, (), False,
+        )
+        for i in range(count)
+    )  # fmt: skip
+    return UploadPlan(1, "m", "1", "manual", None, None, slices, count)
+
+
+def test_the_table_is_built_before_the_upload_and_a_larger_rest_later_keeping_early_events(
+    qtbot: Any,
+) -> None:
+    """The rows of a plan are in the table when it is set (the upload's threads not yet running); a
+    plan larger than that gets the rest a chunk per event-loop turn, and what happened to a slice
+    before its row existed shows when it is built."""
+    from pacs_mask_desktop.ui.upload_model import BUILD_CHUNK, BUILD_FIRST, UploadTableModel
+
+    model = UploadTableModel()
+    model.set_plan(_plan_of(1000))
+    assert (model.rowCount(), model.building) == (1000, False)
+
+    count = BUILD_FIRST + BUILD_CHUNK * 3 + 7
+    model.set_plan(_plan_of(count))
+    assert (model.rowCount(), model.building) == (BUILD_FIRST, True)
+    late = count - 3
+    model.apply(
+        [
+            SliceEvent(
+                f"mask_{late:05d}.png", late, SliceState.RETRYING, 700 + late, attempt=2, error="HTTP 503"
+            ),
+            SliceEvent(
+                f"mask_{late:05d}.png", late, SliceState.FAILED, 700 + late, attempt=3, error="HTTP 503"
+            ),
+            SliceEvent("mask_00001.png", 1, SliceState.DONE, 701, attempt=1),
+        ]
+    )
+    assert model.data(model.index(1, 2)) == STATE_TEXT[SliceState.DONE]
+    assert model.count(SliceState.FAILED) == 1
+    qtbot.waitUntil(lambda: not model.building, timeout=10_000)
+    assert model.rowCount() == count
+    row = [model.data(model.index(late, c)) for c in range(model.columnCount())]
+    assert row == [str(late), f"mask_{late:05d}.png", STATE_TEXT[SliceState.FAILED], row[3], "2", "HTTP 503"]
+    assert model.data(model.index(late, 5), Qt.ItemDataRole.ToolTipRole) == "HTTP 503"
+
+    model.set_plan(_plan_of(BUILD_FIRST + 1))  # replaced while its last row waits for the event loop
+    model.set_plan(_plan_of(5))
+    qtbot.wait(50)  # the replaced plan's pending chunk adds nothing
+    assert [model.data(model.index(r, 1)) for r in range(model.rowCount())] == [
+        f"mask_{i:05d}.png" for i in range(5)
+    ]
