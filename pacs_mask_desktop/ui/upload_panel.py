@@ -45,10 +45,10 @@ UPLOAD_WORKERS = 4
 """Parallel PUTs. Measured on the 2-CPU dev machine: 4 threads upload 1000 slices as fast as 8 or 16
 (the client's per-request CPU, not the network, is the limit) and leave the GUI thread more of the GIL."""
 DESKTOP_CHECK_WORKERS = 1
-"""Threads decoding the pixels beside the PUTs (the CLI uses two). Their decoding runs outside the GIL,
-so two of them kept both cores busy next to the bundled server: the longest GUI stall of a 1000-slice
-upload (benchmarks/gui_responsiveness.py, 9 uploads each, same quiet machine) was 57 ms with two and
-44 ms with one, for the same upload time."""
+"""Threads decoding the pixels beside the PUTs (the CLI uses two). In the app, next to the GUI thread
+and the bundled server on two cores, one is faster: benchmarks/gui_responsiveness.py, 2 x 9 uploads
+each on the same quiet machine, took 1.9 s for a 1000-slice upload with one and 2.1-2.3 s with two,
+for the same longest GUI stalls (pooled medians 40 and 43 ms)."""
 
 EventTap = Callable[[SliceEvent | GroupEvent], None]
 
