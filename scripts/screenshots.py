@@ -189,11 +189,9 @@ def _run(out: Path, work: Path, only: set[str]) -> int:
 
     # 4. QA review of the AI group on a slice with liver and lesion.
     window.groups.review_selected()
-    wait_until(
-        lambda: window.review.group is not None and window.review.group["id"] == ai_group, what="review"
-    )
+    wait_until(lambda: window.review.group is not None and window.review.group.id == ai_group, what="review")
     review = window.review
-    lesion = [i for i, s in enumerate(review.slices) if "2" in (s.get("label") or "").split(",")]
+    lesion = [i for i, s in enumerate(review.slices) if "2" in (s.label or "").split(",")]
     review.go_to(lesion[len(lesion) // 2])
     review.comment.setPlainText("Lesion boundary looks tight on the upper slices; please double-check.")
     window.tabs.setCurrentIndex(TAB_REVIEW)
@@ -436,7 +434,7 @@ def _review_shots(
     shoot("review-queue.png")
 
     review = window.review
-    lesion = [s["slice_index"] for s in review.slices if "2" in (s.get("label") or "").split(",")]
+    lesion = [s.slice_index for s in review.slices if "2" in (s.label or "").split(",")]
     for index, label, comment in (
         (lesion[len(lesion) // 3], 2, "Lesion boundary misses the posterior rim"),
         (lesion[-1], 2, "Lesion still visible here but not segmented on the next slice"),
@@ -461,10 +459,10 @@ def _review_shots(
     compared: list[Any] = []
     window.compare.compared.connect(compared.append)
     groups.refresh(select=ai_group)
-    wait_until(lambda: (groups.selected or {}).get("id") == ai_group, what="the AI group")
+    wait_until(lambda: groups.selected is not None and groups.selected.id == ai_group, what="the AI group")
     wait_until(lambda: groups.compare_button.isEnabled(), what="the compare button")
-    other = next(g for g in groups.compare_candidates() if g["version"] == "2.2-corrected")
-    groups.compare_with(other["id"])
+    other = next(g for g in groups.compare_candidates() if g.version == "2.2-corrected")
+    groups.compare_with(other.id)
     wait_until(lambda: bool(compared), 120, "the comparison")
     window.tabs.setCurrentIndex(TAB_COMPARE)
     view.set_index(0)

@@ -63,6 +63,7 @@ import numpy as np
 
 from pacs_mask_desktop.core.masks import (
     CONTENT_TYPE,
+    PLAIN_PNG_CHUNKS,
     MaskError,
     MaskInfo,
     decode_mask,
@@ -88,6 +89,8 @@ DEFAULT_WORKERS = min(8, (os.cpu_count() or 1) + 2)
 CHECK_WORKERS = max(1, min(2, os.cpu_count() or 1))
 """Threads of a :class:`PixelCheck`: Pillow's decoder, zlib and numpy release the GIL, so on two cores
 two decoders run beside the PUT threads (libcurl waits outside the GIL too)."""
+_FAST_CHUNKS = PLAIN_PNG_CHUNKS | {b"PLTE", b"tRNS"}
+"""Chunks :func:`_fast_labels` reads past; with any other the file is decoded in full."""
 HEADER_WORKERS = 2
 """Threads reading headers only (``defer_decode``): a header check is ~25 us of CPU, so more threads
 only take turns at the GIL (with the desktop app's GUI thread among them); two still overlap the
@@ -276,7 +279,7 @@ def prepare(
     Without it, ``annotation_series_uid`` (the annotation's SeriesInstanceUID) must be ``series``' UID.
     ``labels`` is the group's label table (names, codes, colours of label numbers), sent when the group
     is created; NIfTI/SEG imports (``core.volume_masks``) give one. Masks are read and hashed in a thread pool; ``on_progress(done, total)`` is
-    called on the calling thread after each file, and setting ``cancel`` raises
+    called on the calling thread for every file (as each chunk of files is done), and setting ``cancel`` raises
     :class:`PrepareCancelled`. Blocking: run it from a worker, not the GUI thread.
 
     ``known_slices`` is only for files this process has just written into its private staging folder
@@ -545,7 +548,7 @@ def _read_all(
     # so its chunks are smaller and keep both cores busy to the end.
     size = _HEADER_CHUNK if defer_decode else _DECODE_CHUNK
     chunks = iter([todo[i : i + size] for i in range(0, len(todo), size)])
-    workers = HEADER_WORKERS if defer_decode else max(1, max_workers or DEFAULT_WORKERS)
+    workers = max(1, max_workers or (HEADER_WORKERS if defer_decode else DEFAULT_WORKERS))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mask-read") as pool:
         pending: dict[Future[list[MaskInfo | MaskError | None]], list[_Entry]] = {}
         # Keep a bounded window of chunks in flight so cancel takes effect quickly on 1000s of files.
@@ -573,6 +576,8 @@ def _read_all(
                 next_chunk = next(chunks, None)
                 if next_chunk is not None:
                     pending[pool.submit(work, next_chunk)] = next_chunk
+    if cancel is not None and cancel.is_set():  # set while the last chunks were taken in
+        raise PrepareCancelled("mask reading was cancelled")
 
 
 def _decode_deferred(entries: list[_Entry], cancel: threading.Event | None, max_workers: int | None) -> None:
@@ -620,7 +625,8 @@ class PixelCheck:
     again resumes the pending group. Each file is read again and must have the MD5 it was planned with.
     Memory stays bounded at any slice count: each thread holds one file at a time, and only each
     slice's labels are kept. A slice whose pixels are all zero is recognised from its inflated rows
-    (:func:`_fast_labels`); anything else is decoded by :func:`~pacs_mask_desktop.core.masks.read_mask`.
+    (:func:`_fast_labels`); anything else is decoded from the same hashed bytes by
+    :func:`~pacs_mask_desktop.core.masks.decode_mask`.
     """
 
     def __init__(self, slices: Sequence[PlannedSlice], workers: int = CHECK_WORKERS) -> None:
@@ -762,6 +768,8 @@ def _fast_labels(data: bytes, width: int, height: int) -> tuple[int, ...] | None
             break
         pos = end + 4
     if colour_type == 3 and b"PLTE" not in kinds:
+        return None
+    if not kinds <= _FAST_CHUNKS:  # text, profiles, anything Pillow might refuse: Pillow decides
         return None
     stride = (width * bit_depth + 7) // 8 + 1
     raw = _inflate_exactly(b"".join(parts), height * stride)

@@ -322,8 +322,8 @@ class UploadPanel(QWidget):
             self.retry_button.setEnabled(self.plan is not None)
             self.stats.setText(f"{result.message} ({self.stats.text()})")
             row = self.model.first_row_in((SliceState.FAILED,))
-            if row is not None:
-                self.table.scrollTo(self.model.index(row, 0))
+            if row is not None:  # a row not built yet (a plan over 2000 slices): its first built one
+                self.table.scrollTo(self.model.index(min(row, self.model.rowCount() - 1), 0))
         self.statusMessage.emit(result.message)
         self.uploadFinished.emit(result)
 

@@ -217,6 +217,25 @@ def test_eight_bit_greyscale_is_decoded_by_libpng_to_exactly_what_pillow_reads(m
         np.testing.assert_array_equal(array, want)
 
 
+def _with_chunk(data: bytes, kind: bytes, payload: bytes, *, crc_ok: bool = True) -> bytes:
+    """PNG bytes with one more chunk right after IHDR (its CRC right or wrong)."""
+    crc = zlib.crc32(kind + payload) ^ (0 if crc_ok else 1)
+    chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+    return data[:33] + chunk + data[33:]
+
+
+def test_a_file_pillow_refuses_is_refused_even_where_libpng_would_decode_it():
+    """libpng only warns about a bad CRC on a text chunk; Pillow (and the server's validation) refuse the
+    file. The upload must refuse it too, with Pillow's reason, while a valid text chunk is fine."""
+    plain = _png_bytes(_labels_image())
+    bad_text = _with_chunk(plain, b"tEXt", b"Software\x00segmenter 1.0", crc_ok=False)
+    with pytest.raises(MaskError, match="corrupt") as caught:
+        decode_mask("mask_0002.png", bad_text)
+    assert caught.value.code == "unreadable"
+    good_text = _with_chunk(plain, b"tEXt", b"Software\x00segmenter 1.0")
+    np.testing.assert_array_equal(decode_mask("mask_0002.png", good_text)[0], _labels_image())
+
+
 def test_corrupt_png_body_is_unreadable(tmp_path):
     path = tmp_path / "mask_0003.png"
     Image.fromarray(_labels_image(), mode="L").save(path)

@@ -74,6 +74,8 @@ def test_fast_labels_find_empty_slices_and_unfiltered_labels_or_defer_to_the_dec
     interlaced = _assemble([(k, p[:12] + b"\x01" if k == b"IHDR" else p) for k, p in _chunks(good)])
     assert _fast_labels(interlaced, 50, 40) is None  # another row layout: decoded in full instead
     assert _fast_labels(corrupt_pixels(good), 50, 40) is None
+    texted = _assemble([*_chunks(good)[:1], (b"tEXt", b"Software\x00x"), *_chunks(good)[1:]])
+    assert _fast_labels(texted, 50, 40) is None  # a text chunk: Pillow decides whether the file is good
     taller = _assemble(
         [(k, p[:4] + struct.pack(">I", 41) + p[8:] if k == b"IHDR" else p) for k, p in _chunks(good)]
     )

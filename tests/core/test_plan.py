@@ -124,6 +124,21 @@ def test_cancel_before_and_during(series, mask_dir):
         prepare(mask_dir, series=series, cancel=cancel, on_progress=progress, max_workers=1, **GROUP)
 
 
+@pytest.mark.parametrize("defer_decode", [False, True])
+def test_a_cancel_while_the_last_files_are_taken_in_still_cancels(series, mask_dir, defer_decode):
+    """Nothing is left in flight then (files go to the pool in chunks): the cancel must not be lost."""
+    cancel = threading.Event()
+
+    def progress(done: int, total: int) -> None:
+        if done == total:
+            cancel.set()
+
+    with pytest.raises(PrepareCancelled):
+        prepare(
+            mask_dir, series=series, cancel=cancel, on_progress=progress, defer_decode=defer_decode, **GROUP
+        )
+
+
 def test_partial_volume_is_a_warning_unless_all_slices_are_required(tmp_path, series, mask_dir):
     for i in range(3, 8):
         shutil.copy(mask_dir / f"mask_{i:04d}.png", tmp_path)
