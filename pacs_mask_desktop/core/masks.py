@@ -257,22 +257,32 @@ PLAIN_PNG_CHUNKS = frozenset(
 A file with any other chunk is decoded by Pillow, whose verdict the server shares."""
 
 
-def _plain_chunks(data: bytes) -> bool:
-    """True when PNG bytes hold only :data:`PLAIN_PNG_CHUNKS`, with image data, every CRC right, up to IEND."""
-    pos, seen_data = 8, False
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]] | None:
+    """``(kind, payload)`` of each chunk of PNG bytes up to IEND, or ``None`` when one is cut short or
+    its CRC is wrong (the signature and IHDR fields are :func:`check_png_header`'s)."""
+    pos, found = 8, []
     while pos + 12 <= len(data):
         length = int.from_bytes(data[pos : pos + 4], "big")
         end = pos + 8 + length
+        if end + 4 > len(data) or zlib.crc32(data[pos + 4 : end]) != int.from_bytes(
+            data[end : end + 4], "big"
+        ):
+            return None
         kind = data[pos + 4 : pos + 8]
-        if kind not in PLAIN_PNG_CHUNKS or end + 4 > len(data):
-            return False
-        if zlib.crc32(data[pos + 4 : end]) != int.from_bytes(data[end : end + 4], "big"):
-            return False
-        seen_data = seen_data or kind == b"IDAT"
+        found.append((kind, data[pos + 8 : end]))
         if kind == b"IEND":
-            return seen_data
+            return found
         pos = end + 4
-    return False
+    return None
+
+
+def _plain_chunks(data: bytes) -> bool:
+    """True when PNG bytes hold only :data:`PLAIN_PNG_CHUNKS`, with image data, every CRC right, up to IEND."""
+    chunks = png_chunks(data)
+    if chunks is None:
+        return False
+    kinds = {kind for kind, _ in chunks}
+    return b"IDAT" in kinds and kinds <= PLAIN_PNG_CHUNKS
 
 
 def _decode_grey8(data: bytes) -> np.ndarray | None:

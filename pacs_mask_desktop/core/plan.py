@@ -67,6 +67,7 @@ from pacs_mask_desktop.core.masks import (
     MaskError,
     MaskInfo,
     decode_mask,
+    png_chunks,
     present_labels,
     read_mask,
     read_mask_header,
@@ -750,29 +751,16 @@ def _fast_labels(data: bytes, width: int, height: int) -> tuple[int, ...] | None
     if data[26:29] != b"\x00\x00\x00":  # compression, filter method, no interlace
         return None
     bit_depth, colour_type = data[24], data[25]
-    pos, parts, kinds = 8, [], set()
-    while True:
-        if pos + 12 > len(data):
-            return None
-        length = int.from_bytes(data[pos : pos + 4], "big")
-        end = pos + 8 + length
-        if end + 4 > len(data) or zlib.crc32(data[pos + 4 : end]) != int.from_bytes(
-            data[end : end + 4], "big"
-        ):
-            return None
-        kind = data[pos + 4 : pos + 8]
-        kinds.add(kind)
-        if kind == b"IDAT":
-            parts.append(data[pos + 8 : end])
-        elif kind == b"IEND":
-            break
-        pos = end + 4
+    chunks = png_chunks(data)
+    if chunks is None:
+        return None
+    kinds = {kind for kind, _ in chunks}
     if colour_type == 3 and b"PLTE" not in kinds:
         return None
     if not kinds <= _FAST_CHUNKS:  # text, profiles, anything Pillow might refuse: Pillow decides
         return None
     stride = (width * bit_depth + 7) // 8 + 1
-    raw = _inflate_exactly(b"".join(parts), height * stride)
+    raw = _inflate_exactly(b"".join(payload for kind, payload in chunks if kind == b"IDAT"), height * stride)
     if raw is None:
         return None
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride)
