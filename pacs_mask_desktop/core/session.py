@@ -156,7 +156,11 @@ def upload_failure(result: UploadResult) -> tuple[str, str] | None:
         )
         extra = len(result.problems) - FAILED_SLICES_LISTED
         more = f"\n… and {extra} more" if extra > 0 else ""
-        return "Masks need attention", f"{result.message}\n\n{listed}{more}"
+        return (
+            "Masks need attention",
+            f"{result.message}\n\n{listed}{more}\n\nFix these files, then use Check and retry "
+            "(Ctrl+Shift+R): the masks are checked again and only what is missing is sent.",
+        )
     if not result.failed:
         return "Upload failed", result.message
     failed = sorted(result.failed.items())

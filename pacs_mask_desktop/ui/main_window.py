@@ -707,8 +707,17 @@ class MainWindow(QMainWindow):
         )
 
     def retry_upload(self) -> None:
-        """Run the last plan again: only slices that did not land are sent."""
+        """Run the last plan again: only slices that did not land are sent.
+
+        After masks failed the pixel check, the person fixes those files, so their checksums no longer
+        match the last plan: the masks are checked again, as by Upload, and the upload continues the same
+        pending group (the journal's resume) with only what is missing.
+        """
         if self.upload.running or self.upload.plan is None or self.api is None:
+            return
+        last = self.upload.last_result
+        if last is not None and last.problems and self.mask_paths:
+            self.start_upload()
             return
         self.upload.start(self.api, self.upload.plan, self.journal_path, self.upload.source_path)
 

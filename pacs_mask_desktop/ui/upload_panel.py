@@ -318,7 +318,10 @@ class UploadPanel(QWidget):
             self.stats.setText(f"Complete: {self.stats.text()} in {result.seconds:.1f} s")
             self.retry_button.setEnabled(False)
         else:
-            self.retry_button.setText("Resume" if result.status == "cancelled" else "Retry failed")
+            if result.status == "cancelled":
+                self.retry_button.setText("Resume")
+            else:  # masks that failed the pixel check are checked again first (MainWindow.retry_upload)
+                self.retry_button.setText("Check and retry" if result.problems else "Retry failed")
             self.retry_button.setEnabled(self.plan is not None)
             self.stats.setText(f"{result.message} ({self.stats.text()})")
             row = self.model.first_row_in((SliceState.FAILED,))

@@ -6,6 +6,7 @@ import threading
 import uuid
 from typing import Any
 
+import pytest
 from PySide6.QtCore import Qt
 
 from pacs_mask_desktop.core.api_client import ApiClient
@@ -181,12 +182,13 @@ def test_a_refused_upload_is_explained_in_a_dialog(
     assert window.upload.upload_button.isEnabled()
 
 
+@pytest.mark.parametrize("again_by", ["upload", "retry"])
 def test_a_mask_that_fails_to_decode_while_uploading_is_named_and_an_upload_after_fixing_it_resumes(
-    qtbot: Any, window: MainWindow, ui_data: UiData, ui_api: ApiClient, tmp_path: Any
+    qtbot: Any, window: MainWindow, ui_data: UiData, ui_api: ApiClient, tmp_path: Any, again_by: str
 ) -> None:
     """The desktop upload checks headers first and decodes pixels alongside the PUTs (as the CLI does):
     a file whose pixels do not decode is never sent, nothing is completed, the dialog names it, and
-    Upload after fixing it continues the pending group with only that slice."""
+    Upload, or Check and retry, after fixing it continues the pending group with only that slice."""
     import shutil
 
     from PySide6.QtWidgets import QMessageBox
@@ -218,9 +220,15 @@ def test_a_mask_that_fails_to_decode_while_uploading_is_named_and_an_upload_afte
     for box in boxes:
         box.close()
 
+    assert window.upload.retry_button.text() == "Check and retry"
+    assert window.upload.retry_button.isEnabled()
+
     broken.write_bytes(good)
     with qtbot.waitSignal(window.upload.uploadFinished, timeout=30_000) as again_blocker:
-        window.start_upload()
+        if again_by == "upload":
+            window.start_upload()
+        else:  # the fixed file has another checksum than the last plan: the masks are checked again
+            window.upload.retry_button.click()
     again = again_blocker.args[0]
     assert again.ok, again.message
     assert (again.group_id, again.skipped, again.uploaded) == (result.group_id, SLICES - 1, 1)
