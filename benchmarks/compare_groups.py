@@ -136,7 +136,7 @@ def forget(database: Path) -> None:
     conn.close()
 
 
-def time_compare(server: Server, a: str, b: str) -> tuple[float, dict[str, Any]]:
+def time_compare(server: Server, a: str, b: str) -> tuple[float, Comparison]:
     with ApiClient(server.url, server.token, timeout=120) as api:
         started = time.perf_counter()
         answer = api.compare(a, b)

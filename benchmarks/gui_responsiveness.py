@@ -30,6 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,11 @@ SIZE = 512
 STEPS = 200
 HEARTBEAT_MS = 5
 TARGETS = {"first_image_s": 1.0, "step_ms": 16.0, "stall_ms": 50.0}
+
+
+def painted(view: Any, index: int) -> bool:
+    """True once the slice view has painted slice ``index``."""
+    return bool(view._painted_index == index)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,9 +158,12 @@ def run(work: Path, uploads: int = UPLOAD_RUNS) -> int:
         begin = time.perf_counter()
         view.step(1)
         view.repaint()  # what the next screen refresh would do; frameShown fires from paintEvent
-        wait_until(lambda i=i: view._painted_index == i)
+        wait_until(partial(painted, view, i))
         steps.append((time.perf_counter() - begin) * 1000)
-    with_mask = sum(1 for i in range(1, STEPS + 1) if window.file_overlay.has(i))
+    overlay = window.file_overlay
+    assert overlay is not None
+    assert window.series is not None
+    with_mask = sum(1 for i in range(1, STEPS + 1) if overlay.has(i))
     steps.sort()
     results["step_ms"] = statistics.median(steps)
     step_p95 = steps[int(len(steps) * 0.95) - 1]

@@ -29,9 +29,10 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
 
+import msgspec
 import nibabel as nib
 import numpy as np
 
@@ -44,15 +45,16 @@ from pacs_mask_desktop.core.masks import write_label_pngs
 from pacs_mask_desktop.core.plan import prepare
 from pacs_mask_desktop.core.series_geometry import series_from_geometry
 from pacs_mask_desktop.core.volume_masks import masks_from_nifti
+from server.contract.messages import SeriesGeometry
 
 TARGET_RATIO = 1.0
 SPACING, STEP = 0.78125, 1.25
 
 
-def geometry(slices: int, size: int) -> dict[str, Any]:
+def geometry(slices: int, size: int) -> SeriesGeometry:
     """An axial series geometry document as the server stores it."""
     origin = -SPACING * (size - 1) / 2
-    return {
+    document = {
         "series_instance_uid": "1.2.3.4", "study_instance_uid": "1.2.3", "rows": size, "columns": size,
         "pixel_spacing": [SPACING, SPACING], "image_orientation_patient": [1, 0, 0, 0, 1, 0],
         "instances": [
@@ -61,6 +63,7 @@ def geometry(slices: int, size: int) -> dict[str, Any]:
             for k in range(slices)
         ],
     }  # fmt: skip
+    return msgspec.convert(document, SeriesGeometry)
 
 
 def label_volume(slices: int, size: int) -> np.ndarray:
@@ -101,22 +104,24 @@ def run(work: Path, args: argparse.Namespace) -> None:
     write_label_pngs(list(volume), pngs)
     lps = np.eye(4)  # ITK order: i = column, j = row, k = slice
     lps[:3, :3] = np.diag([SPACING, SPACING, STEP])
-    lps[:3, 3] = g["instances"][0]["image_position_patient"]
+    lps[:3, 3] = g.instances[0].image_position_patient
     nifti = work / "seg.nii.gz"
     nib.save(
         nib.Nifti1Image(np.ascontiguousarray(volume.transpose(2, 1, 0)), np.diag([-1, -1, 1, 1]) @ lps), nifti
     )
-    fields = {"annotation_id": 1, "model_name": "bench", "version": "1", "annotation_series": stored}
+    prepare_masks = partial(
+        prepare, annotation_id=1, model_name="bench", version="1", annotation_series=stored
+    )
 
     def png_prepare() -> float:
         start = time.perf_counter()
-        assert prepare(pngs, **fields).ok
+        assert prepare_masks(pngs).ok
         return time.perf_counter() - start
 
     def nifti_import() -> float:
         start = time.perf_counter()
         with masks_from_nifti(nifti, g) as staged:
-            assert prepare(staged.folder, **fields, labels=staged.labels, known_slices=staged.known_slices).ok
+            assert prepare_masks(staged.folder, labels=staged.labels, known_slices=staged.known_slices).ok
             return time.perf_counter() - start  # the staging folder's removal is not timed
 
     png_prepare(), nifti_import()  # warm-up

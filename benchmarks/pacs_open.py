@@ -162,6 +162,7 @@ def run(work: Path, url: str, auth: tuple[str, str], rounds: int) -> int:
         start = time.perf_counter()
         browser.open_selected()
         wait_until(lambda: "first" in marks and "whole" in marks)
+        assert window.series is not None
         assert len(window.series) == SLICES
         return marks["first"] - start, marks["whole"] - start
 

@@ -39,7 +39,7 @@ from server.contract.errors import PACS_PREFIX, ErrorCode
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.progress import Progress
+    from rich.progress import Progress, TaskID
     from rich.table import Table as RichTable
 
 # Start-up: each command imports what it needs, when it needs it. rich loads only when something is
@@ -202,8 +202,10 @@ def run_upload(
     counter = ProgressCounter()
     # rich's progress bar (~25 ms of imports) only when a person watches: not with --json, not in a pipe
     progress = _progress_bar(out) if not out.as_json and out.err.is_terminal else None
-    task = (
-        progress.add_task("upload", total=len(plan.slices), rate=0.0, bytes="", extra="") if progress else 0
+    task: TaskID | None = (
+        progress.add_task("upload", total=len(plan.slices), rate=0.0, bytes="", extra="")
+        if progress
+        else None
     )
     total = human_bytes(plan.total_bytes)  # once: a sum over every slice, not per event
     failures: list[str] = []
@@ -216,7 +218,7 @@ def run_upload(
             return
         if event.state is SliceState.FAILED:
             failures.append(event.filename)
-        if progress is None or event.state in (SliceState.QUEUED, SliceState.UPLOADING):
+        if progress is None or task is None or event.state in (SliceState.QUEUED, SliceState.UPLOADING):
             return  # no bar (--json, a pipe), or nothing on it changes: 3 events a slice at 10,000 slices
         extra = []
         if counter.retries:
@@ -962,7 +964,7 @@ def _finding(value: str) -> messages.FindingIn:
 
 def cmd_review(args: argparse.Namespace, out: Output) -> int:
     """Approve or reject a complete group, with per-slice findings (reviewer; four eyes on approvals)."""
-    decision = "approved" if args.approve else "rejected"
+    decision: messages.Decision = "approved" if args.approve else "rejected"
     with _client(args) as api:
         try:
             group = api.review(

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the PACS shots start Orthanc with the tests' helper
@@ -156,11 +156,13 @@ def _run(out: Path, work: Path, only: set[str]) -> int:
     manual_group = results[0].group_id
 
     # 3. A second group as an AI worker would send it, and the manual one approved.
-    api = window.api
+    api, annotation = window.api, window.annotation
     assert api is not None
+    assert annotation is not None
+    assert manual_group is not None
     prepared = prepare(
         state["demo"].masks_dir,
-        annotation_id=window.annotation.id,
+        annotation_id=annotation.id,
         model_name="liver-net",
         version="2.1",
         source="ai",
@@ -173,6 +175,7 @@ def _run(out: Path, work: Path, only: set[str]) -> int:
         ai_group = engine.run(prepared.plan).group_id
     finally:
         engine.close()
+    assert ai_group is not None
     people = _example_people(window)  # four eyes: another person approves the window's own upload
     people["qa-reviewer"].review(
         manual_group, "approved", "Checked slice by slice; liver and lesion outlines are right."
@@ -348,7 +351,9 @@ def _example_people(window: Any) -> dict[str, Any]:
     return people
 
 
-def _upload_as(api: Any, window: Any, masks: Path, model: str, version: str, source: str) -> str:
+def _upload_as(
+    api: Any, window: Any, masks: Path, model: str, version: str, source: Literal["manual", "ai"]
+) -> str:
     from pacs_mask_desktop.core.plan import prepare
     from pacs_mask_desktop.core.upload import UploadEngine
 
@@ -363,9 +368,12 @@ def _upload_as(api: Any, window: Any, masks: Path, model: str, version: str, sou
     assert prepared.plan is not None, prepared.problems
     engine = UploadEngine(api)
     try:
-        return engine.run(prepared.plan).group_id
+        result = engine.run(prepared.plan)
     finally:
         engine.close()
+    if not result.ok or result.group_id is None:
+        raise SystemExit(f"the example upload as {model} {version} did not complete: {result.message}")
+    return result.group_id
 
 
 def _corrected_masks(masks: Path, folder: Path) -> Path:

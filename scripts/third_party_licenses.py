@@ -25,6 +25,7 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import cast
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
@@ -65,7 +66,7 @@ def runtime_requirements(pyproject: Path = PYPROJECT) -> list[Requirement]:
 def _applies(requirement: Requirement, extras: set[str]) -> bool:
     if requirement.marker is None:
         return True
-    environment = default_environment()
+    environment = cast(dict[str, str], default_environment())  # a TypedDict of str values
     return any(requirement.marker.evaluate({**environment, "extra": extra}) for extra in extras | {""})
 
 
@@ -116,13 +117,19 @@ def add_module_distributions(found: dict[str, Bundled], modules: list[str]) -> d
     return dict(sorted(found.items()))
 
 
+def _field(meta: metadata.PackageMetadata, name: str) -> str:
+    """The first value of a metadata field, stripped ("" when absent)."""
+    values = meta.get_all(name) or []
+    return str(values[0]).strip() if values else ""
+
+
 def license_of(dist: metadata.Distribution) -> str:
     """The licence as the distribution declares it (an SPDX expression where it gives one)."""
     meta = dist.metadata
-    expression = (meta.get("License-Expression") or "").strip()
+    expression = _field(meta, "License-Expression")
     if expression:
         return expression
-    declared = (meta.get("License") or "").strip()
+    declared = _field(meta, "License")
     first_line = declared.splitlines()[0].strip() if declared else ""
     if "\n" in declared and len(first_line) <= 60 and re.search(r"licen[cs]e", first_line, re.IGNORECASE):
         return first_line  # the whole text in the field: its title names it ("MIT License")

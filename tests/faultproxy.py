@@ -128,7 +128,7 @@ class FaultProxy:
             timeout=urllib3.Timeout(connect=5.0, read=120.0),
         )
         self._server = _Server((host, port), _handler_for(self))
-        self.host, self.port = self._server.server_address[:2]
+        self.host, self.port = host, self._server.server_port
         self._thread: threading.Thread | None = None
 
     # --- life -----------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ class LiveServer:
     def new_annotation(self, description: str = "test", series: Path | None = None) -> int:
         """A fresh annotation without stored geometry, so each test has its own groups: on its own new
         study/series UIDs, or on those of the DICOM ``series`` folder the test uploads with."""
-        study_uid, series_uid = generate_uid(), generate_uid()
+        study_uid, series_uid = str(generate_uid()), str(generate_uid())
         if series is not None:
             from pacs_mask_desktop.core.dicom_series import load_series
 

@@ -1,8 +1,8 @@
 """The architecture's boundaries, the types and the code style are checks, not wishes.
 
 Runs import-linter (the layer and import contracts in ``pyproject.toml``; docs/architecture.md says what
-each one enforces), mypy over the client core and the server (``[tool.mypy]``) and ``ruff check`` over
-the whole tree, as ``.ci/run`` does. In CI (``CI`` set, as every CI service does) a missing tool fails
+each one enforces), mypy over the client (core, widgets, command line), the server, the scripts and the
+benchmarks (``[tool.mypy]``) and ``ruff check`` over the whole tree, as ``.ci/run`` does. In CI (``CI`` set, as every CI service does) a missing tool fails
 the run instead of skipping it; locally a missing tool skips with the command that installs it.
 Also checks that the wheel ships the desktop app's resources where ``pacs_mask_desktop/ui/resources.py``
 reads them.
@@ -84,7 +84,7 @@ def test_import_contracts_hold() -> None:
 
 
 def test_types_check() -> None:
-    """mypy over the client core and the server, configured in pyproject.toml (files, strictness)."""
+    """mypy over the client, the server, the scripts and the benchmarks, as pyproject.toml configures it."""
     result = run(tool("mypy"), timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
 

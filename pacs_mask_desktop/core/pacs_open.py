@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict, cast
 
 from pydicom.dataset import Dataset
 
@@ -98,6 +98,17 @@ def desktop_pacs_client(
     return PacsClient(url, auth, verify_from_env(), cache=cache)
 
 
+class StudyFilters(TypedDict, total=False):
+    """The filled-in filters of a :class:`StudyQuery`: keyword arguments of ``search_studies``."""
+
+    patient_id: str
+    patient_name: str
+    accession_number: str
+    date_from: str
+    date_to: str
+    modality: str
+
+
 @dataclass(frozen=True, slots=True)
 class StudyQuery:
     """The PACS browser's search form; :meth:`filters` checks it and gives ``search_studies`` keywords."""
@@ -109,19 +120,19 @@ class StudyQuery:
     date_to: date | None = None
     modality: str = ""
 
-    def filters(self) -> dict[str, str]:
+    def filters(self) -> StudyFilters:
         """Keyword arguments for :meth:`PacsClient.search_studies`; ``ValueError`` for a reversed range."""
         if self.date_from and self.date_to and self.date_from > self.date_to:
             raise ValueError("The study date range ends before it starts.")
-        found = {
-            "patient_id": self.patient_id.strip(),
-            "patient_name": self.patient_name.strip(),
-            "accession_number": self.accession_number.strip(),
-            "date_from": self.date_from.strftime("%Y%m%d") if self.date_from else "",
-            "date_to": self.date_to.strftime("%Y%m%d") if self.date_to else "",
-            "modality": self.modality.strip().upper(),
-        }
-        return {key: value for key, value in found.items() if value}
+        found = StudyFilters(
+            patient_id=self.patient_id.strip(),
+            patient_name=self.patient_name.strip(),
+            accession_number=self.accession_number.strip(),
+            date_from=self.date_from.strftime("%Y%m%d") if self.date_from else "",
+            date_to=self.date_to.strftime("%Y%m%d") if self.date_to else "",
+            modality=self.modality.strip().upper(),
+        )
+        return cast(StudyFilters, {key: value for key, value in found.items() if value})
 
 
 @dataclass(frozen=True, slots=True)

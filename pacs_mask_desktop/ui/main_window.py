@@ -158,7 +158,7 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.annotation_label)
         self.statusBar().addPermanentWidget(self.server_label)
 
-        self.actions: dict[str, QAction] = build_menus(self)
+        self.menu_actions: dict[str, QAction] = build_menus(self)  # by name; QWidget.actions() stays Qt's
         self._connect_signals()
         self._restore_layout()
 

@@ -8,6 +8,7 @@ own arrow keys.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt
@@ -79,9 +80,7 @@ def build_menus(window: MainWindow) -> dict[str, QAction]:
         ("brain", "Brain", "4"),
         ("default", "File default", "0"),
     ):
-        presets.addAction(
-            action(f"preset_{key}", title, lambda k=key: window.viewer.apply_preset(k), shortcut)
-        )
+        presets.addAction(action(f"preset_{key}", title, partial(window.viewer.apply_preset, key), shortcut))
     view_menu.addAction(action("toggle_overlay", "Toggle overlay", window.viewer.toggle_overlay, "O"))
     view_menu.addSeparator()
     view_menu.addAction(action("zoom_in", "Zoom in", lambda: view.zoom_by(1.25), "+"))

@@ -7,6 +7,7 @@ refuses the credentials shows its message in red in the dialog; the rest of the 
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from PySide6.QtCore import QDate, QModelIndex, Qt, Signal
@@ -26,7 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from pacs_mask_desktop.core.pacs import PacsClient, SeriesSummary, StudySummary
-from pacs_mask_desktop.core.pacs_open import PacsSeriesRef, StudyQuery
+from pacs_mask_desktop.core.pacs_open import PacsSeriesRef, StudyFilters, StudyQuery
 from pacs_mask_desktop.ui.formatting import failure_text
 from pacs_mask_desktop.ui.tables import RowsModel, make_table
 from pacs_mask_desktop.ui.workers import TaskRunner, WorkContext, WorkFailure
@@ -84,8 +85,12 @@ class SeriesModel(RowsModel):
         return f"Series {item.series_instance_uid}"
 
 
-def _search_studies(_context: WorkContext, client: PacsClient, filters: dict[str, str]) -> list[StudySummary]:
+def _search_studies(_context: WorkContext, client: PacsClient, filters: StudyFilters) -> list[StudySummary]:
     return client.search_studies(**filters)
+
+
+def _as_date(day: QDate) -> date:
+    return date(day.year(), day.month(), day.day())
 
 
 def _search_series(_context: WorkContext, client: PacsClient, study_uid: str) -> list[SeriesSummary]:
@@ -181,8 +186,8 @@ class PacsBrowser(QDialog):
         self.use_dates.toggled.connect(self.date_from.setEnabled)
         self.use_dates.toggled.connect(self.date_to.setEnabled)
         self.search_button.clicked.connect(self.search)
-        for edit in (self.patient_id, self.patient_name, self.accession):
-            edit.returnPressed.connect(self.search)
+        for line in (self.patient_id, self.patient_name, self.accession):
+            line.returnPressed.connect(self.search)
         self.study_table.clicked.connect(self._on_study)
         self.study_table.activated.connect(self._on_study)
         self.series_table.clicked.connect(lambda _index: self.open_button.setEnabled(True))
@@ -212,8 +217,8 @@ class PacsBrowser(QDialog):
             patient_id=self.patient_id.text(),
             patient_name=self.patient_name.text(),
             accession_number=self.accession.text(),
-            date_from=self.date_from.date().toPython() if dates else None,
-            date_to=self.date_to.date().toPython() if dates else None,
+            date_from=_as_date(self.date_from.date()) if dates else None,
+            date_to=_as_date(self.date_to.date()) if dates else None,
             modality=self.modality.currentText(),
         )
 

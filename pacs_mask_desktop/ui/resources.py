@@ -103,5 +103,5 @@ def write_icon_png(path: Path, size: int = 256) -> None:
     """Write the app icon as a PNG (how ``resources/icons/app.png`` was made)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     image: QImage = paint_app_icon(size)
-    if not image.save(str(path), "PNG"):
+    if not image.save(str(path), b"PNG"):
         raise OSError(f"could not write {path}")

@@ -40,7 +40,7 @@ from pacs_mask_desktop.ui.render import label_colour
 from pacs_mask_desktop.ui.slice_marks import Mark
 from pacs_mask_desktop.ui.workers import TaskRunner, WorkContext, WorkFailure
 from server.contract.errors import ErrorCode
-from server.contract.messages import FindingIn, FindingOut, GroupOut, MaskOut, ReviewOut
+from server.contract.messages import Decision, FindingIn, FindingOut, GroupOut, MaskOut, ReviewOut
 
 FINDING_COMMENT_MAX = 2000
 """What the server accepts for a finding's comment."""
@@ -52,7 +52,7 @@ def _review(
     _context: WorkContext,
     api: ApiClient,
     group_id: str,
-    decision: str,
+    decision: Decision,
     comment: str,
     findings: list[FindingIn],
     override_four_eyes: bool,
@@ -449,7 +449,7 @@ class ReviewPanel(QWidget):
             return
         self._decide("rejected")
 
-    def _decide(self, decision: str) -> None:
+    def _decide(self, decision: Decision) -> None:
         if self.api is None or self.group is None:
             return
         self.approve_button.setEnabled(False)

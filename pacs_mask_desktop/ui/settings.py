@@ -130,7 +130,7 @@ def load_pacs_settings() -> PacsSettings:
     """This workstation's PACS settings (defaults when never saved)."""
     settings = app_settings()
     try:
-        cache_mb = int(settings.value("pacs/cache_mb", DEFAULT_CACHE_MB) or DEFAULT_CACHE_MB)
+        cache_mb = int(str(settings.value("pacs/cache_mb", DEFAULT_CACHE_MB) or DEFAULT_CACHE_MB))
     except (TypeError, ValueError):
         cache_mb = DEFAULT_CACHE_MB
     return PacsSettings(

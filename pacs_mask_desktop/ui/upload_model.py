@@ -174,8 +174,10 @@ class UploadTableModel(QStandardItemModel):
                 self.states[event.state] += 1
                 row.state = event.state
                 if shown:
-                    status = {_DISPLAY: STATE_TEXT[event.state], _COLOUR: _BRUSH[event.state]}
-                    self.setItemData(self.index(i, COLUMN_STATUS), status)
+                    self.setItemData(
+                        self.index(i, COLUMN_STATUS),
+                        {_DISPLAY: STATE_TEXT[event.state], _COLOUR: _BRUSH[event.state]},
+                    )
             if event.attempt > row.attempts:
                 before = row.retries
                 row.attempts = event.attempt

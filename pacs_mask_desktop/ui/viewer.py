@@ -73,7 +73,7 @@ class SliceView(QWidget):
         self.series: Series | None = None
         self.overlay: OverlaySource | None = None
         self.index = 0
-        self.window = Window(40.0, 400.0)
+        self.display_window = Window(40.0, 400.0)  # window / level (QWidget.window() is the top level)
         self.invert = False
         self.zoom = 1.0
         self.pan = QPointF(0.0, 0.0)
@@ -93,7 +93,7 @@ class SliceView(QWidget):
         self._direction = 1
         self._drag_button: Qt.MouseButton | None = None
         self._drag_start = QPointF()
-        self._drag_window = self.window
+        self._drag_window = self.display_window
         self._drag_pan = QPointF()
         self._wheel_rest = 0
         self._error: str | None = None
@@ -120,10 +120,10 @@ class SliceView(QWidget):
         # first frame that arrives (computing it here would read pixels on the GUI thread).
         self._auto_window = series.file_window is None and series.modality != "CT"
         if not self._auto_window:
-            self.window = series.default_window()
+            self.display_window = series.default_window()
         self.zoom, self.pan = 1.0, QPointF()
         self.index = -1
-        self.windowChanged.emit(self.window.center, self.window.width)
+        self.windowChanged.emit(self.display_window.center, self.display_window.width)
         self.set_index(len(series) // 2)
 
     def update_series(self, series: Series) -> None:
@@ -222,10 +222,10 @@ class SliceView(QWidget):
             self._auto_window = False
             low, high = np.percentile(pixels, [1.0, 99.0])
             width = max(float(high - low), 1.0)
-            self.window = Window(float(low) + width / 2.0, width)
-            self.windowChanged.emit(self.window.center, self.window.width)
+            self.display_window = Window(float(low) + width / 2.0, width)
+            self.windowChanged.emit(self.display_window.center, self.display_window.width)
         self._gray = gray_image(
-            window_level(pixels, self.window.center, self.window.width, invert=self.invert)
+            window_level(pixels, self.display_window.center, self.display_window.width, invert=self.invert)
         )
         if mask is not None and mask.any():
             table = self.overlay.colour_table if self.overlay is not None else None
@@ -248,12 +248,14 @@ class SliceView(QWidget):
 
     def set_window(self, center: float, width: float) -> None:
         """Apply a window (level ``center``, ``width``) in modality units."""
-        self.window = Window(float(center), max(1.0, float(width)))
+        self.display_window = Window(float(center), max(1.0, float(width)))
         if self._pixels is not None:
             self._gray = gray_image(
-                window_level(self._pixels, self.window.center, self.window.width, invert=self.invert)
+                window_level(
+                    self._pixels, self.display_window.center, self.display_window.width, invert=self.invert
+                )
             )
-        self.windowChanged.emit(self.window.center, self.window.width)
+        self.windowChanged.emit(self.display_window.center, self.display_window.width)
         self.update()
 
     def set_overlay_visible(self, visible: bool) -> None:
@@ -387,7 +389,7 @@ class SliceView(QWidget):
         if self._shown_index != self.index:
             bottom_left.append("loading…")
         bottom_right = [
-            f"W {self.window.width:.0f}  L {self.window.center:.0f}",
+            f"W {self.display_window.width:.0f}  L {self.display_window.center:.0f}",
             f"Zoom {self.actual_scale() * 100:.0f}%",
         ]
         top_right: list[str] = []
@@ -485,7 +487,7 @@ class SliceView(QWidget):
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         key = event.key()
-        steps = {
+        steps: dict[int, int] = {
             Qt.Key.Key_Up: -1,
             Qt.Key.Key_Left: -1,
             Qt.Key.Key_Down: 1,
@@ -508,7 +510,7 @@ class SliceView(QWidget):
         self.setFocus(Qt.FocusReason.MouseFocusReason)
         self._drag_button = event.button()
         self._drag_start = event.position()
-        self._drag_window = self.window
+        self._drag_window = self.display_window
         self._drag_pan = QPointF(self.pan)
         if event.button() == Qt.MouseButton.RightButton:
             self.setCursor(Qt.CursorShape.SizeAllCursor)

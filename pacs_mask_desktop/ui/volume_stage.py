@@ -32,6 +32,7 @@ from pacs_mask_desktop.core.volume_masks import (
     annotation_geometry,
     masks_from_file,
 )
+from server.contract.messages import SeriesGeometry
 
 FILE_FILTER = "Masks (*.png *.nii *.nii.gz *.dcm);;PNG masks (*.png);;NIfTI label volumes (*.nii *.nii.gz);;DICOM SEG (*.dcm)"
 """The "Add mask files" dialog filter: PNG slices, NIfTI label volumes and DICOM SEG files."""
@@ -96,7 +97,7 @@ class VolumeStage:
             return self._masks
 
     @staticmethod
-    def _geometry(annotation_id: int | None, api: Any, series: Series | None) -> dict[str, Any] | None:
+    def _geometry(annotation_id: int | None, api: Any, series: Series | None) -> SeriesGeometry | None:
         if api is not None and annotation_id is not None:
             return annotation_geometry(api, annotation_id, series)
         if series is not None and series.ordered_by == "geometry":

@@ -135,9 +135,9 @@ def test_compare_two_groups(qtbot: Any, window: MainWindow, ui_api: ApiClient, t
     assert set(below) <= set(CHANGED)
     view = window.viewer.view
     view.set_index(0)
-    window.actions["next_disagreement"].trigger()
+    window.menu_actions["next_disagreement"].trigger()
     assert view.index == below[0]
-    window.actions["next_disagreement"].trigger()
+    window.menu_actions["next_disagreement"].trigger()
     assert view.index == (below[1] if len(below) > 1 else below[0])
     row = next(i for i, s in enumerate(panel.slice_model.items) if s.slice_index == below[-1])
     assert panel.slice_model.rowCount() == len(answer.slices)
@@ -149,7 +149,7 @@ def test_compare_two_groups(qtbot: Any, window: MainWindow, ui_api: ApiClient, t
     panel.threshold.setValue(0.0)
     assert not panel.next_button.isEnabled()
     before = view.index
-    window.actions["next_disagreement"].trigger()
+    window.menu_actions["next_disagreement"].trigger()
     assert view.index == before
     panel.threshold.setValue(0.8)
 

@@ -75,9 +75,9 @@ def test_browse_show_review_and_delete_a_group(
     review = window.review
     first = review.slices[review.position].slice_index
     assert first == 3  # the first slice of the phantom with a label
-    window.actions["review_next"].trigger()
+    window.menu_actions["review_next"].trigger()
     assert view.index == first + 1
-    window.actions["review_previous"].trigger()
+    window.menu_actions["review_previous"].trigger()
     assert view.index == first
 
     slice_index = 8

@@ -107,15 +107,15 @@ def test_overlay_is_drawn_in_label_colours(qtbot: Any, window: MainWindow, ui_da
 def test_window_presets_and_zoom(qtbot: Any, window: MainWindow, ui_data: UiData) -> None:
     open_series(qtbot, window, ui_data)
     view = window.viewer.view
-    assert (view.window.center, view.window.width) == (40.0, 400.0)  # the files' own window
-    window.actions["preset_lung"].trigger()
-    assert (view.window.center, view.window.width) == (-600.0, 1500.0)
+    assert (view.display_window.center, view.display_window.width) == (40.0, 400.0)  # the files' own window
+    window.menu_actions["preset_lung"].trigger()
+    assert (view.display_window.center, view.display_window.width) == (-600.0, 1500.0)
     assert window.viewer.preset.currentData() == "lung"
-    window.actions["preset_bone"].trigger()
-    assert view.window.width == 1800.0
-    window.actions["zoom_in"].trigger()
+    window.menu_actions["preset_bone"].trigger()
+    assert view.display_window.width == 1800.0
+    window.menu_actions["zoom_in"].trigger()
     assert view.zoom > 1.0
-    window.actions["fit"].trigger()
+    window.menu_actions["fit"].trigger()
     assert view.zoom == 1.0
 
 

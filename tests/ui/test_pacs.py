@@ -64,7 +64,7 @@ def pacs_window(qtbot: Any, pacs_server: EmbeddedServer) -> MainWindow:
 
 def open_browser(qtbot: Any, window: MainWindow) -> PacsBrowser:
     with qtbot.waitSignal(window.pacsBrowserOpened, timeout=5_000) as opened:
-        window.actions["open_pacs"].trigger()
+        window.menu_actions["open_pacs"].trigger()
     return opened.args[0]
 
 

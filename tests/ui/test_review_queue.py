@@ -92,7 +92,7 @@ def test_queue_open_review_with_a_finding_then_next(
     panel.page_size = 1
     panel.model_filter.setText(model)
     with qtbot.waitSignal(panel.loaded, timeout=10_000):
-        window.actions["review_queue"].trigger()
+        window.menu_actions["review_queue"].trigger()
     assert queue.dock.isVisible()
     assert [item.id for item in panel.model.items] == [first]
     assert panel.more_button.isEnabled()

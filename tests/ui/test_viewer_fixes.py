@@ -70,7 +70,7 @@ def test_zoom_100_is_one_image_pixel_per_screen_pixel(
     view = window.viewer.view
     qtbot.waitUntil(lambda: view.shown_index() == view.index, timeout=5_000)
     assert view.actual_scale() > 2  # a 128x128 slice fitted to the viewer is magnified
-    window.actions["zoom_100"].trigger()
+    window.menu_actions["zoom_100"].trigger()
     assert abs(view.actual_scale() - 1.0) < 1e-6
     rect = view.image_rect()
     ratio = view.devicePixelRatioF()
@@ -79,12 +79,14 @@ def test_zoom_100_is_one_image_pixel_per_screen_pixel(
     assert "Zoom 100%" in _corner_text(view)
 
     # Magnified: nearest-neighbour, so an image pixel is a uniform block that lines up with the mask's.
-    window.actions["fit"].trigger()
-    window.actions["zoom_in"].trigger()
+    window.menu_actions["fit"].trigger()
+    window.menu_actions["zoom_in"].trigger()
     scale = view.actual_scale()
     assert scale > 4
     image = view.grab().toImage()
-    shown = window_level(view.series.pixel_array(view.index), view.window.center, view.window.width)
+    shown = window_level(
+        view.series.pixel_array(view.index), view.display_window.center, view.display_window.width
+    )
     rect = view.image_rect()
     step = rect.width() / SIZE  # widget units per image pixel
     # Only the middle of the view: the edges carry the orientation letters, the corners text.
