@@ -55,3 +55,41 @@ def test_the_app_and_its_bundled_server_write_only_private_files(tmp_path: Path)
         if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)
     }
     assert not loose, loose
+
+
+def test_the_servers_own_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """The standalone server (no desktop app setting umask 077 for it) creates its data folder (here
+    through the signing key, the first file a fresh server writes), the key, and its local object
+    folders and files 0700/0600 even under umask 022."""
+    from server.private_files import private_folder
+    from server.settings import Settings
+    from server.storage.local import LocalStorage
+    from server.storage.signing_key import load_signing_key
+
+    before = os.umask(0o022)
+    try:
+        key_dir = tmp_path / "first-the-key" / "data"
+        load_signing_key(Settings(data_dir=key_dir, signing_key=None))
+        storage_root = tmp_path / "objects"
+        LocalStorage(storage_root, public_url="http://127.0.0.1", signing_key=b"k" * 32).write(
+            "mask/1/group/mask_0000.png", [b"png bytes"]
+        )
+        made = tmp_path / "made"
+        private_folder(made)
+        existing = tmp_path / "existing"
+        existing.mkdir(mode=0o750)
+        private_folder(existing)  # an operator's own folder keeps the mode it was given
+    finally:
+        os.umask(before)
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    if os.name == "nt":
+        return
+    assert (mode(key_dir), mode(key_dir / "signing.key")) == (0o700, 0o600)
+    objects = [storage_root, *storage_root.rglob("*")]
+    assert {str(p.relative_to(tmp_path)): oct(mode(p)) for p in objects} == {
+        str(p.relative_to(tmp_path)): oct(0o700 if p.is_dir() else 0o600) for p in objects
+    }
+    assert (mode(made), mode(existing)) == (0o700, 0o750)

@@ -16,6 +16,8 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from server.private_files import FILE_MODE, private_folder
+
 log = logging.getLogger(__name__)
 
 
@@ -53,10 +55,8 @@ def private_sqlite_file(database: Path) -> None:
     creating the file first with 0600 covers them; a file an older version left 0644 is narrowed (with
     its companions). A file owned by someone else (a service account's) is left as it is, with a warning.
     """
-    if not database.parent.exists():
-        database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        database.parent.chmod(0o700)  # mkdir's mode is filtered by the umask
-    os.close(os.open(database, os.O_CREAT | os.O_WRONLY, 0o600))
+    private_folder(database.parent, parents=True)
+    os.close(os.open(database, os.O_CREAT | os.O_WRONLY, FILE_MODE))
     if os.name == "nt":
         return  # no such modes on Windows: the user's profile folder keeps the data private
     for path in (
@@ -64,8 +64,8 @@ def private_sqlite_file(database: Path) -> None:
         *(database.with_name(database.name + end) for end in ("-wal", "-shm", "-journal")),
     ):
         try:
-            if path.exists() and stat.S_IMODE(path.stat().st_mode) != 0o600:
-                path.chmod(0o600)
+            if path.exists() and stat.S_IMODE(path.stat().st_mode) != FILE_MODE:
+                path.chmod(FILE_MODE)
         except PermissionError as exc:
             log.warning("cannot make %s readable by its owner only: %s", path, exc)
 

@@ -14,6 +14,7 @@ from server.contract import messages
 from server.db.models import ApiToken, utcnow
 from server.db.session import Database
 from server.errors import Conflict, NotFound
+from server.private_files import FILE_MODE, private_folder
 from server.security import hash_token, lookup_actor, new_token
 from server.services.serialize import utc
 
@@ -106,9 +107,9 @@ def ensure_local_admin_token(db: Database, data_dir: Path) -> Path:
         else:
             row.token_hash = hash_token(token)
             row.revoked_at = None
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(data_dir, parents=True)
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(token + "\n")
     os.replace(tmp, path)

@@ -31,12 +31,11 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote
 
+from server.private_files import FILE_MODE, private_folder
 from server.storage.base import ObjectExists, ObjectInfo, PresignedRequest, Storage, StorageError
 
-FILE_MODE = 0o600
-"""Objects are readable by the server's user only: masks and SEGs are patient data (a SEG names the patient)."""
-FOLDER_MODE = 0o700
-"""The storage root and every folder under it, created by the server."""
+# Objects (masks and SEGs are patient data; a SEG names the patient), the storage root and every folder
+# under it are readable by the server's user only (server.private_files).
 _CHUNK = 256 * 1024
 
 
@@ -51,7 +50,7 @@ class LocalStorage(Storage):
 
     def __init__(self, root: Path, *, public_url: str, signing_key: bytes) -> None:
         self.root = root.resolve()
-        _private_folder(self.root, parents=True)
+        private_folder(self.root, parents=True)
         self.public_url = public_url.rstrip("/")
         self._key = signing_key
 
@@ -196,7 +195,7 @@ class LocalStorage(Storage):
         folder = self.root
         for part in path.parent.relative_to(self.root).parts:
             folder = folder / part
-            _private_folder(folder)
+            private_folder(folder)
 
     def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:  # noqa: ARG002
         """Write ``data`` create-only (:meth:`write`), then fsync it and its folders (:meth:`make_durable`)."""
@@ -334,16 +333,6 @@ def _resolved_inside(root: Path, parts: tuple[str, ...]) -> Path | None:
     """``root/parts`` with symlinks resolved, or ``None`` when that lies outside ``root``."""
     folder = root.joinpath(*parts).resolve()
     return folder if folder.is_relative_to(root) else None
-
-
-def _private_folder(folder: Path, *, parents: bool = False) -> None:
-    """``folder`` created 0700 when missing (objects hold patient data; only the server's user reads them)."""
-    try:
-        folder.mkdir(mode=FOLDER_MODE, parents=parents, exist_ok=False)
-    except FileExistsError:
-        return
-    if os.name != "nt":
-        os.chmod(folder, FOLDER_MODE)  # mkdir's mode is masked by the umask; this is exactly 0700
 
 
 def _link_no_replace(tmp: Path, path: Path) -> None:

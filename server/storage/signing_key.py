@@ -11,6 +11,8 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from server.private_files import FILE_MODE, private_folder
+
 if TYPE_CHECKING:
     from server.settings import Settings
 
@@ -26,9 +28,9 @@ def load_signing_key(settings: Settings) -> bytes:
     if settings.signing_key:
         return settings.signing_key.encode("utf-8")
     path: Path = settings.data_dir / SIGNING_KEY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(path.parent, parents=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     except FileExistsError:
         return path.read_text(encoding="ascii").strip().encode("ascii")
     with os.fdopen(fd, "w", encoding="ascii") as handle:
