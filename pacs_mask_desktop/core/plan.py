@@ -121,6 +121,8 @@ STATUS_ORDER = (
     "ok",
 )
 """Row statuses, most severe first; a row shows the most severe of its problems."""
+UPLOADABLE_STATUSES = ("ok", "empty")
+"""Row statuses that do not block an upload (an empty mask is uploaded as "no finding")."""
 
 _UID_TOKEN = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+){3,}(?![0-9])")
 
@@ -229,8 +231,8 @@ class PreparedUpload:
         return self.plan is not None
 
     def first_problem_row(self) -> int | None:
-        """Index in ``rows`` of the first row that is not ``ok``/``empty`` (for jump-to-problem)."""
-        return next((i for i, row in enumerate(self.rows) if row.status not in ("ok", "empty")), None)
+        """Index in ``rows`` of the first row that blocks the upload (for jump-to-problem)."""
+        return next((i for i, row in enumerate(self.rows) if row.status not in UPLOADABLE_STATUSES), None)
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from urllib.parse import urlparse
 
+from pacs_mask_desktop.core.plan import UPLOADABLE_STATUSES
 from pacs_mask_desktop.core.workspace import Cleared, SeriesSource, Workspace
 
 if TYPE_CHECKING:
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-UPLOADABLE_STATUSES = ("ok", "empty")
-"""Mask-table statuses that do not block an upload (an empty mask is uploaded as "no finding")."""
 DEFAULT_DICE_THRESHOLD = 0.8
 """A compared slice whose Dice is below this is a disagreement ("Next disagreement", F9)."""
 FAILED_SLICES_LISTED = 15

@@ -19,8 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from pacs_mask_desktop.core.plan import STATUS_ORDER, MaskRow, PreparedUpload
-from pacs_mask_desktop.core.session import UPLOADABLE_STATUSES
+from pacs_mask_desktop.core.plan import STATUS_ORDER, UPLOADABLE_STATUSES, MaskRow, PreparedUpload
 from pacs_mask_desktop.ui.tables import RowsModel, make_table
 
 STATUS_TEXT = {
