@@ -18,12 +18,12 @@ class ApiError(Exception):
     """An error a client can act on. ``message`` is a sentence a person understands."""
 
     status_code = 400
-    code: str = ErrorCode.BAD_REQUEST
+    code: ErrorCode = ErrorCode.BAD_REQUEST
     status_codes: tuple[int, ...] = ()
     """Every status this error can have, when it is not just :attr:`status_code` (the API document)."""
 
     def __init__(
-        self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None
+        self, message: str, *, code: ErrorCode | None = None, details: dict[str, Any] | None = None
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -38,49 +38,49 @@ class ApiError(Exception):
 
 class InvalidRequest(ApiError):
     status_code = 400
-    code: str = ErrorCode.INVALID_REQUEST
+    code: ErrorCode = ErrorCode.INVALID_REQUEST
 
 
 class Unauthorized(ApiError):
     status_code = 401
-    code: str = ErrorCode.UNAUTHORIZED
+    code: ErrorCode = ErrorCode.UNAUTHORIZED
 
 
 class Forbidden(ApiError):
     status_code = 403
-    code: str = ErrorCode.FORBIDDEN
+    code: ErrorCode = ErrorCode.FORBIDDEN
 
 
 class NotFound(ApiError):
     status_code = 404
-    code: str = ErrorCode.NOT_FOUND
+    code: ErrorCode = ErrorCode.NOT_FOUND
 
 
 class Conflict(ApiError):
     status_code = 409
-    code: str = ErrorCode.CONFLICT
+    code: ErrorCode = ErrorCode.CONFLICT
 
 
 class PreconditionFailed(ApiError):
     """A create-only write found an object already there (as S3 answers ``If-None-Match: *``)."""
 
     status_code = 412
-    code: str = ErrorCode.OBJECT_EXISTS
+    code: ErrorCode = ErrorCode.OBJECT_EXISTS
 
 
 class TooLarge(ApiError):
     status_code = 413
-    code: str = ErrorCode.ENTITY_TOO_LARGE
+    code: ErrorCode = ErrorCode.ENTITY_TOO_LARGE
 
 
 class Unprocessable(ApiError):
     status_code = 422
-    code: str = ErrorCode.UNPROCESSABLE
+    code: ErrorCode = ErrorCode.UNPROCESSABLE
 
 
 class StorageUnavailable(ApiError):
     status_code = 503
-    code: str = ErrorCode.STORAGE_UNAVAILABLE
+    code: ErrorCode = ErrorCode.STORAGE_UNAVAILABLE
 
 
 class PacsFailed(ApiError):
@@ -88,11 +88,11 @@ class PacsFailed(ApiError):
     configured) or 504 (too slow). The code names which (``server/pacs.py``)."""
 
     status_code = 502
-    code: str = ErrorCode.PACS_ERROR
+    code: ErrorCode = ErrorCode.PACS_ERROR
     status_codes = (404, 502, 503, 504)
 
     def __init__(
-        self, message: str, *, code: str, status_code: int = 502, details: dict[str, Any] | None = None
+        self, message: str, *, code: ErrorCode, status_code: int = 502, details: dict[str, Any] | None = None
     ) -> None:
         super().__init__(message, code=code, details=details)
         self.status_code = status_code
@@ -101,7 +101,7 @@ class PacsFailed(ApiError):
 class JsonTooDeep(InvalidRequest):
     """A JSON body nested deeper than the API allows (``server.request``)."""
 
-    code: str = ErrorCode.JSON_TOO_DEEP
+    code: ErrorCode = ErrorCode.JSON_TOO_DEEP
 
 
 # msgspec's words for a value of the right type outside its bounds (range, length, pattern): a 422.

@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from server.contract import messages
+from server.contract.errors import ErrorCode
 from server.errors import Unprocessable
 
 ORIENTATION_TOLERANCE = 1e-3
@@ -38,7 +39,7 @@ MAX_LISTED = 20
 class GeometryError(Unprocessable):
     """A series that cannot be one volume of masks; ``code`` names the problem."""
 
-    code = "series_geometry_invalid"
+    code = ErrorCode.SERIES_GEOMETRY_INVALID
 
 
 class MalformedHeader(GeometryError):
@@ -63,12 +64,12 @@ def geometry_from_datasets(datasets: Iterable[Dataset], source: str) -> messages
     """
     images = [ds for ds in datasets if "Rows" in ds and "Columns" in ds]
     if not images:
-        raise GeometryError("The series has no image instances.", code="series_without_images")
+        raise GeometryError("The series has no image instances.", code=ErrorCode.SERIES_WITHOUT_IMAGES)
     series_uids = sorted({_text(ds, "SeriesInstanceUID") or "" for ds in images})
     if len(series_uids) > 1:
         raise GeometryError(
             f"The instances belong to {len(series_uids)} different series; one annotation is one series.",
-            code="series_mixed",
+            code=ErrorCode.SERIES_MIXED,
             details={"series_instance_uids": series_uids[:MAX_LISTED]},
         )
     try:
@@ -221,7 +222,7 @@ def _check_unique_instances(instances: list[messages.SeriesInstance]) -> None:
         raise GeometryError(
             f"{len(repeated)} slice(s) repeat an instance (and frame) already in the series, "
             f"e.g. SOP Instance {repeated[0]['sop_instance_uid']}.",
-            code="series_duplicate_instances",
+            code=ErrorCode.SERIES_DUPLICATE_INSTANCES,
             details={"slices": repeated[:MAX_LISTED]},
         )
 
@@ -254,7 +255,7 @@ def _check_multiframe_positions(
             f"{len(unplaced)} frame(s) of the multi-frame {modality} image {unplaced[0]['sop_instance_uid']} "
             "have no plane position (PlanePositionSequence/ImagePositionPatient), so the order of its "
             "slices is unknown; frame order is not used as slice order for CT, MR or PET.",
-            code="series_missing_positions",
+            code=ErrorCode.SERIES_MISSING_POSITIONS,
             details={"slices": unplaced[:MAX_LISTED]},
         )
 
@@ -271,7 +272,7 @@ def _check_sizes(geometry: messages.SeriesGeometry, instances: list[messages.Ser
             f"{len(wrong)} slice(s) are not {geometry.columns}x{geometry.rows} (Columns x Rows) like the "
             f"series, e.g. slice {wrong[0]['slice_index']} is {wrong[0]['columns']}x{wrong[0]['rows']}; "
             "slices of different sizes are not one volume.",
-            code="series_inconsistent_size",
+            code=ErrorCode.SERIES_INCONSISTENT_SIZE,
             details={"rows": geometry.rows, "columns": geometry.columns, "slices": wrong[:MAX_LISTED]},
         )
 
@@ -302,7 +303,7 @@ def _check_orientation(
             f"The series mixes planes: {len(others)} slice(s) have another ImageOrientationPatient than "
             f"{[round(v, 4) for v in orientation]} (e.g. slice {others[0]['slice_index']}), as in a radial "
             "MR; a series with several orientations is not one volume.",
-            code="series_mixed_orientations",
+            code=ErrorCode.SERIES_MIXED_ORIENTATIONS,
             details={"image_orientation_patient": list(orientation), "slices": others[:MAX_LISTED]},
         )
     row, col = orientation[:3], orientation[3:]
@@ -326,7 +327,7 @@ def _order(
         raise GeometryError(
             f"{len(missing)} slice(s) have no ImagePositionPatient while the others do "
             f"(e.g. slice {missing[0]['slice_index']}); the order of the series is unknown.",
-            code="series_missing_positions",
+            code=ErrorCode.SERIES_MISSING_POSITIONS,
             details={"slices": missing[:MAX_LISTED]},
         )
     if with_position and orientation is not None:
@@ -351,7 +352,7 @@ def _order(
                 f"echoes, phases or acquisitions?), e.g. slices {first.slice_index} and "
                 f"{second.slice_index} at {round(position, 4)} mm; such a series is not "
                 "one volume.",
-                code="series_duplicate_positions",
+                code=ErrorCode.SERIES_DUPLICATE_POSITIONS,
                 details={"duplicates": duplicates[:MAX_LISTED]},
             )
         return [item for _, item in keyed]

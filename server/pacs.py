@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from pydicom.dataset import Dataset
 
+from server.contract.errors import ErrorCode
 from server.errors import NotFound, PacsFailed
 from server.settings import Settings
 
@@ -68,7 +69,7 @@ class Pacs:
             raise PacsFailed(
                 "This server has no PACS configured (PACS_MASK_DICOMWEB_URL); create the annotation from a "
                 "local folder instead.",
-                code="pacs_not_configured",
+                code=ErrorCode.PACS_NOT_CONFIGURED,
                 status_code=503,
             )
         self.url = shown_url(settings.dicomweb_url)
@@ -85,7 +86,7 @@ class Pacs:
         except ValueError:
             raise PacsFailed(
                 f"PACS_MASK_DICOMWEB_URL ({self.url}) is not a usable DICOMweb URL.",
-                code="pacs_not_configured",
+                code=ErrorCode.PACS_NOT_CONFIGURED,
                 status_code=503,
             ) from None
         # No retry loop inside a request: the client is waiting; one failure answers at once.
@@ -148,13 +149,13 @@ class Pacs:
     def _not_found(self, series_uid: str) -> NotFound:
         return NotFound(
             f"The PACS at {self.url} has no series {series_uid}.",
-            code="pacs_series_not_found",
+            code=ErrorCode.PACS_SERIES_NOT_FOUND,
             details={"series_instance_uid": series_uid},
         )
 
     def _malformed(self, what: str) -> PacsFailed:
         return PacsFailed(
-            f"The PACS at {self.url} sent a malformed answer: {what}.", code="pacs_malformed_answer"
+            f"The PACS at {self.url} sent a malformed answer: {what}.", code=ErrorCode.PACS_MALFORMED_ANSWER
         )
 
     def _call(self, what: Callable[[], T]) -> T:
@@ -165,26 +166,26 @@ class Pacs:
             if status == 404:
                 raise PacsFailed(
                     f"The PACS at {self.url} has no such study or series (404).",
-                    code="pacs_series_not_found",
+                    code=ErrorCode.PACS_SERIES_NOT_FOUND,
                     status_code=404,
                 ) from None
             raise self._http_failure(status) from None
         except requests.exceptions.SSLError:
             raise PacsFailed(
                 f"The TLS certificate of the PACS at {self.url} did not verify (PACS_MASK_DICOMWEB_VERIFY).",
-                code="pacs_tls_failed",
+                code=ErrorCode.PACS_TLS_FAILED,
             ) from None
         except (requests.exceptions.InvalidJSONError, requests.exceptions.ContentDecodingError):
             raise self._malformed("not DICOMweb JSON") from None
         except requests.exceptions.Timeout:
             raise PacsFailed(
                 f"The PACS at {self.url} did not answer within its timeout.",
-                code="pacs_timeout",
+                code=ErrorCode.PACS_TIMEOUT,
                 status_code=504,
             ) from None
         except requests.exceptions.RequestException:
             raise PacsFailed(
-                f"Cannot reach the PACS at {self.url}.", code="pacs_unreachable", status_code=503
+                f"Cannot reach the PACS at {self.url}.", code=ErrorCode.PACS_UNREACHABLE, status_code=503
             ) from None
         except MalformedItem as exc:
             raise self._malformed(str(exc)) from None
@@ -196,26 +197,26 @@ class Pacs:
             return PacsFailed(
                 f"The PACS at {self.url} refused this server's credentials ({status}); check "
                 "PACS_MASK_DICOMWEB_USER/_PASSWORD or _TOKEN on the server.",
-                code="pacs_credentials_refused",
+                code=ErrorCode.PACS_CREDENTIALS_REFUSED,
                 details={"pacs_status": status},
             )
         if status in (408, 504):
             return PacsFailed(
                 f"The PACS at {self.url} timed out ({status}).",
-                code="pacs_timeout",
+                code=ErrorCode.PACS_TIMEOUT,
                 status_code=504,
                 details={"pacs_status": status},
             )
         if status == 503:
             return PacsFailed(
                 f"The PACS at {self.url} is unavailable (503).",
-                code="pacs_unreachable",
+                code=ErrorCode.PACS_UNREACHABLE,
                 status_code=503,
                 details={"pacs_status": status},
             )
         return PacsFailed(
             f"The PACS at {self.url} answered HTTP {status}.",
-            code="pacs_error",
+            code=ErrorCode.PACS_ERROR,
             details={"pacs_status": status},
         )
 

@@ -29,6 +29,7 @@ from litestar.connection import ASGIConnection
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from sqlalchemy import select
 
+from server.contract.errors import ErrorCode
 from server.db.models import ROLES, ApiToken
 from server.errors import Forbidden, Unauthorized
 
@@ -145,13 +146,13 @@ class TokenAuthMiddleware(AbstractAuthenticationMiddleware):
             metrics.failure("auth")
             raise Unauthorized(
                 "This call needs an API token: send 'Authorization: Bearer <token>'.",
-                code="missing_token",
+                code=ErrorCode.MISSING_TOKEN,
             )
         parts = connection.app.state.parts
         actor = await authenticate(parts.db, parts.tokens, token.strip())
         if actor is None:
             metrics.failure("auth")
-            raise Unauthorized("The API token is unknown or has been revoked.", code="invalid_token")
+            raise Unauthorized("The API token is unknown or has been revoked.", code=ErrorCode.INVALID_TOKEN)
         return AuthenticationResult(user=actor, auth=None)
 
 

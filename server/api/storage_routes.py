@@ -35,6 +35,7 @@ from litestar.response import Stream
 from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
 from server.context import AppParts
+from server.contract.errors import ErrorCode
 from server.errors import ApiError, Forbidden, InvalidRequest, NotFound, PreconditionFailed, TooLarge
 from server.logs import UPLOAD_ROUTE
 from server.storage.base import ObjectExists
@@ -57,7 +58,8 @@ def _local(parts: AppParts) -> LocalStorage:
     storage = parts.storage
     if not isinstance(storage, LocalStorage):
         raise NotFound(
-            "This server stores objects in S3; upload to the URL the API signed.", code="no_local_storage"
+            "This server stores objects in S3; upload to the URL the API signed.",
+            code=ErrorCode.NO_LOCAL_STORAGE,
         )
     return storage
 
@@ -78,7 +80,7 @@ def _check_signature(
         expires = int(query.get("expires", ""))
     except ValueError:
         parts.metrics.failure("signature")
-        raise Forbidden("This URL is not signed.", code="signature_missing") from None
+        raise Forbidden("This URL is not signed.", code=ErrorCode.SIGNATURE_MISSING) from None
     try:
         # Lexical check only: cheap on the event loop. The resolved-path check (symlinks) runs where the
         # file is touched: in the write thread for uploads, in size/open for downloads (see _invalid_key).
@@ -93,20 +95,20 @@ def _check_signature(
         raise Forbidden(
             "The signature does not match this request: the URL, method, key, size, Content-MD5 and "
             "Content-Type must be exactly as signed.",
-            code="signature_mismatch",
+            code=ErrorCode.SIGNATURE_MISMATCH,
         )
     if time.time() > expires:
         parts.metrics.failure("expired")
         raise Forbidden(
             "This signed URL has expired; ask the server for a new one.",
-            code="expired_url",
+            code=ErrorCode.EXPIRED_URL,
             details={"expired_at": expires},
         )
 
 
 def _invalid_key(parts: AppParts) -> Forbidden:
     parts.metrics.failure("signature")
-    return Forbidden("This URL does not name a valid object.", code="signature_mismatch")
+    return Forbidden("This URL does not name a valid object.", code=ErrorCode.SIGNATURE_MISMATCH)
 
 
 class StorageUploads:
@@ -157,7 +159,7 @@ async def receive_upload(parts: AppParts, scope: Scope, receive: Receive) -> str
     try:
         signed_size = int(query.get("size", ""))
     except ValueError:
-        raise Forbidden("This URL is not signed.", code="signature_missing") from None
+        raise Forbidden("This URL is not signed.", code=ErrorCode.SIGNATURE_MISSING) from None
     md5 = headers.get(b"content-md5", b"").decode("latin-1")
     ctype = headers.get(b"content-type", b"").decode("latin-1")
     _check_signature(parts, storage, "PUT", key, query, size=signed_size, md5=md5, ctype=ctype)
@@ -178,14 +180,15 @@ async def receive_upload(parts: AppParts, scope: Scope, receive: Receive) -> str
             break
     if len(body) != signed_size:
         raise InvalidRequest(
-            f"The body is {len(body)} bytes; this URL was signed for {signed_size}.", code="incomplete_body"
+            f"The body is {len(body)} bytes; this URL was signed for {signed_size}.",
+            code=ErrorCode.INCOMPLETE_BODY,
         )
     actual = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode("ascii")
     if actual != md5:
         parts.metrics.failure("digest")
         raise ApiError(
             "The body's MD5 does not match Content-MD5: the data was corrupted on the way. Nothing was stored.",
-            code="bad_digest",
+            code=ErrorCode.BAD_DIGEST,
             details={"expected": md5, "received": actual},
         )
     # A mask-sized write (temp file, write, rename; no fsync, see LocalStorage) takes ~0.1 ms in the page
@@ -247,7 +250,7 @@ async def get_object(request: Request, key: FromPath[str]) -> Stream:
     except InvalidKey:
         raise _invalid_key(parts) from None
     if size is None:
-        raise NotFound("No object is stored under this key.", code="no_such_key")
+        raise NotFound("No object is stored under this key.", code=ErrorCode.NO_SUCH_KEY)
     return Stream(
         storage.open(key), media_type="application/octet-stream", headers={"Content-Length": str(size)}
     )

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
+from server.contract.errors import ErrorCode
 from server.db.models import AuditLog, Mask, MaskGroup
 from server.db.session import Database
 from server.errors import NotFound
@@ -301,7 +302,7 @@ def validate(
             for r in session.execute(query)
         ]
         if group_id is not None and not groups:
-            raise NotFound(f"Mask group {group_id} does not exist.", code="group_not_found")
+            raise NotFound(f"Mask group {group_id} does not exist.", code=ErrorCode.GROUP_NOT_FOUND)
         pending = [g for g in groups if g.status == "pending"]
         deleting = [g for g in groups if g.status == "deleting"]
         signed = last_activity(session, [g.id for g in pending], "group.sign")

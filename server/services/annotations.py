@@ -7,6 +7,7 @@ from sqlalchemy import ColumnElement, func, or_, select
 from server import audit
 from server.context import Call
 from server.contract import messages
+from server.contract.errors import ErrorCode
 from server.contract.naming import parse_id
 from server.db.models import Annotation, MaskGroup
 from server.errors import NotFound, Unprocessable
@@ -36,7 +37,7 @@ def create_annotation(call: Call, data: messages.AnnotationCreate) -> messages.A
         if mismatched:
             raise Unprocessable(
                 f"The series geometry is not the series of the request ({', '.join(mismatched)} differ).",
-                code="series_mismatch",
+                code=ErrorCode.SERIES_MISMATCH,
                 details=mismatched,
             )
     return _create(
@@ -92,7 +93,7 @@ def get_series(call: Call, annotation_id: int) -> messages.SeriesGeometry:
             raise NotFound(
                 f"Annotation {annotation_id} was created without its series geometry (before the server "
                 "recorded it); its masks cannot be checked against the series.",
-                code="series_geometry_unknown",
+                code=ErrorCode.SERIES_GEOMETRY_UNKNOWN,
             )
         audit.record(session, call, "annotation.series.view", annotation_id=annotation_id)
         return geometry
@@ -130,6 +131,6 @@ def get_annotation(call: Call, annotation_id: int) -> messages.AnnotationOut:
     with call.db.session() as session:
         row = session.get(Annotation, annotation_id)
         if row is None:
-            raise NotFound(f"Annotation {annotation_id} does not exist.", code="annotation_not_found")
+            raise NotFound(f"Annotation {annotation_id} does not exist.", code=ErrorCode.ANNOTATION_NOT_FOUND)
         count = session.scalar(select(func.count()).where(MaskGroup.annotation_id == annotation_id)) or 0
         return annotation_out(row, count)

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from server import audit
 from server.context import Call
 from server.contract import messages
+from server.contract.errors import ErrorCode
 from server.db.models import Annotation, AnnotationInstance, Comparison, Mask, MaskGroup, utcnow
 from server.errors import ApiError, Conflict, StorageUnavailable
 from server.geometry import slice_normal
@@ -220,7 +221,7 @@ def _scan(call: Call, masks_a: Mapping[int, Mask], masks_b: Mapping[int, Mask]) 
             raise Conflict(
                 f"The two groups' masks of slice {index} differ in size ({a.shape[1]}x{a.shape[0]} and "
                 f"{b.shape[1]}x{b.shape[0]}); they cannot be compared.",
-                code="not_comparable",
+                code=ErrorCode.NOT_COMPARABLE,
                 details={"slice_index": index},
             )
         return index, slice_stats(a, b)
@@ -234,7 +235,7 @@ def _scan(call: Call, masks_a: Mapping[int, Mask], masks_b: Mapping[int, Mask]) 
             raise Conflict(
                 f"The stored object for {missing.filename if missing else 'a slice'} is missing; "
                 "run 'pacs-mask-server validate'.",
-                code="object_missing",
+                code=ErrorCode.OBJECT_MISSING,
             ) from None
 
     batches = [indexes[start : start + BATCH] for start in range(0, len(indexes), BATCH)]
@@ -369,7 +370,7 @@ def _check_comparable(a: MaskGroup, b: MaskGroup) -> None:
     if reasons:
         raise Conflict(
             f"These groups cannot be compared: {'; '.join(reasons)}.",
-            code="not_comparable",
+            code=ErrorCode.NOT_COMPARABLE,
             details={"reasons": reasons},
         )
 

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from server import audit
 from server.context import Call
 from server.contract import messages
+from server.contract.errors import ErrorCode
 from server.contract.naming import INT32_MAX, content_type_problem, filename_problem, parse_id
 from server.db.models import Annotation, Mask, MaskGroup, SignedUpload, table_of, utcnow
 from server.db.session import rowcount
@@ -55,7 +56,7 @@ def parse_group_id(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise NotFound(f"'{value}' is not a mask group id.", code="group_not_found") from None
+        raise NotFound(f"'{value}' is not a mask group id.", code=ErrorCode.GROUP_NOT_FOUND) from None
 
 
 def load_group(session: Session, group_id: uuid.UUID, *, for_update: bool = False) -> MaskGroup:
@@ -65,7 +66,7 @@ def load_group(session: Session, group_id: uuid.UUID, *, for_update: bool = Fals
         query = query.with_for_update()
     group = session.scalar(query)
     if group is None:
-        raise NotFound(f"Mask group {group_id} does not exist.", code="group_not_found")
+        raise NotFound(f"Mask group {group_id} does not exist.", code=ErrorCode.GROUP_NOT_FOUND)
     return group
 
 
@@ -81,7 +82,9 @@ def create_group(call: Call, data: messages.GroupCreate) -> messages.GroupOut:
     """Create a pending group; 409 naming the existing group when (annotation, model, version) is taken."""
     with call.db.session() as session:
         if session.get(Annotation, data.annotation_id) is None:
-            raise NotFound(f"Annotation {data.annotation_id} does not exist.", code="annotation_not_found")
+            raise NotFound(
+                f"Annotation {data.annotation_id} does not exist.", code=ErrorCode.ANNOTATION_NOT_FOUND
+            )
         existing = _find_existing(session, data)
         if existing is not None:
             raise _duplicate(existing)
@@ -132,7 +135,7 @@ def _duplicate(existing: MaskGroup) -> Conflict:
     return Conflict(
         f"Annotation {existing.annotation_id} already has a mask group for {existing.model_name} "
         f"version {existing.version} ({existing.id}, {existing.status}).",
-        code="duplicate_group",
+        code=ErrorCode.DUPLICATE_GROUP,
         details={"group_id": str(existing.id), "status": existing.status},
     )
 
@@ -171,7 +174,7 @@ def sign_urls(call: Call, group_ref: str, data: messages.SignRequest) -> message
     if problems:
         raise Unprocessable(
             f"{len(problems)} slice(s) cannot be signed; nothing was signed.",
-            code="invalid_slices",
+            code=ErrorCode.INVALID_SLICES,
             details={"slices": problems},
         )
     with call.db.session() as session:
@@ -181,7 +184,7 @@ def sign_urls(call: Call, group_ref: str, data: messages.SignRequest) -> message
         if group.status != "pending":
             raise Conflict(
                 f"Mask group {group_id} is {group.status}; only pending groups accept uploads.",
-                code="group_not_pending",
+                code=ErrorCode.GROUP_NOT_PENDING,
                 details={"status": group.status},
             )
         shape = load_shape(session, group.annotation_id)
@@ -239,7 +242,7 @@ def _require_owner(call: Call, group: MaskGroup, action: str) -> None:
         raise Forbidden(
             f"Mask group {group.id} was created by '{group.created_by}'; only its creator or an admin can "
             f"{action} it. Upload under another model name or version to make a group of your own.",
-            code="not_group_owner",
+            code=ErrorCode.NOT_GROUP_OWNER,
             details={"group_id": str(group.id), "created_by": group.created_by},
         )
 
@@ -284,7 +287,7 @@ def _bind_signed_bytes(
     if not _lock_if_pending(session, group_id):
         raise Conflict(
             f"Mask group {group_id} stopped being pending while URLs were signed; nothing was signed.",
-            code="group_not_pending",
+            code=ErrorCode.GROUP_NOT_PENDING,
         )
     now = utcnow()
     table = table_of(SignedUpload)
@@ -338,7 +341,7 @@ def _bind_signed_bytes(
             f"{len(conflicts)} slice(s) were already signed for other bytes, and those URLs may still be "
             "used; nothing was signed. A slice's bytes cannot change while its URLs are valid: upload the "
             "changed masks as a new version, or delete this pending group and upload again.",
-            code="slice_signed_differently",
+            code=ErrorCode.SLICE_SIGNED_DIFFERENTLY,
             details={"slices": conflicts},
         )
     if fresh:
@@ -435,7 +438,7 @@ def _check_signed_bytes(session: Session, group_id: uuid.UUID, checked: Sequence
         raise Conflict(
             f"{len(removed)} slice(s) were removed as damaged while this complete checked them; nothing "
             "was registered. Upload them again and complete.",
-            code="objects_missing",
+            code=ErrorCode.OBJECTS_MISSING,
             details={"missing": removed, "mismatched": []},
         )
     conflicts = []
@@ -460,7 +463,7 @@ def _check_signed_bytes(session: Session, group_id: uuid.UUID, checked: Sequence
         raise Conflict(
             f"{len(conflicts)} slice(s) were last signed for other bytes than stored, and those URLs may "
             "still be used; nothing was registered. Sign and upload the slices again, then complete.",
-            code="slice_signed_differently",
+            code=ErrorCode.SLICE_SIGNED_DIFFERENTLY,
             details={"slices": conflicts},
         )
 
@@ -489,13 +492,15 @@ def complete_group(call: Call, group_ref: str, data: messages.CompleteRequest) -
         return _repeat_complete(call, group_id, data)
     if status != "pending":
         raise Conflict(
-            f"Mask group {group_id} is {status}.", code="group_not_pending", details={"status": status}
+            f"Mask group {group_id} is {status}.",
+            code=ErrorCode.GROUP_NOT_PENDING,
+            details={"status": status},
         )
     if expected is not None and len(data.slices) != expected:
         raise Unprocessable(
             f"The group expects {expected} slices but the request lists {len(data.slices)}; nothing was "
             "registered.",
-            code="slice_count_mismatch",
+            code=ErrorCode.SLICE_COUNT_MISMATCH,
             details={"expected_slices": expected, "received": len(data.slices)},
         )
     _check_against_series(call, annotation_id, data.slices, "registered")
@@ -583,7 +588,7 @@ def _check_complete_body(data: messages.CompleteRequest) -> None:
     if problems:
         raise Unprocessable(
             f"{len(problems)} slice(s) are invalid; nothing was registered.",
-            code="invalid_slices",
+            code=ErrorCode.INVALID_SLICES,
             details={"slices": problems},
         )
 
@@ -632,7 +637,7 @@ def _verify_objects(
         call.metrics.failure("missing_object", len(missing))
         raise Conflict(
             f"{len(missing)} slice(s) were never uploaded; nothing was registered. Upload them and complete again.",
-            code="objects_missing",
+            code=ErrorCode.OBJECTS_MISSING,
             details={"missing": missing, "mismatched": corrupt},
         )
     if corrupt:
@@ -649,7 +654,7 @@ def _verify_objects(
             f"{len(corrupt)} stored slice(s) differ from the declared checksum or size; nothing was "
             f"registered.{advice} Stored objects are never replaced otherwise: to store other bytes, upload "
             "them as a new version or delete this pending group first.",
-            code="checksum_mismatch",
+            code=ErrorCode.CHECKSUM_MISMATCH,
             details={"mismatched": corrupt, "removed": removed},
         )
     try:
@@ -679,7 +684,7 @@ def _repeat_complete(call: Call, group_id: uuid.UUID, data: messages.CompleteReq
             raise Conflict(
                 f"Mask group {group_id} is already complete with different slices; a completed group "
                 "cannot change. Upload a new version instead.",
-                code="group_immutable",
+                code=ErrorCode.GROUP_IMMUTABLE,
                 details={"status": group.status, "slice_count": len(rows)},
             )
         return group_out(group, len(rows))
@@ -694,13 +699,14 @@ def list_groups(call: Call, annotation_ref: str) -> messages.GroupList:
     if annotation_id is None:
         if annotation_ref.isascii() and annotation_ref.isdigit():  # a number no annotation id can be
             raise Unprocessable(
-                f"Annotation id {annotation_ref} is out of range (0..{INT32_MAX}).", code="invalid_value"
+                f"Annotation id {annotation_ref} is out of range (0..{INT32_MAX}).",
+                code=ErrorCode.INVALID_VALUE,
             )
-        raise NotFound(f"'{annotation_ref}' is not an annotation id.", code="annotation_not_found")
+        raise NotFound(f"'{annotation_ref}' is not an annotation id.", code=ErrorCode.ANNOTATION_NOT_FOUND)
     counts = select(Mask.group_id, func.count().label("n")).group_by(Mask.group_id).subquery()
     with call.db.session() as session:
         if session.get(Annotation, annotation_id) is None:
-            raise NotFound(f"Annotation {annotation_id} does not exist.", code="annotation_not_found")
+            raise NotFound(f"Annotation {annotation_id} does not exist.", code=ErrorCode.ANNOTATION_NOT_FOUND)
         rows = session.execute(
             select(MaskGroup, func.coalesce(counts.c.n, 0))
             .outerjoin(counts, counts.c.group_id == MaskGroup.id)
@@ -741,7 +747,7 @@ def open_stored(call: Call, key: str, what: str) -> Iterator[bytes]:
         return call.storage.open(key)
     except KeyError:
         raise Conflict(
-            f"{what} is missing; run 'pacs-mask-server validate'.", code="object_missing"
+            f"{what} is missing; run 'pacs-mask-server validate'.", code=ErrorCode.OBJECT_MISSING
         ) from None
     except StorageError as exc:
         raise StorageUnavailable(f"Storage could not be read: {exc}") from exc
@@ -751,7 +757,7 @@ def view_slice(call: Call, group_ref: str, filename: str | None, slice_index: in
     """Open one registered slice for streaming; audited."""
     group_id = parse_group_id(group_ref)
     if (filename is None) == (slice_index is None):
-        raise InvalidRequest("Give exactly one of 'filename' or 'slice_index'.", code="invalid_query")
+        raise InvalidRequest("Give exactly one of 'filename' or 'slice_index'.", code=ErrorCode.INVALID_QUERY)
     with call.db.session() as session:
         group = load_group(session, group_id)
         query = select(Mask).where(Mask.group_id == group_id)
@@ -763,7 +769,7 @@ def view_slice(call: Call, group_ref: str, filename: str | None, slice_index: in
         mask = session.scalar(query)
         if mask is None:
             what = f"file {filename!r}" if filename is not None else f"slice index {slice_index}"
-            raise NotFound(f"Mask group {group_id} has no {what}.", code="slice_not_found")
+            raise NotFound(f"Mask group {group_id} has no {what}.", code=ErrorCode.SLICE_NOT_FOUND)
         chunks = open_stored(call, mask.storage_key, f"The stored object for {mask.filename}")
         audit.record(
             session,
@@ -826,7 +832,7 @@ def delete_group(call: Call, group_ref: str) -> messages.DeleteResult:
         session.execute(table_of(SignedUpload).delete().where(SignedUpload.group_id == group_id))
         gone = rowcount(session.execute(table_of(MaskGroup).delete().where(MaskGroup.id == group_id)))
         if gone != 1:  # a racing delete finished first (its rows and audit entry are the record)
-            raise NotFound(f"Mask group {group_id} does not exist.", code="group_not_found")
+            raise NotFound(f"Mask group {group_id} does not exist.", code=ErrorCode.GROUP_NOT_FOUND)
         audit.record(
             session,
             call,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from server import __version__
 from server.context import Call
 from server.contract import messages
+from server.contract.errors import ErrorCode
 from server.errors import PacsFailed
 from server.geometry import MalformedHeader, geometry_from_datasets
 from server.pacs import read_series, shown_url
@@ -22,7 +23,7 @@ def create_from_pacs(call: Call, data: messages.AnnotationFromPacs) -> messages.
     except MalformedHeader as exc:  # the PACS sent headers that cannot be read: its answer is at fault
         raise PacsFailed(
             f"The PACS at {shown_url(call.settings.dicomweb_url or '')} sent a malformed answer: {exc.message}",
-            code="pacs_malformed_answer",
+            code=ErrorCode.PACS_MALFORMED_ANSWER,
             details=exc.details,
         ) from None
     if geometry.series_instance_uid != data.series_instance_uid or (
@@ -30,7 +31,7 @@ def create_from_pacs(call: Call, data: messages.AnnotationFromPacs) -> messages.
     ):
         raise PacsFailed(
             "The PACS answered with the instances of another series or study.",
-            code="pacs_malformed_answer",
+            code=ErrorCode.PACS_MALFORMED_ANSWER,
             details={
                 "requested": data.series_instance_uid,
                 "answered": geometry.series_instance_uid,

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from server import audit
 from server.context import Call
 from server.contract import messages
+from server.contract.errors import ErrorCode
 from server.db.models import Annotation, Finding, Mask, MaskGroup, Review, utcnow
 from server.errors import Conflict, Forbidden, Unprocessable
 from server.services.mask_groups import load_group, parse_group_id, slice_count
@@ -47,13 +48,15 @@ def review_group(call: Call, group_ref: str, data: messages.ReviewRequest) -> me
     group_id = parse_group_id(group_ref)
     comment = data.comment.strip()
     if data.decision == "rejected" and not comment:
-        raise Unprocessable("A rejection needs a comment saying what is wrong.", code="comment_required")
+        raise Unprocessable(
+            "A rejection needs a comment saying what is wrong.", code=ErrorCode.COMMENT_REQUIRED
+        )
     with call.db.session() as session:
         group = load_group(session, group_id, for_update=True)
         if group.status != "complete":
             raise Conflict(
                 f"Only complete groups can be reviewed; {group_id} is {group.status}.",
-                code="group_not_complete",
+                code=ErrorCode.GROUP_NOT_COMPLETE,
             )
         override = _four_eyes(call, group, data)
         _check_findings(session, group, data.findings)
@@ -125,7 +128,7 @@ def _four_eyes(call: Call, group: MaskGroup, data: messages.ReviewRequest) -> bo
     raise Forbidden(
         f"'{call.actor.name}' uploaded mask group {group.id} themselves and cannot approve it: another "
         f"reviewer must (four eyes).{how}",
-        code="four_eyes",
+        code=ErrorCode.FOUR_EYES,
         details={"group_id": str(group.id), "created_by": group.created_by},
     )
 
@@ -155,7 +158,7 @@ def _check_findings(session: Session, group: MaskGroup, findings: list[messages.
         raise Unprocessable(
             f"{len(problems)} finding(s) do not fit the group; nothing was recorded. First: finding "
             f"{first['index']}: {first['reason']}.",
-            code="invalid_findings",
+            code=ErrorCode.INVALID_FINDINGS,
             details={"findings": problems, "slice_count": slices, "labels": labels},
         )
 
@@ -242,5 +245,5 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         raise Unprocessable(
             "The cursor is not one this server gave out; start again without a cursor.",
-            code="invalid_cursor",
+            code=ErrorCode.INVALID_CURSOR,
         ) from None

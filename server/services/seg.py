@@ -34,6 +34,7 @@ from sqlalchemy import select, update
 from server import __version__, audit
 from server.context import Call
 from server.contract import messages
+from server.contract.errors import ErrorCode
 from server.db.models import Mask, MaskGroup, utcnow
 from server.db.session import rowcount
 from server.errors import Conflict, StorageUnavailable, Unprocessable
@@ -97,7 +98,7 @@ def source_datasets(geometry: messages.SeriesGeometry) -> tuple[list[Dataset], l
         raise Unprocessable(
             "The annotation's series geometry lacks what a DICOM SEG needs to place its frames: "
             f"{', '.join(missing)}. Create the annotation again from the PACS or a folder of the images.",
-            code="seg_geometry_incomplete",
+            code=ErrorCode.SEG_GEOMETRY_INCOMPLETE,
             details={"missing": missing},
         )
     by_uid: dict[str, list[messages.SeriesInstance]] = {}
@@ -114,7 +115,7 @@ def source_datasets(geometry: messages.SeriesGeometry) -> tuple[list[Dataset], l
                 raise Unprocessable(
                     f"The stored frames of instance {uid} are not numbered 1..{len(ordered)}; a SEG cannot "
                     "reference them.",
-                    code="seg_geometry_incomplete",
+                    code=ErrorCode.SEG_GEOMETRY_INCOMPLETE,
                     details={"sop_instance_uid": uid},
                 )
             for frame, item in enumerate(ordered):
@@ -218,7 +219,7 @@ def decode_label_png(data: bytes, filename: str) -> np.ndarray:
     if isinstance(array, str):
         raise Unprocessable(
             f"The stored mask {filename} cannot be decoded ({array}); run 'pacs-mask-server validate'.",
-            code="seg_mask_unreadable",
+            code=ErrorCode.SEG_MASK_UNREADABLE,
             details={"filename": filename},
         )
     if array.dtype != np.uint8:
@@ -226,7 +227,7 @@ def decode_label_png(data: bytes, filename: str) -> np.ndarray:
         if top > 255:
             raise Unprocessable(
                 f"The mask {filename} holds label value {top}; a DICOM SEG of this server takes labels 1..255.",
-                code="seg_label_out_of_range",
+                code=ErrorCode.SEG_LABEL_OUT_OF_RANGE,
                 details={"filename": filename, "label": top},
             )
         array = array.astype(np.uint8)
@@ -243,14 +244,14 @@ def _load_volume(call: Call, masks: Sequence[Mask], slices: int, rows: int, colu
         except KeyError:
             raise Conflict(
                 f"The stored object for {mask.filename} is missing; run 'pacs-mask-server validate'.",
-                code="object_missing",
+                code=ErrorCode.OBJECT_MISSING,
             ) from None
         array = decode_label_png(data, mask.filename)
         if array.shape != (rows, columns) or mask.slice_index >= slices:
             raise Unprocessable(
                 f"The mask {mask.filename} (slice {mask.slice_index}, {array.shape[1]}x{array.shape[0]}) does "
                 f"not fit the series ({columns}x{rows}, {slices} slices).",
-                code="geometry_mismatch",
+                code=ErrorCode.GEOMETRY_MISMATCH,
                 details={"filename": mask.filename, "index": mask.slice_index},
             )
         volume[mask.slice_index] = array
@@ -320,7 +321,7 @@ def _build_seg_dataset(
     if present.size == 0:
         raise Unprocessable(
             f"Mask group {group.id} has no labelled pixel at all; there is nothing to put in a SEG.",
-            code="seg_empty",
+            code=ErrorCode.SEG_EMPTY,
         )
     datasets, places = source_datasets(geometry)
     table = group.labels or {}
@@ -362,7 +363,7 @@ def _build_seg_dataset(
     if len(datasets) > 1 and any(frame for _, frame in places):
         raise Unprocessable(
             "A SEG of a series made of several multi-frame instances is not supported.",
-            code="seg_geometry_incomplete",
+            code=ErrorCode.SEG_GEOMETRY_INCOMPLETE,
         )
     order = sorted(range(len(places)), key=places.__getitem__)
     source_frames = segments if order == list(range(len(places))) else segments[order]
@@ -386,7 +387,7 @@ def seg_build_failed(group_id: object, exc: BaseException) -> Unprocessable:
     return Unprocessable(
         f"The DICOM SEG of mask group {group_id} could not be built from its series geometry and masks "
         f"({problem}). Check the annotation's series (GET /api/annotations/{{id}}/series).",
-        code="seg_build_failed",
+        code=ErrorCode.SEG_BUILD_FAILED,
         details={"problem": problem},
     )
 
@@ -445,7 +446,7 @@ def build_seg(call: Call, group_ref: str) -> messages.SegOut:
                 f"Mask group {group_id} belongs to annotation {group.annotation_id}, which was created "
                 "without its series geometry; a DICOM SEG needs each slice's SOP Instance UID and position. "
                 "Create the annotation again from the PACS or a folder of the images and upload the masks to it.",
-                code="series_geometry_unknown",
+                code=ErrorCode.SERIES_GEOMETRY_UNKNOWN,
                 details={"annotation_id": group.annotation_id},
             )
         masks = session.scalars(
@@ -533,7 +534,7 @@ def _require_complete(group: MaskGroup) -> None:
     if group.status != "complete":
         raise Conflict(
             f"Mask group {group.id} is {group.status}; only a complete group can become a DICOM SEG.",
-            code="group_not_complete",
+            code=ErrorCode.GROUP_NOT_COMPLETE,
             details={"status": group.status},
         )
 
@@ -558,7 +559,7 @@ def open_seg(call: Call, group_ref: str) -> SegFile:
         if group.seg_storage_key is None:
             raise NotFound(
                 f"Mask group {group_id} has no DICOM SEG yet; POST /api/mask-group/{group_id}/seg builds it.",
-                code="seg_not_built",
+                code=ErrorCode.SEG_NOT_BUILT,
             )
         chunks = open_stored(call, group.seg_storage_key, f"The stored SEG of group {group_id}")
         audit.record(
@@ -580,7 +581,7 @@ def seg_bytes(call: Call, key: str) -> bytes:
         return b"".join(call.storage.open(key, chunk_size=1024 * 1024))
     except KeyError:
         raise Conflict(
-            "The stored SEG is missing; run 'pacs-mask-server validate'.", code="object_missing"
+            "The stored SEG is missing; run 'pacs-mask-server validate'.", code=ErrorCode.OBJECT_MISSING
         ) from None
     except StorageError as exc:
         raise StorageUnavailable(f"Storage could not be read: {exc}") from exc

@@ -23,6 +23,7 @@ from sqlalchemy import update
 from server import audit
 from server.context import Call
 from server.contract import messages
+from server.contract.errors import ErrorCode
 from server.db.models import MaskGroup, utcnow
 from server.errors import ApiError, Conflict, PacsFailed
 from server.pacs import Pacs
@@ -100,7 +101,7 @@ def _require_sendable(call: Call, group: MaskGroup) -> None:
     if group.status != "complete":
         raise Conflict(
             f"Mask group {group.id} is {group.status}; only a complete group can be sent to the PACS.",
-            code="group_not_complete",
+            code=ErrorCode.GROUP_NOT_COMPLETE,
             details={"status": group.status},
         )
     if group.review_status != "approved" and not call.settings.send_unreviewed:
@@ -108,7 +109,7 @@ def _require_sendable(call: Call, group: MaskGroup) -> None:
         raise Conflict(
             f"Mask group {group.id} is {state}; only approved groups are sent to the PACS "
             "(PACS_MASK_SEND_UNREVIEWED=true on the server allows sending before review).",
-            code="group_not_approved",
+            code=ErrorCode.GROUP_NOT_APPROVED,
             details={"review_status": group.review_status},
         )
 
@@ -123,7 +124,7 @@ def _pacs(call: Call) -> Pacs:
         raise PacsFailed(
             "This server has no PACS configured (PACS_MASK_DICOMWEB_URL), so the SEG cannot be sent; "
             "download it with GET /api/mask-group/{group_id}/seg instead.",
-            code="pacs_not_configured",
+            code=ErrorCode.PACS_NOT_CONFIGURED,
             status_code=503,
         ) from None
 

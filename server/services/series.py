@@ -14,6 +14,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from server.contract import messages
+from server.contract.errors import ErrorCode
 from server.db.models import Annotation, AnnotationInstance, table_of
 from server.errors import NotFound, Unprocessable
 
@@ -68,7 +69,7 @@ def load_geometry(session: Session, annotation_id: int) -> messages.SeriesGeomet
     """The stored geometry of an annotation, ``None`` for one recorded without it; 404 if it is absent."""
     row = session.get(Annotation, annotation_id)
     if row is None:
-        raise NotFound(f"Annotation {annotation_id} does not exist.", code="annotation_not_found")
+        raise NotFound(f"Annotation {annotation_id} does not exist.", code=ErrorCode.ANNOTATION_NOT_FOUND)
     if not row.has_geometry:
         return None
     instances = session.scalars(
@@ -176,7 +177,7 @@ def raise_geometry_mismatch(problems: Sequence[dict[str, Any]], shape: SeriesSha
         f"{len(problems)} slice(s) do not fit the annotation's series ({shape.columns}x{shape.rows}, "
         f"{shape.slice_count} slices); nothing was {what}. First: slice {first['index']} "
         f"({first['filename']}): {first['reason']}.",
-        code="geometry_mismatch",
+        code=ErrorCode.GEOMETRY_MISMATCH,
         details={
             "rows": shape.rows,
             "columns": shape.columns,

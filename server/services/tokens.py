@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from server import audit
 from server.context import Call
 from server.contract import messages
+from server.contract.errors import ErrorCode
 from server.db.models import ApiToken, utcnow
 from server.db.session import Database
 from server.errors import Conflict, NotFound
@@ -29,7 +30,7 @@ def issue_token(db: Database, name: str, role: str) -> str:
         with db.session() as session:
             session.add(ApiToken(name=name, role=role, token_hash=hash_token(token)))
     except IntegrityError:
-        raise Conflict(f"A token named '{name}' already exists.", code="duplicate_token") from None
+        raise Conflict(f"A token named '{name}' already exists.", code=ErrorCode.DUPLICATE_TOKEN) from None
     return token
 
 
@@ -71,7 +72,7 @@ def revoke_token(call: Call, name: str) -> messages.TokenOut:
     with call.db.session() as session:
         row = session.scalar(select(ApiToken).where(ApiToken.name == name))
         if row is None:
-            raise NotFound(f"There is no token named '{name}'.", code="token_not_found")
+            raise NotFound(f"There is no token named '{name}'.", code=ErrorCode.TOKEN_NOT_FOUND)
         if row.revoked_at is None:
             row.revoked_at = utcnow()
         audit.record(session, call, "token.revoke", detail={"name": name})
