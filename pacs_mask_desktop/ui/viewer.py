@@ -97,6 +97,8 @@ class SliceView(QWidget):
         self._drag_pan = QPointF()
         self._wheel_rest = 0
         self._error: str | None = None
+        self.mask_mismatch: str | None = None
+        """Why the shown slice's mask is not drawn (another size than the image), else ``None``."""
         self._auto_window = False
         self.last_request_at = 0.0
 
@@ -165,7 +167,7 @@ class SliceView(QWidget):
         self._pixels = None
         self._mask_labels = ()
         self._shown_index = self._painted_index = None
-        self._error = None
+        self._error = self.mask_mismatch = None
 
     # --- navigation -------------------------------------------------------------------------------
 
@@ -217,7 +219,16 @@ class SliceView(QWidget):
 
     def _show(self, index: int, pixels: np.ndarray, mask: np.ndarray | None) -> None:
         self._pixels = pixels
-        self._error = None
+        self._error = self.mask_mismatch = None
+        if mask is not None and mask.shape != pixels.shape:
+            # Never stretched onto the image: a mask of another size belongs to another grid, and drawn
+            # scaled it would look right while the stored pixels are not.
+            self.mask_mismatch = (
+                f"The mask of slice {index} is {mask.shape[1]}×{mask.shape[0]} but the image is "
+                f"{pixels.shape[1]}×{pixels.shape[0]}: not drawn. It does not fit this series."
+            )
+            self.statusMessage.emit(self.mask_mismatch)
+            mask = None
         if self._auto_window:
             self._auto_window = False
             low, high = np.percentile(pixels, [1.0, 99.0])
@@ -396,7 +407,9 @@ class SliceView(QWidget):
         if self.overlay is not None:
             state = "" if self.overlay_visible else " (hidden, O)"
             top_right.append(f"Overlay: {self.overlay.title}{state}")
-            if self.overlay.has(self.index):
+            if self.mask_mismatch is not None and self._shown_index == self.index:
+                top_right.append("mask of another size: not drawn")
+            elif self.overlay.has(self.index):
                 top_right.append(f"mask on this slice · opacity {self.opacity * 100:.0f}%")
             else:
                 top_right.append("no mask on this slice")
@@ -432,6 +445,12 @@ class SliceView(QWidget):
         if self._error:
             painter.setPen(QColor("#ff6b6b"))
             painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, self._error)
+        elif self.mask_mismatch is not None and self._shown_index == self.index:
+            painter.setPen(QColor("#ff6b6b"))
+            banner = self.rect().adjusted(margin, margin + 4 * line, -margin, 0)
+            painter.drawText(
+                banner, Qt.AlignmentFlag.AlignHCenter | Qt.TextFlag.TextWordWrap, self.mask_mismatch
+            )
 
     def _paint_markers(self, painter: QPainter) -> None:
         """The patient orientation letters in the middle of each edge of the view."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 from PySide6.QtGui import QColor
 
@@ -156,3 +157,37 @@ def test_slice_numbers_are_the_0_based_index_everywhere(
         assert filename == f"mask_{model.data(model.index(row, 0)):04d}.png"
     window.viewer.view.set_index(7)
     assert window.viewer.slice_label.text().startswith("Slice 7 of 0–")
+
+
+def test_a_mask_of_another_size_is_not_stretched_onto_the_image_but_named(
+    qtbot: Any, window: MainWindow, ui_data: UiData, tmp_path: Path
+) -> None:
+    """A mask whose size differs from the slice's (another grid) would look aligned if scaled to the
+    image: it is not drawn, and the view says why; a mask of the right size on the next slice is drawn."""
+    from pacs_mask_desktop.core.masks import write_label_pngs
+    from pacs_mask_desktop.ui.overlay_sources import MaskFileSource
+
+    open_series(qtbot, window, ui_data.series_dir)
+    view = window.viewer.view
+    small, right = np.zeros((SIZE // 2, SIZE // 2), np.uint8), np.zeros((SIZE, SIZE), np.uint8)
+    small[8:40, 8:40], right[16:80, 16:80] = 1, 1
+    bad_path, good_path = write_label_pngs([small, right], tmp_path / "masks")
+    view.set_overlay(MaskFileSource({3: bad_path, 4: good_path}))
+
+    def centre_with_overlay(visible: bool) -> Any:
+        view.set_overlay_visible(visible)
+        image = view.grab().toImage()
+        return image.copy(image.width() // 4, image.height() // 3, image.width() // 2, image.height() // 3)
+
+    with qtbot.waitSignal(view.statusMessage, timeout=10_000) as said:
+        view.set_index(3)
+    qtbot.waitUntil(lambda: view.shown_index() == 3, timeout=10_000)
+    assert said.args[0] == view.mask_mismatch
+    assert view.mask_mismatch is not None
+    assert f"is {SIZE // 2}×{SIZE // 2} but the image is {SIZE}×{SIZE}: not drawn" in view.mask_mismatch
+    assert centre_with_overlay(True) == centre_with_overlay(False)
+
+    view.set_index(4)
+    qtbot.waitUntil(lambda: view.shown_index() == 4, timeout=10_000)
+    assert view.mask_mismatch is None
+    assert centre_with_overlay(True) != centre_with_overlay(False)
