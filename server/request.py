@@ -50,7 +50,12 @@ def _too_deep() -> JsonTooDeep:
 
 
 class ApiRequest(Request):
-    """:class:`litestar.Request` whose :meth:`json` refuses bodies nested deeper than :data:`MAX_JSON_DEPTH`."""
+    """:class:`litestar.Request` whose :meth:`json` refuses bodies nested deeper than :data:`MAX_JSON_DEPTH`.
+
+    It fills the request's JSON cache as :meth:`Request.json` does (``_json``, ``_connection_state``),
+    Litestar 2's internals: pyproject keeps Litestar below 3, and ``tests/server/test_input_bounds.py``
+    fails if a release changes them.
+    """
 
     async def json(self) -> Any:
         """The decoded JSON body; a :class:`~server.errors.JsonTooDeep` (400) when it nests too deeply."""
