@@ -659,7 +659,7 @@ class MainWindow(QMainWindow):
 
     def start_upload(self) -> None:
         """Check the masks with the typed group fields, then upload them (all in workers)."""
-        if self.upload.running:
+        if self.upload.running or self.upload.checking:
             return
         problem = self.session.upload_blocker(self.upload.fields())
         if problem:
@@ -669,9 +669,38 @@ class MainWindow(QMainWindow):
             return
         assert self.api is not None
         fields = self.session.upload_fields(self.upload.fields())
+        self._check_then_upload(self.api, fields, list(self.mask_paths), self.session.source_path())
+
+    def retry_upload(self) -> None:
+        """Run the last plan again: only slices that did not land are sent.
+
+        After masks failed the pixel check, the person fixes those files, so their checksums no longer
+        match the last plan: the masks (those on the window, else the plan's own files) are checked
+        again with the last plan's group fields, whatever the fields show now, and the upload continues
+        the same pending group (the journal's resume) with only what is missing.
+        """
+        if self.upload.running or self.upload.checking or self.upload.plan is None or self.api is None:
+            return
+        plan, last = self.upload.plan, self.upload.last_result
+        if last is not None and last.problems:
+            fields = {
+                "annotation_id": plan.annotation_id,
+                "model_name": plan.model_name,
+                "version": plan.version,
+                "source": plan.source,
+            }
+            paths = list(self.mask_paths) or [s.path for s in plan.slices]
+            self._check_then_upload(self.api, fields, paths, self.upload.source_path)
+            return
+        self.upload.start(self.api, plan, self.journal_path, self.upload.source_path)
+
+    def _check_then_upload(
+        self, api: ApiClient, fields: dict[str, Any], paths: list[Path], source_path: str | None
+    ) -> None:
+        """Check ``paths`` as an upload with ``fields`` (headers, names, indexes, the series; pixels are
+        left to the upload), then upload them, or list the problems and send nothing."""
         self.tabs.setCurrentIndex(TAB_UPLOAD)
-        self.upload.set_checking(f"Checking {len(self.mask_paths)} input(s) before uploading…")
-        api = self.api
+        self.upload.set_checking(f"Checking {len(paths)} input(s) before uploading…")
 
         def checked(prepared: PreparedUpload) -> None:
             if prepared.plan is None or prepared.plan.pixel_check is None:
@@ -686,7 +715,7 @@ class MainWindow(QMainWindow):
                 self.tabs.setCurrentIndex(TAB_MASKS)
                 self.masks.jump_to_next_problem()
                 return
-            self.upload.start(api, prepared.plan, self.journal_path, self.session.source_path())
+            self.upload.start(api, prepared.plan, self.journal_path, source_path)
 
         def failed(failure: WorkFailure) -> None:
             self.upload.set_idle("The masks could not be checked.")
@@ -694,7 +723,7 @@ class MainWindow(QMainWindow):
 
         self.runner.start(
             prepare_task,
-            list(self.mask_paths),
+            paths,
             fields,
             self.series,
             api,  # the annotation's recorded series checks the masks and the open series
@@ -705,21 +734,6 @@ class MainWindow(QMainWindow):
             on_progress=lambda value: self.upload.set_checking(f"Checking masks {value[0]}/{value[1]}…"),
             name="prepare upload",
         )
-
-    def retry_upload(self) -> None:
-        """Run the last plan again: only slices that did not land are sent.
-
-        After masks failed the pixel check, the person fixes those files, so their checksums no longer
-        match the last plan: the masks are checked again, as by Upload, and the upload continues the same
-        pending group (the journal's resume) with only what is missing.
-        """
-        if self.upload.running or self.upload.plan is None or self.api is None:
-            return
-        last = self.upload.last_result
-        if last is not None and last.problems and self.mask_paths:
-            self.start_upload()
-            return
-        self.upload.start(self.api, self.upload.plan, self.journal_path, self.upload.source_path)
 
     def _on_group_opened(self, group_id: str, _kind: str) -> None:
         remember_upload_source(group_id, self.session.upload_source_record())

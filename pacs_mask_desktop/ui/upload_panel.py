@@ -105,6 +105,8 @@ class UploadPanel(QWidget):
         self.plan: UploadPlan | None = None
         self.source_path: str | None = None
         self.last_result: UploadResult | None = None
+        self.checking = False
+        """True while masks are checked before an upload (Upload and Retry wait for it)."""
         self.group_id: str | None = None
         self.progress = ProgressCounter()
         """The running upload's totals (core.progress, shared with the CLI's bar), fed on the GUI thread."""
@@ -188,14 +190,19 @@ class UploadPanel(QWidget):
 
     def set_checking(self, text: str) -> None:
         """Show that masks are being checked before the upload starts."""
+        self.checking = True
         self.stats.setText(text)
         self.upload_button.setEnabled(False)
+        self.retry_button.setEnabled(False)
 
     def set_idle(self, text: str | None = None) -> None:
         """Back to idle after a check that did not start an upload."""
+        self.checking = False
         if text:
             self.stats.setText(text)
         self.upload_button.setEnabled(True)
+        last = self.last_result
+        self.retry_button.setEnabled(self.plan is not None and last is not None and not last.ok)
 
     # --- running ------------------------------------------------------------------------------------
 
@@ -203,6 +210,7 @@ class UploadPanel(QWidget):
         """Upload ``plan`` in a worker (the table shows every slice at once, queued)."""
         if self.worker is not None:
             return
+        self.checking = False
         self.plan = plan
         self.source_path = source_path  # what Retry records again, even after the masks were cleared
         self.last_result = None
@@ -317,6 +325,7 @@ class UploadPanel(QWidget):
             self.bar.setValue(self.bar.maximum())
             self.stats.setText(f"Complete: {self.stats.text()} in {result.seconds:.1f} s")
             self.retry_button.setEnabled(False)
+            self.retry_button.setText("Retry failed")
         else:
             if result.status == "cancelled":
                 self.retry_button.setText("Resume")

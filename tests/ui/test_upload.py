@@ -182,7 +182,7 @@ def test_a_refused_upload_is_explained_in_a_dialog(
     assert window.upload.upload_button.isEnabled()
 
 
-@pytest.mark.parametrize("again_by", ["upload", "retry"])
+@pytest.mark.parametrize("again_by", ["upload", "retry", "retry after clearing the masks"])
 def test_a_mask_that_fails_to_decode_while_uploading_is_named_and_an_upload_after_fixing_it_resumes(
     qtbot: Any, window: MainWindow, ui_data: UiData, ui_api: ApiClient, tmp_path: Any, again_by: str
 ) -> None:
@@ -227,8 +227,14 @@ def test_a_mask_that_fails_to_decode_while_uploading_is_named_and_an_upload_afte
     with qtbot.waitSignal(window.upload.uploadFinished, timeout=30_000) as again_blocker:
         if again_by == "upload":
             window.start_upload()
-        else:  # the fixed file has another checksum than the last plan: the masks are checked again
+        else:  # the fixed file has another checksum than the last plan: the masks are checked again,
+            # with the failed upload's group fields, not what the fields show by now
+            window.upload.set_fields("ui-test", "edited-since", "ai")
+            if again_by == "retry after clearing the masks":  # the plan's own files are checked again
+                window.clear_masks()
             window.upload.retry_button.click()
+            assert not window.upload.retry_button.isEnabled()  # while checking
+            window.retry_upload()  # a second press (the shortcut) while checking starts nothing
     again = again_blocker.args[0]
     assert again.ok, again.message
     assert (again.group_id, again.skipped, again.uploaded) == (result.group_id, SLICES - 1, 1)
