@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.request import getproxies  # what httpx reads too
 
 import httpx
 import msgspec
@@ -73,15 +72,9 @@ def _tls_context(base_url: str) -> ssl.SSLContext | bool:
     on this machine) a context that trusts no CA, so no TLS connection could ever be made through it.
 
     Loading the CA bundle is ~25 ms of every CLI run's start-up, spent for a server that has no TLS.
-    Redirects are not followed, so such a client never meets TLS at all, unless the environment routes
-    ``http`` through an ``https://`` proxy (``HTTP_PROXY``/``ALL_PROXY``, read as httpx reads them):
-    then the proxy's certificate is verified the default way.
+    Redirects are not followed, so such a client never meets TLS at all.
     """
     if base_url.lower().startswith("https:"):
-        return True
-    proxies = getproxies()
-    proxy = proxies.get("http") or proxies.get("all") or ""
-    if proxy.lower().startswith("https:"):
         return True
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies host names and certificates, trusts none
 

@@ -111,17 +111,3 @@ def test_a_plain_http_server_gets_a_tls_context_that_trusts_nobody_and_https_the
     assert (plain.verify_mode, plain.check_hostname) == (ssl.CERT_REQUIRED, True)
     assert plain.cert_store_stats()["x509_ca"] == 0
     assert _tls_context("HTTPS://masks.clinic.example") is True
-
-
-@pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy", "ALL_PROXY"])
-def test_a_plain_http_server_behind_an_https_proxy_verifies_the_proxy_the_default_way(
-    monkeypatch: pytest.MonkeyPatch, variable: str
-) -> None:
-    """Through an ``https://`` proxy the client does meet TLS: the proxy's certificate is checked with
-    the default CA bundle, not refused by the context that trusts nobody. An http proxy changes nothing."""
-    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv(variable, "https://proxy.clinic.example:3128")
-    assert _tls_context("http://masks.clinic.example:8000") is True
-    monkeypatch.setenv(variable, "http://proxy.clinic.example:3128")
-    assert isinstance(_tls_context("http://masks.clinic.example:8000"), ssl.SSLContext)
