@@ -72,7 +72,8 @@ def _tls_context(base_url: str) -> ssl.SSLContext | bool:
     on this machine) a context that trusts no CA, so no TLS connection could ever be made through it.
 
     Loading the CA bundle is ~25 ms of every CLI run's start-up, spent for a server that has no TLS.
-    Redirects are not followed, so such a client never meets TLS at all.
+    Redirects are not followed, so such a client never meets TLS at all (an ``https://`` proxy from the
+    environment is verified by httpcore with its own default context, not with this one).
     """
     if base_url.lower().startswith("https:"):
         return True

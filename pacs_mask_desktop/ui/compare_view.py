@@ -103,6 +103,7 @@ class CompareSource(OverlaySource):
         self.second = second
         self.colour_table = COMPARE_TABLE
         self.opaque_value = OUTLINE_VALUE
+        self._notes: dict[int, str] = {}
 
     def indexes(self) -> list[int]:
         return sorted(set(self.first.indexes()) | set(self.second.indexes()))
@@ -110,8 +111,18 @@ class CompareSource(OverlaySource):
     def has(self, index: int) -> bool:
         return self.first.has(index) or self.second.has(index)
 
+    def note(self, index: int) -> str | None:
+        """Why the second group's outline is not drawn on slice ``index`` (its mask has another size)."""
+        return self._notes.get(index)
+
     def _read(self, index: int) -> np.ndarray | None:
-        return compare_overlay(self.first.load(index), self.second.load(index))
+        a, b = self.first.load(index), self.second.load(index)
+        if a is not None and b is not None and a.shape != b.shape:
+            self._notes[index] = (
+                f"{self.second.title}'s mask of slice {index} is {b.shape[1]}×{b.shape[0]}, "
+                f"{self.first.title}'s {a.shape[1]}×{a.shape[0]}: its outline is not drawn."
+            )
+        return compare_overlay(a, b)
 
 
 _fmt = format_number

@@ -50,6 +50,10 @@ class OverlaySource:
     def _read(self, index: int) -> np.ndarray | None:
         raise NotImplementedError
 
+    def note(self, index: int) -> str | None:  # noqa: ARG002 - only a combined source leaves parts out
+        """Why part of slice ``index``'s overlay is not drawn, once loaded (``None``: nothing left out)."""
+        return None
+
     def cached(self, index: int) -> tuple[bool, np.ndarray | None]:
         """``(True, array)`` when ``index`` is loaded (or known to have no mask), else ``(False, None)``."""
         if not self.has(index):

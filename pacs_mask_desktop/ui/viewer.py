@@ -98,7 +98,8 @@ class SliceView(QWidget):
         self._wheel_rest = 0
         self._error: str | None = None
         self.mask_mismatch: str | None = None
-        """Why the shown slice's mask is not drawn (another size than the image), else ``None``."""
+        """Why the shown slice's mask, or part of it, is not drawn (another size), else ``None``."""
+        self._mask_dropped = False
         self._auto_window = False
         self.last_request_at = 0.0
 
@@ -220,15 +221,21 @@ class SliceView(QWidget):
     def _show(self, index: int, pixels: np.ndarray, mask: np.ndarray | None) -> None:
         self._pixels = pixels
         self._error = self.mask_mismatch = None
-        if mask is not None and mask.shape != pixels.shape:
+        self._mask_dropped = mask is not None and mask.shape != pixels.shape
+        left_out = [self.overlay.note(index)] if self.overlay is not None else []
+        if self._mask_dropped:
+            assert mask is not None
             # Never stretched onto the image: a mask of another size belongs to another grid, and drawn
             # scaled it would look right while the stored pixels are not.
-            self.mask_mismatch = (
+            left_out.insert(
+                0,
                 f"The mask of slice {index} is {mask.shape[1]}×{mask.shape[0]} but the image is "
-                f"{pixels.shape[1]}×{pixels.shape[0]}: not drawn. It does not fit this series."
+                f"{pixels.shape[1]}×{pixels.shape[0]}: not drawn. It does not fit this series.",
             )
-            self.statusMessage.emit(self.mask_mismatch)
             mask = None
+        if any(left_out):
+            self.mask_mismatch = " ".join(text for text in left_out if text)
+            self.statusMessage.emit(self.mask_mismatch)
         if self._auto_window:
             self._auto_window = False
             low, high = np.percentile(pixels, [1.0, 99.0])
@@ -408,7 +415,9 @@ class SliceView(QWidget):
             state = "" if self.overlay_visible else " (hidden, O)"
             top_right.append(f"Overlay: {self.overlay.title}{state}")
             if self.mask_mismatch is not None and self._shown_index == self.index:
-                top_right.append("mask of another size: not drawn")
+                top_right.append(
+                    "mask of another size: not drawn" if self._mask_dropped else "part not drawn"
+                )
             elif self.overlay.has(self.index):
                 top_right.append(f"mask on this slice · opacity {self.opacity * 100:.0f}%")
             else:

@@ -159,6 +159,13 @@ def test_slice_numbers_are_the_0_based_index_everywhere(
     assert window.viewer.slice_label.text().startswith("Slice 7 of 0–")
 
 
+def centre_with_overlay(view: Any, visible: bool) -> Any:
+    """The middle of the view as painted with the overlay shown or hidden (no corner text in it)."""
+    view.set_overlay_visible(visible)
+    image = view.grab().toImage()
+    return image.copy(image.width() // 4, image.height() // 3, image.width() // 2, image.height() // 3)
+
+
 def test_a_mask_of_another_size_is_not_stretched_onto_the_image_but_named(
     qtbot: Any, window: MainWindow, ui_data: UiData, tmp_path: Path
 ) -> None:
@@ -174,20 +181,54 @@ def test_a_mask_of_another_size_is_not_stretched_onto_the_image_but_named(
     bad_path, good_path = write_label_pngs([small, right], tmp_path / "masks")
     view.set_overlay(MaskFileSource({3: bad_path, 4: good_path}))
 
-    def centre_with_overlay(visible: bool) -> Any:
-        view.set_overlay_visible(visible)
-        image = view.grab().toImage()
-        return image.copy(image.width() // 4, image.height() // 3, image.width() // 2, image.height() // 3)
-
     with qtbot.waitSignal(view.statusMessage, timeout=10_000) as said:
         view.set_index(3)
     qtbot.waitUntil(lambda: view.shown_index() == 3, timeout=10_000)
     assert said.args[0] == view.mask_mismatch
     assert view.mask_mismatch is not None
     assert f"is {SIZE // 2}×{SIZE // 2} but the image is {SIZE}×{SIZE}: not drawn" in view.mask_mismatch
-    assert centre_with_overlay(True) == centre_with_overlay(False)
+    assert centre_with_overlay(view, True) == centre_with_overlay(view, False)
 
     view.set_index(4)
     qtbot.waitUntil(lambda: view.shown_index() == 4, timeout=10_000)
     assert view.mask_mismatch is None
-    assert centre_with_overlay(True) != centre_with_overlay(False)
+    assert centre_with_overlay(view, True) != centre_with_overlay(view, False)
+
+
+def test_a_compared_group_whose_mask_has_another_size_is_named_not_silently_left_out(
+    qtbot: Any, window: MainWindow, ui_data: UiData
+) -> None:
+    """In a compare overlay (A filled, B outlined), a B mask of another size than A's cannot be outlined
+    on A's grid: A is still drawn, and the view names B's and A's sizes instead of dropping B unseen."""
+    from types import SimpleNamespace
+
+    from pacs_mask_desktop.ui.compare_view import CompareSource
+    from pacs_mask_desktop.ui.overlay_sources import OverlaySource
+
+    class Arrays(OverlaySource):
+        def __init__(self, version: str, arrays: dict[int, np.ndarray]) -> None:
+            super().__init__(f"liver-net {version}")
+            self.group = SimpleNamespace(model_name="liver-net", version=version)
+            self.arrays = arrays
+
+        def indexes(self) -> list[int]:
+            return sorted(self.arrays)
+
+        def has(self, index: int) -> bool:
+            return index in self.arrays
+
+        def _read(self, index: int) -> np.ndarray | None:
+            return self.arrays[index]
+
+    a, b = np.zeros((SIZE, SIZE), np.uint8), np.zeros((SIZE // 2, SIZE // 2), np.uint8)
+    a[16:80, 16:80], b[8:40, 8:40] = 1, 1
+    open_series(qtbot, window, ui_data.series_dir)
+    view = window.viewer.view
+    view.set_overlay(CompareSource(Arrays("1.0", {5: a}), Arrays("2.0", {5: b})))  # type: ignore[arg-type]
+    view.set_index(5)
+    qtbot.waitUntil(lambda: view.shown_index() == 5 and view.mask_mismatch is not None, timeout=10_000)
+    assert view.mask_mismatch == (
+        f"liver-net 2.0's mask of slice 5 is {SIZE // 2}×{SIZE // 2}, liver-net 1.0's {SIZE}×{SIZE}: "
+        "its outline is not drawn."
+    )
+    assert centre_with_overlay(view, True) != centre_with_overlay(view, False)  # A is still drawn
