@@ -21,6 +21,8 @@ def private_folder(folder: Path, *, parents: bool = False) -> None:
     try:
         folder.mkdir(mode=FOLDER_MODE, parents=parents, exist_ok=False)
     except FileExistsError:
+        if not folder.is_dir():  # a file, or a link to nothing: say so here, not at the first write in it
+            raise NotADirectoryError(f"{folder} exists and is not a folder") from None
         return
     if os.name != "nt":  # Windows has no such modes: the user's profile folder keeps the data private
         os.chmod(folder, FOLDER_MODE)  # mkdir's mode is masked by the umask; this is exactly 0700

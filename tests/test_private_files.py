@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def test_the_app_and_its_bundled_server_write_only_private_files(tmp_path: Path) -> None:
     home = tmp_path / "home"
@@ -93,3 +95,6 @@ def test_the_servers_own_files_are_private_whatever_the_umask(tmp_path: Path) ->
         str(p.relative_to(tmp_path)): oct(0o700 if p.is_dir() else 0o600) for p in objects
     }
     assert (mode(made), mode(existing)) == (0o700, 0o750)
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match="a-file exists and is not a folder"):
+        private_folder(tmp_path / "a-file")
