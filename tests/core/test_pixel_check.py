@@ -16,7 +16,7 @@ from PIL import Image
 
 from pacs_mask_desktop.core.demo import write_bad_masks
 from pacs_mask_desktop.core.masks import encode_label_png, read_mask
-from pacs_mask_desktop.core.plan import _fast_labels, prepare
+from pacs_mask_desktop.core.plan import _fast_labels, _unfilter_sub_up, prepare
 from pacs_mask_desktop.core.upload_run import upload_with_journal
 from tests.live_server import LiveServer, Volume, assert_group_matches, copy_masks
 
@@ -181,3 +181,76 @@ def test_the_cli_lists_pixel_problems_found_while_sending_with_exit_2_and_a_resu
     assert summary["resume_command"].startswith("pacs-mask upload")
     with live_server.api() as api:
         assert [g.status for g in api.list_groups(annotation)] == ["pending"]
+
+
+def _filtered_png(array: np.ndarray, filters: list[int]) -> bytes:
+    """An 8-bit greyscale PNG whose row ``y`` uses PNG filter ``filters[y]`` (0 none, 1 Sub, 2 Up,
+    3 Average, 4 Paeth), as the PNG specification defines them: an encoder's choice, made by hand."""
+    height, width = array.shape
+    x = array.astype(np.int32)
+    rows = []
+    for y in range(height):
+        up = x[y - 1] if y else np.zeros(width, dtype=np.int32)
+        left = np.concatenate(([0], x[y, :-1]))
+        up_left = np.concatenate(([0], up[:-1]))
+        if filters[y] == 4:
+            p = left + up - up_left
+            pa, pb, pc = abs(p - left), abs(p - up), abs(p - up_left)
+            predictor = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, up_left))
+        else:
+            predictor = [0 * up, left, up, (left + up) // 2][filters[y]]
+        rows.append(bytes([filters[y]]) + ((x[y] - predictor) % 256).astype(np.uint8).tobytes())
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return _assemble([(b"IHDR", ihdr), (b"IDAT", zlib.compress(b"".join(rows))), (b"IEND", b"")])
+
+
+def test_rows_filtered_none_sub_and_up_give_the_labels_pillow_decodes() -> None:
+    """Labels read from Sub and Up rows are the labels of the pixels Pillow decodes, for any mix and
+    order of the three filters (runs of Up rows at the top, between Sub rows, at the bottom), labels up
+    to 255 so that every byte sum wraps; an Average or Paeth row leaves the file to the full decoder."""
+    rng = np.random.default_rng(12)
+    for case in range(60):
+        height, width = int(rng.integers(1, 40)), int(rng.integers(1, 50))
+        image = np.zeros((height, width), dtype=np.uint8)
+        for _ in range(int(rng.integers(0, 4))):  # a few blobs of random labels, some slices empty
+            top, left = int(rng.integers(0, height)), int(rng.integers(0, width))
+            image[top : top + int(rng.integers(1, 20)), left : left + int(rng.integers(1, 20))] = (
+                rng.integers(1, 256)
+            )
+        if case % 3 == 0:
+            image = rng.integers(0, 256, size=(height, width), dtype=np.uint8)  # noise: every byte wraps
+        filters = [int(f) for f in rng.integers(0, 3, size=height)]
+        data = _filtered_png(image, filters)
+        decoded = np.asarray(Image.open(io.BytesIO(data)))
+        assert np.array_equal(decoded, image)  # the hand-made file is what it says (Pillow referees)
+        want = tuple(int(v) for v in np.unique(decoded) if v)
+        assert _fast_labels(data, width, height) == want, (case, filters)
+        rows = np.frombuffer(zlib.decompress(_chunks(data)[1][1]), dtype=np.uint8).reshape(height, width + 1)
+        assert np.array_equal(_unfilter_sub_up(rows[:, 1:], rows[:, 0]), decoded), (case, filters)
+        slow = filters.copy()
+        slow[int(rng.integers(0, height))] = int(rng.integers(3, 5))
+        if image.any():
+            assert _fast_labels(_filtered_png(image, slow), width, height) is None
+
+
+def test_what_pillow_writes_for_label_masks_is_read_to_the_same_labels() -> None:
+    """Pillow's own filter choices (its adaptive encoder, several compression levels) on label masks
+    (organs and lesions as ellipses, as drawn slice by slice): the labels read without the full decoder,
+    where they are, are Pillow's, and that path is taken for files with Sub and Up rows."""
+    rng = np.random.default_rng(3)
+    y, x = np.ogrid[:300, :257]
+    read_with_sub_or_up = 0
+    for case in range(40):
+        image = np.zeros((300, 257), dtype=np.uint8)
+        for label in range(1, 1 + case % 3 + 1):  # one to three structures, later ones on top
+            cy, cx = rng.integers(40, 260), rng.integers(40, 220)
+            ry, rx = rng.integers(5, 80), rng.integers(5, 80)
+            image[((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1] = label
+        data = _png(image, compress_level=int(case % 10))
+        filters = set(zlib.decompress(b"".join(p for k, p in _chunks(data) if k == b"IDAT"))[:: 257 + 1])
+        labels = _fast_labels(data, 257, 300)
+        if labels is not None:
+            decoded = np.asarray(Image.open(io.BytesIO(data)))
+            assert labels == tuple(int(v) for v in np.unique(decoded) if v), case
+            read_with_sub_or_up += bool(filters & {1, 2})
+    assert read_with_sub_or_up >= 10  # the path is taken on real encoder output, not only on made-up files
