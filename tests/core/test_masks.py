@@ -22,6 +22,7 @@ from pacs_mask_desktop.core.masks import (
     read_mask,
     slice_index_from_filename,
 )
+from tests.core.test_pixel_check import filtered_png
 
 
 def _labels_image(shape: tuple[int, int] = (32, 48)) -> np.ndarray:
@@ -170,24 +171,6 @@ def _png_bytes(array: np.ndarray, **save: object) -> bytes:
     return buffer.getvalue()
 
 
-def _average_filtered_png(array: np.ndarray) -> bytes:
-    """An 8-bit greyscale PNG whose every row uses filter 3 (Average), which Pillow never picks."""
-    height, width = array.shape
-    pixels = array.astype(np.int32)
-    rows = []
-    for y in range(height):
-        up = pixels[y - 1] if y else np.zeros(width, dtype=np.int32)
-        left = np.concatenate(([0], pixels[y, :-1]))
-        rows.append(b"\x03" + ((pixels[y] - (left + up) // 2) % 256).astype(np.uint8).tobytes())
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    body = zlib.compress(b"".join(rows))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
-
-
 def test_eight_bit_greyscale_is_decoded_by_libpng_to_exactly_what_pillow_reads(monkeypatch):
     """The common mask (8-bit greyscale) skips Pillow: libpng's array must be Pillow's, for every row
     filter an encoder may choose: none, Sub, Up and Paeth (Pillow picks them for blobs, a ramp, noise),
@@ -202,7 +185,7 @@ def test_eight_bit_greyscale_is_decoded_by_libpng_to_exactly_what_pillow_reads(m
         _png_bytes(noise),
         _png_bytes(ramp, compress_level=0),
         encode_label_png(ramp),
-        _average_filtered_png(noise),
+        filtered_png(noise, [3] * noise.shape[0]),  # Average on every row, which Pillow never picks
     ]
     expected = [np.asarray(Image.open(io.BytesIO(data))) for data in cases]
 

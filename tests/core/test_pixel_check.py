@@ -183,7 +183,7 @@ def test_the_cli_lists_pixel_problems_found_while_sending_with_exit_2_and_a_resu
         assert [g.status for g in api.list_groups(annotation)] == ["pending"]
 
 
-def _filtered_png(array: np.ndarray, filters: list[int]) -> bytes:
+def filtered_png(array: np.ndarray, filters: list[int]) -> bytes:
     """An 8-bit greyscale PNG whose row ``y`` uses PNG filter ``filters[y]`` (0 none, 1 Sub, 2 Up,
     3 Average, 4 Paeth), as the PNG specification defines them: an encoder's choice, made by hand."""
     height, width = array.shape
@@ -220,7 +220,7 @@ def test_rows_filtered_none_sub_and_up_give_the_labels_pillow_decodes() -> None:
         if case % 3 == 0:
             image = rng.integers(0, 256, size=(height, width), dtype=np.uint8)  # noise: every byte wraps
         filters = [int(f) for f in rng.integers(0, 3, size=height)]
-        data = _filtered_png(image, filters)
+        data = filtered_png(image, filters)
         decoded = np.asarray(Image.open(io.BytesIO(data)))
         assert np.array_equal(decoded, image)  # the hand-made file is what it says (Pillow referees)
         want = tuple(int(v) for v in np.unique(decoded) if v)
@@ -230,7 +230,7 @@ def test_rows_filtered_none_sub_and_up_give_the_labels_pillow_decodes() -> None:
         slow = filters.copy()
         slow[int(rng.integers(0, height))] = int(rng.integers(3, 5))
         if image.any():
-            assert _fast_labels(_filtered_png(image, slow), width, height) is None
+            assert _fast_labels(filtered_png(image, slow), width, height) is None
 
 
 def test_what_pillow_writes_for_label_masks_is_read_to_the_same_labels() -> None:
