@@ -763,6 +763,14 @@ def _fast_labels(data: bytes, width: int, height: int) -> tuple[int, ...] | None
         return None
     if not kinds <= _FAST_CHUNKS:  # text, profiles, anything Pillow might refuse: Pillow decides
         return None
+    # What Pillow refuses among these chunks is left to it too, so a file is never passed here that the
+    # full decoder (and the server) refuses: image data split by another chunk, a grey tRNS of another
+    # length than the one sample it holds.
+    image_data = [i for i, (kind, _) in enumerate(chunks) if kind == b"IDAT"]
+    if not image_data or image_data[-1] - image_data[0] + 1 != len(image_data):
+        return None
+    if colour_type == 0 and any(kind == b"tRNS" and len(payload) != 2 for kind, payload in chunks):
+        return None
     stride = (width * bit_depth + 7) // 8 + 1
     raw = _inflate_exactly(b"".join(payload for kind, payload in chunks if kind == b"IDAT"), height * stride)
     if raw is None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pacs_mask_desktop.core.demo import write_bad_masks
@@ -183,9 +184,10 @@ def test_the_cli_lists_pixel_problems_found_while_sending_with_exit_2_and_a_resu
         assert [g.status for g in api.list_groups(annotation)] == ["pending"]
 
 
-def filtered_png(array: np.ndarray, filters: list[int]) -> bytes:
-    """An 8-bit greyscale PNG whose row ``y`` uses PNG filter ``filters[y]`` (0 none, 1 Sub, 2 Up,
-    3 Average, 4 Paeth), as the PNG specification defines them: an encoder's choice, made by hand."""
+def filtered_png(array: np.ndarray, filters: list[int], *, palette: bool = False) -> bytes:
+    """An 8-bit greyscale (or, with ``palette``, palette-indexed) PNG whose row ``y`` uses PNG filter
+    ``filters[y]`` (0 none, 1 Sub, 2 Up, 3 Average, 4 Paeth), as the PNG specification defines them:
+    an encoder's choice, made by hand."""
     height, width = array.shape
     x = array.astype(np.int32)
     rows = []
@@ -200,8 +202,9 @@ def filtered_png(array: np.ndarray, filters: list[int]) -> bytes:
         else:
             predictor = [0 * up, left, up, (left + up) // 2][filters[y]]
         rows.append(bytes([filters[y]]) + ((x[y] - predictor) % 256).astype(np.uint8).tobytes())
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return _assemble([(b"IHDR", ihdr), (b"IDAT", zlib.compress(b"".join(rows))), (b"IEND", b"")])
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 3 if palette else 0, 0, 0, 0)
+    colours = [(b"PLTE", bytes(range(256)) * 3)] if palette else []
+    return _assemble([(b"IHDR", ihdr), *colours, (b"IDAT", zlib.compress(b"".join(rows))), (b"IEND", b"")])
 
 
 def test_rows_filtered_none_sub_and_up_give_the_labels_pillow_decodes() -> None:
@@ -220,17 +223,37 @@ def test_rows_filtered_none_sub_and_up_give_the_labels_pillow_decodes() -> None:
         if case % 3 == 0:
             image = rng.integers(0, 256, size=(height, width), dtype=np.uint8)  # noise: every byte wraps
         filters = [int(f) for f in rng.integers(0, 3, size=height)]
-        data = filtered_png(image, filters)
+        data = filtered_png(image, filters, palette=case % 4 == 1)  # a palette index is the label too
         decoded = np.asarray(Image.open(io.BytesIO(data)))
         assert np.array_equal(decoded, image)  # the hand-made file is what it says (Pillow referees)
         want = tuple(int(v) for v in np.unique(decoded) if v)
         assert _fast_labels(data, width, height) == want, (case, filters)
-        rows = np.frombuffer(zlib.decompress(_chunks(data)[1][1]), dtype=np.uint8).reshape(height, width + 1)
+        idat = b"".join(p for k, p in _chunks(data) if k == b"IDAT")
+        rows = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(height, width + 1)
         assert np.array_equal(_unfilter_sub_up(rows[:, 1:], rows[:, 0]), decoded), (case, filters)
         slow = filters.copy()
         slow[int(rng.integers(0, height))] = int(rng.integers(3, 5))
         if image.any():
             assert _fast_labels(filtered_png(image, slow), width, height) is None
+
+
+def test_files_pillow_refuses_are_left_to_it_not_read_by_the_fast_path() -> None:
+    """Image data split by another chunk, or a greyscale tRNS that is not the two bytes of one sample:
+    Pillow refuses them (so would the server), so the fast path must not answer for them."""
+    image = np.zeros((6, 9), dtype=np.uint8)
+    image[2:4, 3:7] = 5
+    good = _chunks(filtered_png(image, [0, 1, 2, 1, 2, 0]))
+    idat = good[1][1]
+    gamma = (b"gAMA", struct.pack(">I", 45455))
+    split = _assemble([good[0], (b"IDAT", idat[:10]), gamma, (b"IDAT", idat[10:]), good[-1]])
+    short_trns = _assemble([good[0], (b"tRNS", b"\x00"), *good[1:]])
+    for data in (split, short_trns):
+        with pytest.raises((OSError, ValueError), match=r"(?i)truncated"):  # Pillow's verdict: the referee
+            Image.open(io.BytesIO(data)).load()
+        assert _fast_labels(data, 9, 6) is None
+    together = _assemble([good[0], (b"IDAT", idat[:10]), (b"IDAT", idat[10:]), gamma, good[-1]])
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(together))), image)
+    assert _fast_labels(together, 9, 6) == (5,)  # image data in two chunks side by side is fine
 
 
 def test_what_pillow_writes_for_label_masks_is_read_to_the_same_labels() -> None:
