@@ -230,7 +230,9 @@ import sys
 from pacs_mask_desktop.core import plan
 
 # The floor measurement only (--floor): every slice passes the pixel check without being read or
-# decoded, as if that check cost nothing. The product has no such mode.
+# decoded, as if that check cost nothing. The product has no such mode. The groups it completes carry
+# made-up labels (1 on every slice): they live on the benchmark's own servers, removed at the end
+# (with --keep, `pacs-mask-server validate` would rightly report them as content_mismatch).
 plan._pixel_facts = lambda s: plan._Facts((1,), False)
 from pacs_mask_desktop.cli import main
 

@@ -348,15 +348,21 @@ class MainWindow(QMainWindow):
             if notice:
                 self.status(notice)
             if config != self.config:
-                if self.upload.running:
-                    dialogs.show_info(
-                        self, "Settings saved", "The new server is used after the running upload."
-                    )
-                    dialog.deleteLater()
-                    return
-                self.config = config
-                self.start()
+                self.change_server(config)
         dialog.deleteLater()
+
+    def change_server(self, config: ServerConfig) -> bool:
+        """Connect with ``config`` (another server, or the bundled one); ``False`` while an upload runs or
+        masks are checked for one (the saved settings apply at the next start). The last upload's plan
+        is dropped, so Retry can never send it, with its annotation id, to another server; its pending
+        group stays resumable from the journal when that server is used again."""
+        if self.upload.running or self.upload.checking:
+            dialogs.show_info(self, "Settings saved", "The new server is used after the running upload.")
+            return False
+        self.upload.forget_plan()
+        self.config = config
+        self.start()
+        return True
 
     # --- series -----------------------------------------------------------------------------------
 

@@ -204,6 +204,15 @@ class UploadPanel(QWidget):
         last = self.last_result
         self.retry_button.setEnabled(self.plan is not None and last is not None and not last.ok)
 
+    def forget_plan(self) -> None:
+        """Drop the last upload's plan and result (another server is connected): Retry has nothing to
+        send; the table keeps showing what happened."""
+        self.plan = None
+        self.source_path = None
+        self.last_result = None
+        self.retry_button.setEnabled(False)
+        self.retry_button.setText("Retry failed")
+
     # --- running ------------------------------------------------------------------------------------
 
     def start(self, api: ApiClient, plan: UploadPlan, journal_path: Path, source_path: str | None) -> None:

@@ -317,3 +317,30 @@ def test_the_table_is_built_before_the_upload_and_a_larger_rest_later_keeping_ea
     assert [model.data(model.index(r, 1)) for r in range(model.rowCount())] == [
         f"mask_{i:05d}.png" for i in range(5)
     ]
+
+
+def test_another_server_drops_the_last_plan_so_retry_cannot_send_it_there(
+    qtbot: Any, window: MainWindow, ui_data: UiData
+) -> None:
+    """A plan names an annotation of the server it was made for: once the window connects elsewhere,
+    Retry (here Resume) has nothing to send. Connecting elsewhere waits while masks are being checked."""
+    from dataclasses import replace
+
+    from pacs_mask_desktop.core.retry import RetryPolicy
+
+    ready_to_upload(qtbot, window, ui_data, f"v-{uuid.uuid4().hex[:8]}")
+    panel = window.upload
+    assert upload_then_cancel_after_six(qtbot, window).status == "cancelled"
+    assert panel.retry_button.isEnabled()
+    elsewhere = replace(window.config, policy=RetryPolicy(give_up_after=123.0))  # any change reconnects
+
+    panel.set_checking("Checking…")
+    assert not window.change_server(elsewhere)
+    panel.set_idle()
+    assert panel.plan is not None
+
+    with qtbot.waitSignal(window.connected, timeout=30_000):
+        assert window.change_server(elsewhere)
+    assert (panel.plan, panel.last_result, panel.retry_button.isEnabled()) == (None, None, False)
+    window.retry_upload()  # the shortcut: nothing to send
+    assert not panel.running
