@@ -220,21 +220,20 @@ class SliceView(QWidget):
 
     def _show(self, index: int, pixels: np.ndarray, mask: np.ndarray | None) -> None:
         self._pixels = pixels
-        self._error = self.mask_mismatch = None
-        self._mask_dropped = mask is not None and mask.shape != pixels.shape
-        left_out = [self.overlay.note(index)] if self.overlay is not None else []
-        if self._mask_dropped:
-            assert mask is not None
+        self._error = None
+        dropped = None
+        if mask is not None and mask.shape != pixels.shape:
             # Never stretched onto the image: a mask of another size belongs to another grid, and drawn
             # scaled it would look right while the stored pixels are not.
-            left_out.insert(
-                0,
+            dropped = (
                 f"The mask of slice {index} is {mask.shape[1]}×{mask.shape[0]} but the image is "
-                f"{pixels.shape[1]}×{pixels.shape[0]}: not drawn. It does not fit this series.",
+                f"{pixels.shape[1]}×{pixels.shape[0]}: not drawn. It does not fit this series."
             )
             mask = None
-        if any(left_out):
-            self.mask_mismatch = " ".join(text for text in left_out if text)
+        self._mask_dropped = dropped is not None
+        note = self.overlay.note(index) if self.overlay is not None else None
+        self.mask_mismatch = " ".join(text for text in (dropped, note) if text) or None
+        if self.mask_mismatch is not None:
             self.statusMessage.emit(self.mask_mismatch)
         if self._auto_window:
             self._auto_window = False
@@ -242,9 +241,7 @@ class SliceView(QWidget):
             width = max(float(high - low), 1.0)
             self.display_window = Window(float(low) + width / 2.0, width)
             self.windowChanged.emit(self.display_window.center, self.display_window.width)
-        self._gray = gray_image(
-            window_level(pixels, self.display_window.center, self.display_window.width, invert=self.invert)
-        )
+        self._gray = self._windowed(pixels)
         if mask is not None and mask.any():
             table = self.overlay.colour_table if self.overlay is not None else None
             opaque = self.overlay.opaque_value if self.overlay is not None else None
@@ -264,15 +261,16 @@ class SliceView(QWidget):
 
     # --- display settings -------------------------------------------------------------------------
 
+    def _windowed(self, pixels: np.ndarray) -> ArrayImage:
+        """``pixels`` (modality units) as the grey image the current window, level and invert give."""
+        window = self.display_window
+        return gray_image(window_level(pixels, window.center, window.width, invert=self.invert))
+
     def set_window(self, center: float, width: float) -> None:
         """Apply a window (level ``center``, ``width``) in modality units."""
         self.display_window = Window(float(center), max(1.0, float(width)))
         if self._pixels is not None:
-            self._gray = gray_image(
-                window_level(
-                    self._pixels, self.display_window.center, self.display_window.width, invert=self.invert
-                )
-            )
+            self._gray = self._windowed(self._pixels)
         self.windowChanged.emit(self.display_window.center, self.display_window.width)
         self.update()
 
