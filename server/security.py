@@ -56,8 +56,14 @@ class Actor:
 
 
 def new_token() -> str:
-    """A fresh bearer token: 43 URL-safe characters of randomness."""
-    return secrets.token_urlsafe(32)
+    """A fresh bearer token: 43 URL-safe characters of randomness, never starting with ``-``.
+
+    Tokens are typed and pasted on command lines (``pacs-mask --token …``), where a value starting with
+    ``-`` reads as an option ("argument --token: expected one argument"); one token in 64 would.
+    """
+    while (token := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return token
 
 
 def hash_token(token: str) -> str:

@@ -519,7 +519,7 @@ def test_a_failed_complete_reports_the_slices_that_landed_and_the_same_command_r
             fault_methods={"POST"}, fault_path_suffix="/complete", fail=1.0, max_faults_per_path=99
         )
         args = ["upload", "--annotation", str(annotation), "--model", "m", "--version", "1", "--json",
-                "--server", api_proxy.url, "--token", live_server.token, "--give-up-after", "2",
+                "--server", api_proxy.url, f"--token={live_server.token}", "--give-up-after", "2",
                 str(tmp_path / "masks")]  # fmt: skip
         assert cli.main(args) == cli.EXIT_SERVER
         summary = json.loads(capsys.readouterr().out)
@@ -527,7 +527,7 @@ def test_a_failed_complete_reports_the_slices_that_landed_and_the_same_command_r
         assert (summary["uploaded"], summary["skipped"], summary["bytes_sent"]) == (6, 0, total)
         group_id = summary["group_id"]
         assert len(live_server.stored_keys(f"mask/{annotation}/{group_id}/")) == 6  # they did land
-        shown = [("***" if a == live_server.token else a) for a in args]
+        shown = [("--token=***" if a == f"--token={live_server.token}" else a) for a in args]
         assert summary["resume_command"] == "pacs-mask " + shlex.join(shown)  # no token in a log
         api_proxy.configure()  # the server answers again
         assert cli.main(args) == cli.EXIT_OK

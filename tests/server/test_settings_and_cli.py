@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from server.db.session import Database
-from server.security import lookup_actor
+from server.security import lookup_actor, new_token
 from server.settings import Settings, SettingsError
 from tests.processes import stop_process
 from tests.server.conftest import png_bytes
@@ -121,6 +121,14 @@ def test_serve_with_a_bad_setting_stops_with_one_line(tmp_path: Path) -> None:
 
 
 # --- commands ----------------------------------------------------------------------------------------
+
+
+def test_new_tokens_never_start_with_a_dash_that_a_command_line_reads_as_an_option() -> None:
+    """``pacs-mask --token -abc…`` fails in argparse; one plain url-safe token in 64 would start so."""
+    tokens = [new_token() for _ in range(2000)]
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == 2000
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{43}", t) for t in tokens)
 
 
 def test_create_token_prints_the_token_alone(tmp_path: Path) -> None:
